@@ -64,6 +64,63 @@ export interface NativeLoraSpec {
   targets: string[];
 }
 
+export interface NativeTrainerOptions {
+  lora: NativeLoraSpec & {
+    /** LoRA dropout on the adapter's input (PEFT's lora_dropout). */
+    dropout: number;
+  };
+  /** Seeds LoRA's A init (Kaiming-uniform as PEFT) and dropout masks. */
+  seed: number;
+  /** Recompute each layer's activations in backward instead of keeping them (gradient checkpointing). */
+  recompute: boolean;
+  /** Start from these adapter tensors (PEFT names) instead of a fresh init (B = 0). */
+  init?: Record<string, Float32Array>;
+}
+
+export interface NativeStepOptions {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** Clip the global gradient norm (after gradScale) to this; 0 = no clipping. */
+  maxGradNorm: number;
+  /** Multiplies the accumulated gradients first: 1 / (unmasked targets in the whole accumulated batch). */
+  gradScale: number;
+}
+
+/** Everything that makes a training run resumable bit-for-bit. */
+export interface NativeTrainerState {
+  /** Optimizer steps taken. */
+  step: number;
+  /** Dropout RNG state (4 × u64 as 8 × u32, little-endian halves). */
+  rng: Uint32Array;
+  /** LoRA tensors under PEFT names, and AdamW moments under `${name}.exp_avg` / `${name}.exp_avg_sq`. */
+  tensors: Record<string, Float32Array>;
+}
+
+/**
+ * LoRA training over a frozen base (fp32 or NF4). Micro-batches are right-padded rows of
+ * `seqLen` tokens; labels are aligned with ids (-100 = masked: prompt and padding) and shifted
+ * inside exactly as transformers' causal-LM loss does.
+ */
+export interface NativeTrainer {
+  /** Forward + backward of one micro-batch; gradients of the *summed* loss accumulate. */
+  accumulate(ids: Int32Array, labels: Int32Array, batch: number, seqLen: number): Promise<{ lossSum: number; tokens: number }>;
+  /** Masked loss only (no gradients, no dropout). */
+  evaluate(ids: Int32Array, labels: Int32Array, batch: number, seqLen: number): Promise<{ lossSum: number; tokens: number }>;
+  /** Scale, clip, AdamW, zero the gradients. Returns the global gradient norm before clipping. */
+  step(options: NativeStepOptions): Promise<{ gradNorm: number }>;
+  /** Accumulated gradients under PEFT names (copies), for checks. */
+  gradients(): Record<string, Float32Array>;
+  zeroGrad(): void;
+  getState(): NativeTrainerState;
+  setState(state: NativeTrainerState): void;
+  /** Current LoRA tensors under PEFT names (copies): what an adapter file holds. */
+  adapter(): Record<string, Float32Array>;
+  dispose(): void;
+}
+
 export interface NativeModel {
   readonly config: NativeModelConfig;
   readonly device: Device;
@@ -77,6 +134,8 @@ export interface NativeModel {
   /** Current LoRA tensors under PEFT names (copies). Empty when no adapter is attached. */
   getLora(): Record<string, Float32Array>;
   clearLora(): void;
+  /** A LoRA trainer over this model's frozen weights (one at a time per model). */
+  createTrainer(options: NativeTrainerOptions): NativeTrainer;
   /** Frees the weights now instead of at garbage collection. */
   dispose(): void;
 }
