@@ -15,7 +15,8 @@ export interface Block {
   fromMe: boolean
   start: number
   end: number
-  parts: string[]
+  /** The merged text (parts joined with the separator). */
+  text: string
 }
 
 /** Group by chat and sort each chat by time (stable: equal times keep input order). */
@@ -35,18 +36,18 @@ export function byChat(messages: Message[]): Map<string, Message[]> {
 }
 
 /** Merge one chat's time-ordered messages into blocks; also returns how many were merged away. */
-export function mergeTurns(chat: Message[], windowMs: number): { blocks: Block[]; merged: number } {
+export function mergeTurns(chat: Message[], windowMs: number, separator = ' | '): { blocks: Block[]; merged: number } {
   const blocks: Block[] = []
   let merged = 0
   let cur: Block | undefined
   for (const m of chat) {
     const t = m.time.getTime()
     if (cur && cur.fromMe === m.fromMe && t - cur.end <= windowMs) {
-      cur.parts.push(m.text)
+      cur.text += separator + m.text
       cur.end = t
       merged++
     } else {
-      cur = { chat: m.chat, fromMe: m.fromMe, start: t, end: t, parts: [m.text] }
+      cur = { chat: m.chat, fromMe: m.fromMe, start: t, end: t, text: m.text }
       blocks.push(cur)
     }
   }
@@ -68,9 +69,8 @@ export function makePairs(
   const examples: Example[] = []
   let merged = 0
   let unanswered = 0
-  const text = (b: Block) => b.parts.join(o.separator)
   for (const chat of byChat(messages).values()) {
-    const r = mergeTurns(chat, o.replyWindowMs)
+    const r = mergeTurns(chat, o.replyWindowMs, o.separator)
     merged += r.merged
     const blocks = r.blocks
     for (let i = 0; i < blocks.length; i++) {
@@ -81,12 +81,12 @@ export function makePairs(
         unanswered++
         continue
       }
-      const ex: Example = { input: text(b), output: text(next) }
+      const ex: Example = { input: b.text, output: next.text }
       if (o.contextTurns > 0) {
         const context: Turn[] = []
         for (let k = i - 1; k >= 0 && context.length < o.contextTurns; k--) {
           if (blocks[k + 1].start - blocks[k].end > o.replyWindowMs) break
-          context.push({ role: blocks[k].fromMe ? 'assistant' : 'user', content: text(blocks[k]) })
+          context.push({ role: blocks[k].fromMe ? 'assistant' : 'user', content: blocks[k].text })
         }
         ex.context = context.reverse()
       }

@@ -120,7 +120,7 @@ export async function prepare(opts: PrepareOptions): Promise<PrepareReport> {
   }
   report.messagesRead = messages.length
 
-  const { kept, contacts } = applyRules(messages, o, report.dropped)
+  const { kept, contacts } = applyRules(messages, o, report.dropped, true)
   messages = [] // let the raw history go
   report.messagesKept = kept.length
   report.contacts = contacts

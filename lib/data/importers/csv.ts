@@ -5,10 +5,11 @@
  *
  * Timestamp is unix seconds (maybe with a fraction); Sender is `Me` or the contact; Group Chat
  * is 1/0; To is the contact of a direct chat (empty in groups). Rows come newest first; the
- * messages are handed back oldest first. Streaming: the file is never held whole in memory.
+ * messages are handed back oldest first. Streaming: the file is never held whole in memory;
+ * records with quotes are parsed by csv-parse (see `RecordStream`).
  */
 import { createReadStream } from 'node:fs'
-import { parse } from 'csv-parse'
+import { parse as parseSync } from 'csv-parse/sync'
 import type { ImportResult, Message } from '../types.ts'
 import { explainFsError, firstInvalidUtf8, readFileOrExplain, Utf8Error } from './text.ts'
 
@@ -49,6 +50,124 @@ function columnIndexes(header: string[], path: string): Record<string, number> {
   return idx
 }
 
+/**
+ * Splits CSV text into records as it streams in. A record ends at a newline outside quotes;
+ * quote state flips at every `"` (an escaped `""` flips twice), so a record is complete when
+ * its quote count is even. Records without a quote are split at commas (exact under RFC 4180);
+ * records with quotes are parsed by csv-parse, batched per chunk. Records come out in order.
+ */
+class RecordStream {
+  private tail = ''
+  private line = 0 // lines consumed so far (1-based line of the next record = line + 1)
+  constructor(
+    private readonly path: string,
+    private readonly onRecord: (r: string[], line: number) => void,
+  ) {}
+
+  push(text: string, end = false): void {
+    const s = this.tail + text
+    let pos = 0
+    const out: (string[] | number)[] = [] // a row, or an index into the quoted batch
+    const lines: number[] = []
+    let batch = ''
+    let batchLines: number[] = []
+    let nQuoted = 0
+    const n = s.length
+    let nextQ = s.indexOf('"') // kept ahead of pos, so lines without quotes cost no rescans
+    while (pos < n) {
+      let nl = s.indexOf('\n', pos)
+      if (nl < 0) {
+        if (!end) break
+        nl = n
+      }
+      if (nextQ >= 0 && nextQ < pos) nextQ = s.indexOf('"', pos)
+      let q = nextQ
+      if (q < 0 || q > nl) {
+        // No quote: the line is the record.
+        let stop = nl
+        if (stop > pos && s.charCodeAt(stop - 1) === 13) stop-- // \r\n
+        this.line++
+        if (stop > pos) {
+          out.push(s.slice(pos, stop).split(','))
+          lines.push(this.line)
+        }
+        pos = nl + 1
+        continue
+      }
+      // Quoted: extend over newlines until the quote count is even.
+      let quotes = 0
+      let recEnd = -1
+      let scan = pos
+      let nLines = 0
+      for (;;) {
+        let lineEnd = s.indexOf('\n', scan)
+        if (lineEnd < 0) {
+          if (!end) break
+          lineEnd = n
+        }
+        while (q >= 0 && q < lineEnd) {
+          quotes++
+          q = s.indexOf('"', q + 1)
+        }
+        nLines++
+        if (quotes % 2 === 0 || lineEnd === n) {
+          recEnd = lineEnd
+          break
+        }
+        scan = lineEnd + 1
+      }
+      if (recEnd < 0) break // incomplete: wait for more text
+      batch += s.slice(pos, recEnd) + '\n'
+      batchLines.push(this.line + 1)
+      this.line += nLines
+      out.push(nQuoted++)
+      lines.push(this.line - nLines + 1)
+      pos = recEnd + 1
+    }
+    this.tail = s.slice(pos)
+    let parsed: string[][] = []
+    if (batch) {
+      try {
+        parsed = parseSync(batch, { relax_column_count: true, skip_empty_lines: true })
+      } catch {
+        parsed = this.explain(batch, batchLines)
+      }
+      if (parsed.length !== nQuoted) parsed = this.explain(batch, batchLines)
+    }
+    for (let i = 0; i < out.length; i++) {
+      const r = out[i]
+      this.onRecord(typeof r === 'number' ? parsed[r] : r, lines[i])
+    }
+  }
+
+  /** Parse a failed batch record by record, to name the line of the bad one. */
+  private explain(batch: string, batchLines: number[]): string[][] {
+    const recs: string[] = []
+    // Re-split the batch the same way (each record was written followed by one newline).
+    let pos = 0
+    for (let k = 0; k < batchLines.length; k++) {
+      let quotes = 0
+      let i = pos
+      for (; i < batch.length; i++) {
+        const c = batch.charCodeAt(i)
+        if (c === 34) quotes++
+        else if (c === 10 && quotes % 2 === 0) break
+      }
+      recs.push(batch.slice(pos, i))
+      pos = i + 1
+    }
+    return recs.map((r, k) => {
+      try {
+        const p = parseSync(r, { relax_column_count: true })
+        if (p.length !== 1) throw new Error(`one record expected, found ${p.length}`)
+        return p[0]
+      } catch (e) {
+        throw new Error(`${this.path}: cannot parse CSV at line ${batchLines[k]}: ${(e as Error).message}`)
+      }
+    })
+  }
+}
+
 /** Read a processed_messages.csv. */
 export async function readCsv(path: string): Promise<ImportResult> {
   const messages: Message[] = []
@@ -56,27 +175,17 @@ export async function readCsv(path: string): Promise<ImportResult> {
   let idx: Record<string, number> | undefined
   let iTs = 0, iSender = 0, iText = 0, iGroup = 0, iGroupName = 0, iMe = 0, iTo = 0, iSenderId = -1
 
-  const parser = parse({ bom: true, relax_column_count: true, skip_empty_lines: true })
-  let failed: Error | undefined
-  const done = new Promise<void>((resolve, reject) => {
-    parser.on('error', (e) => {
-      failed ??= e
-      reject(e)
-    })
-    parser.on('end', resolve)
-    parser.on('close', () => (failed ? reject(failed) : resolve()))
-  })
-  done.catch(() => {}) // awaited below; this only stops an early rejection counting as unhandled
-  parser.on('data', (r: string[]) => {
-    if (failed) return
+  // Contacts repeat on every row: share one string per contact instead of a million copies.
+  const names = new Map<string, string>()
+  const intern = (x: string): string => {
+    const y = names.get(x)
+    if (y !== undefined) return y
+    names.set(x, x)
+    return x
+  }
+  const onRecord = (r: string[]) => {
     if (!idx) {
-      try {
-        idx = columnIndexes(r, path)
-      } catch (e) {
-        failed = e as Error
-        parser.destroy(failed)
-        return
-      }
+      idx = columnIndexes(r, path)
       iTs = idx['Timestamp']
       iSender = idx['Sender']
       iSenderId = idx['Sender ID'] ?? -1
@@ -87,8 +196,9 @@ export async function readCsv(path: string): Promise<ImportResult> {
       iTo = idx['To']
       return
     }
-    const secs = Number(r[iTs])
-    if (r.length <= iText || !Number.isFinite(secs) || r[iTs] === '') {
+    const ts = r[iTs]
+    const secs = ts ? +ts : NaN
+    if (r.length <= iText || !(secs === secs)) {
       malformed++
       return
     }
@@ -105,45 +215,31 @@ export async function readCsv(path: string): Promise<ImportResult> {
       malformed++
       return
     }
-    messages.push({ time: new Date(secs * 1000), chat, sender, fromMe, isGroup, text: r[iText] ?? '' })
-  })
+    messages.push({ time: new Date(secs * 1000), chat: intern(chat), sender: intern(sender), fromMe, isGroup, text: r[iText] ?? '' })
+  }
 
-  const decoder = new TextDecoder('utf-8', { fatal: true })
-  let stream
+  const records = new RecordStream(path, onRecord)
+  const decoder = new TextDecoder('utf-8', { fatal: true }) // drops a leading BOM
   try {
-    stream = createReadStream(path, { highWaterMark: 1 << 20 })
-    for await (const chunk of stream as AsyncIterable<Buffer>) {
+    for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
       let s: string
       try {
         s = decoder.decode(chunk, { stream: true })
       } catch {
         throw await utf8ErrorOf(path)
       }
-      if (failed) break
-      if (!parser.write(s)) await new Promise((r) => {
-        parser.once('drain', r)
-        parser.once('close', r)
-      })
-      if (failed) break
+      records.push(s)
     }
-    if (!failed) {
-      try {
-        const tail = decoder.decode()
-        if (tail) parser.write(tail)
-      } catch {
-        throw await utf8ErrorOf(path)
-      }
+    let last: string
+    try {
+      last = decoder.decode()
+    } catch {
+      throw await utf8ErrorOf(path)
     }
+    records.push(last, true)
   } catch (e) {
-    parser.destroy()
     if (e instanceof Utf8Error) throw e
     if ((e as NodeJS.ErrnoException).code && (e as NodeJS.ErrnoException).syscall) throw explainFsError(path, e)
-    throw csvError(path, e)
-  }
-  if (!failed) parser.end()
-  try {
-    await done
-  } catch (e) {
     throw csvError(path, e)
   }
   if (!idx) throw new Error(`${path}: the CSV is empty (no header line)`)
