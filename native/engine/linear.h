@@ -34,6 +34,8 @@ struct Linear {
 struct LinearCache {
   std::vector<float> x_drop;         // dropout(x) [N, K] when dropout > 0 (else x is reused)
   std::vector<float> h;              // x_drop · Aᵀ  [N, r]
+  float dropout = 0.f;               // the forward's dropout and seed: backward regenerates the
+  uint64_t dropout_seed = 0;         // mask from them (x_drop alone is ambiguous where x == 0)
 };
 
 // out[N, M] = linear(x[N, K]). cache/dropout only when training (cache may be null).
