@@ -56,7 +56,7 @@ function columnIndexes(header: string[], path: string): Record<string, number> {
  * its quote count is even. Records without a quote are split at commas (exact under RFC 4180);
  * records with quotes are parsed by csv-parse, batched per chunk. Records come out in order.
  */
-class RecordStream {
+export class RecordStream {
   private tail = ''
   private line = 0 // lines consumed so far (1-based line of the next record = line + 1)
   constructor(
