@@ -20,10 +20,12 @@ const REACTION = new RegExp(
 
 /** True for an iMessage reaction written as text: `Laughed at “…”`, `Loved “…”`, `Removed a heart from “…”`, … */
 export function isReaction(text: string): boolean {
-  const c = text.charCodeAt(0)
+  let s = text
+  if (s.charCodeAt(0) <= 32 || s.charCodeAt(s.length - 1) <= 32) s = s.trim()
+  const c = s.charCodeAt(0)
   // Cheap gate: every reaction starts with one of D E L Q R.
   if (c !== 68 && c !== 69 && c !== 76 && c !== 81 && c !== 82) return false
-  return REACTION.test(text.trim())
+  return REACTION.test(s)
 }
 
 /** The object replacement character iMessage puts where an attachment was. */
