@@ -1,0 +1,135 @@
+// cuda_ops.h — the CUDA twins of every op in native/ops/ (bf16 storage, fp32 accumulation).
+//
+// The maths, shapes and conventions of each op are in its native/ops/<op>.h header and at the
+// top of native/cuda/<op>.cu; this file only declares the device-side signatures. (They live
+// here rather than under `#ifdef MIMIC_CUDA` in native/ops/*.h so that the CUDA backend can be
+// developed without touching the CPU headers; moving them is a mechanical change.)
+//
+// Precision plan, shared by the engine:
+//   - weights, activations between ops, logits for training: bf16;
+//   - the residual stream and its gradient, RMSNorm statistics, the log-sum-exp, LoRA
+//     parameters, their gradients and AdamW state: fp32;
+//   - every reduction and GEMM accumulates in fp32.
+// All calls are asynchronous on Context::get().stream unless they return a host value.
+// Backward ops accumulate (+=) into their gradient outputs, as on the CPU.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "cuda/buffer.h"
+#include "ops/adamw.h"
+#include "ops/nf4.h"
+#include "ops/rope.h"
+#include "ops/sampling.h"
+
+namespace mimic::cuda {
+
+// One stream and one cuBLAS handle for the process (device 0), created on first use.
+struct Context {
+  cudaStream_t stream = nullptr;
+  void* blas = nullptr;       // cublasHandle_t
+  void* blas_ws = nullptr;    // cuBLAS workspace
+  int sm_count = 0;
+  size_t total_mem = 0;
+  char name[256] = {0};
+  static Context& get();
+  void sync();                // cudaStreamSynchronize, errors translated
+};
+
+// True when a CUDA device is present and usable (never throws).
+bool available();
+// Current/peak bytes of device memory this process allocated through DevBuf-backed pools,
+// as seen by cudaMemGetInfo (total − free), for reports.
+size_t device_memory_used();
+
+// ---- matmul (native/cuda/matmul.cu): cuBLAS bf16 GEMMs with fp32 accumulation ---------------
+// out[N, M] = alpha · x[N, K] · W[M, K]ᵀ + beta · out                 (TO: bf16 or float)
+template <class TO>
+void matmul_forward(TO* out, const bf16* x, const bf16* W, int64_t N, int K, int M, float alpha = 1.f,
+                    float beta = 0.f);
+// dx[N, K] = alpha · dout[N, M] · W[M, K] + beta · dx                 (beta = 1: accumulate)
+template <class TO>
+void matmul_backward_input(TO* dx, const bf16* dout, const bf16* W, int64_t N, int K, int M, float alpha = 1.f,
+                           float beta = 1.f);
+// dW[M, K] = alpha · dout[N, M]ᵀ · x[N, K] + beta · dW               (fp32 gradient)
+void matmul_backward_weight(float* dW, const bf16* dout, const bf16* x, int64_t N, int K, int M, float alpha = 1.f,
+                            float beta = 1.f);
+
+// ---- nf4 (native/cuda/nf4.cu) --------------------------------------------------------------
+// A bitsandbytes NF4 weight resident on the GPU (4 bits a value + its block statistics).
+struct NF4Device {
+  int M = 0, K = 0;
+  DevBuf<uint8_t> packed;      // M·K/2
+  DevBuf<float> absmax;        // one per 64-block (plain) — empty when double-quantized
+  bool double_quant = false;
+  DevBuf<uint8_t> absmax_u8;   // one per 64-block
+  DevBuf<float> absmax2;       // one per 256 blocks
+  DevBuf<float> code2;         // 256
+  float offset = 0.f;
+  size_t bytes() const { return packed.bytes() + absmax.bytes() + absmax_u8.bytes() + absmax2.bytes() + code2.bytes(); }
+};
+NF4Device nf4_upload(const mimic::NF4Weight& w);
+// out[M, K] = dequant(W) in bf16 (one projection at a time, into the caller's scratch).
+void nf4_dequantize(bf16* out, const NF4Device& W);
+// out[N, M] = alpha · x · dequant(W)ᵀ + beta · out;  scratch holds ≥ M·K bf16.
+template <class TO>
+void nf4_matmul_forward(TO* out, const bf16* x, const NF4Device& W, int64_t N, bf16* scratch, float alpha = 1.f,
+                        float beta = 0.f);
+// dx[N, K] = alpha · dout · dequant(W) + beta · dx
+template <class TO>
+void nf4_matmul_backward_input(TO* dx, const bf16* dout, const NF4Device& W, int64_t N, bf16* scratch,
+                               float alpha = 1.f, float beta = 1.f);
+
+// ---- embedding (native/cuda/embedding.cu) ---------------------------------------------------
+// out[n, :] = table[ids[n], :]  (fp32 residual stream from a bf16 table)
+void embedding_forward(float* out, const int32_t* ids, const bf16* table, int64_t N, int C);
+
+// ---- rmsnorm (native/cuda/rmsnorm.cu) -------------------------------------------------------
+void rmsnorm_forward(bf16* out, float* rstd, const float* x, const float* w, int64_t N, int C, float eps);
+// dx[N, C] += ∂/∂x given dout (fp32); the norm weight is frozen (no dw).
+void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w, const float* rstd, int64_t N,
+                      int C);
+
+// ---- rope (native/cuda/rope.cu), in place on bf16 [N, H, D] -----------------------------------
+void rope_forward(bf16* x, const int32_t* pos, const float* inv_freq, int64_t N, int H, int D);
+void rope_backward(bf16* dx, const int32_t* pos, const float* inv_freq, int64_t N, int H, int D);
+
+// ---- attention (native/cuda/attention.cu) ---------------------------------------------------
+// Shapes as ops/attention.h; q/k/v/out bf16, lse fp32 (may be null). D in {16, 32, 64, 128}.
+void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int Tq, int Tk,
+                       int q_offset, int Hq, int Hkv, int D);
+// dq, dk, dv += (bf16); training shapes (q_offset = 0, Tq = Tk = T).
+void attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
+                        const bf16* out, const float* lse, int B, int T, int Hq, int Hkv, int D);
+
+// ---- swiglu (native/cuda/swiglu.cu) ---------------------------------------------------------
+void swiglu_forward(bf16* out, const bf16* gate, const bf16* up, int64_t N, int C);
+void swiglu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up, int64_t N, int C);
+
+// ---- cross_entropy (native/cuda/cross_entropy.cu) -------------------------------------------
+// Adds Σ over unmasked rows of the loss to *loss_sum (device double). The _backward variant also
+// overwrites logits with scale · (softmax − onehot) (0 for masked rows). TL: bf16 or float.
+template <class TL>
+void cross_entropy_forward(const TL* logits, const int32_t* target, int64_t N, int64_t V, double* loss_sum);
+template <class TL>
+void cross_entropy_forward_backward(TL* logits, const int32_t* target, int64_t N, int64_t V, float scale,
+                                    double* loss_sum);
+
+// ---- adamw (native/cuda/adamw.cu), fp32 flat buffers ----------------------------------------
+void adamw_step(float* p, const float* g, float* m, float* v, int64_t n, const mimic::AdamWParams& hp, int step);
+// *out (device double) += Σ g²
+void sum_squares(const float* g, int64_t n, double* out);
+void scale_inplace(float* x, int64_t n, float s);
+// dst[i] = bf16(src[i])
+void to_bf16(bf16* dst, const float* src, int64_t n);
+void add_inplace(float* x, const bf16* y, int64_t n);   // x += y (residual adds)
+
+// ---- sampling (native/cuda/sampling.cu) -----------------------------------------------------
+// Same processors, order and tie rules as cpu::sample_token; logits[V] fp32 on the device, modified
+// in place. Draws exactly one rng.uniform() when sampling (none when greedy), as the CPU twin.
+int32_t sample_token(float* logits, int64_t V, const mimic::SamplingParams& p, const int32_t* history,
+                     int64_t n_history, mimic::Rng& rng);
+
+}  // namespace mimic::cuda
