@@ -69,11 +69,11 @@ export function kindOf(head: Buffer, size: number, path: string): SourceKind {
       `${path}: JSON lines, but the first object has keys ${JSON.stringify(Object.keys(obj ?? {}))} instead of "input" and "output"`,
     )
   }
-  if (first.startsWith('[')) {
-    throw new Error(`${path}: a JSON array; give pairs as JSONL, one {"input", "output"} object per line`)
-  }
   if (/^\[?\d{1,4}[./-]\d{1,2}[./-]\d{1,4},? \d{1,2}:\d{2}/.test(first)) {
     throw new Error(`${path}: looks like a WhatsApp chat export; that format is not supported yet (use chat.db or processed_messages.csv)`)
+  }
+  if (first.startsWith('[')) {
+    throw new Error(`${path}: a JSON array; give pairs as JSONL, one {"input", "output"} object per line`)
   }
   if (first.includes(',') || first.includes('Timestamp')) {
     // The CSV importer checks the header itself and names any missing column.
