@@ -157,7 +157,7 @@ export function fitTokenized(ids: ArrayLike<number>, labels: ArrayLike<number>, 
   if (tail > maxSeqLen - 1) return { skipped: 'answerTooLong', answerTokens: tail };
   const keep = maxSeqLen - tail;
   const keepBos = bosId !== undefined && ids[0] === bosId && keep >= 2;
-  const start = ids.length - (keepBos ? keep - 1 : keep);
+  const start = first - (keepBos ? keep - 1 : keep);
   const outIds = new Int32Array(maxSeqLen), outLabels = new Int32Array(maxSeqLen);
   let o = 0;
   if (keepBos) { outIds[0] = ids[0]; outLabels[0] = labels[0]; o = 1; }

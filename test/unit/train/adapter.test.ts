@@ -3,35 +3,10 @@ import t from 'tap';
 import { readdirSync, readFileSync, existsSync, cpSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { loadAdapter, saveAdapter, readModelDims, validateLoraSpec, adapterConfig, loraName, ALL_TARGETS } from '../../../lib/train/adapter.ts';
-import { nodeFs, type WriteFs } from '../../../lib/train/atomic.ts';
+import { fullDisk } from './helpers.ts';
 
 const modelDir = new URL('../../fixtures/ref/tiny-llama', import.meta.url).pathname;
 const peftDir = path.join(modelDir, 'lora');
-
-/** A file system whose writes fail with ENOSPC after `okBytes` bytes. */
-export function fullDisk(okBytes = 0): WriteFs {
-  let left = okBytes;
-  return {
-    ...nodeFs,
-    async open(file, flags) {
-      const h = await nodeFs.open(file, flags);
-      return {
-        async writeFile(data) {
-          const n = typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength;
-          if (n > left) {
-            await h.writeFile(typeof data === 'string' ? data.slice(0, left) : data.subarray(0, Math.max(0, left)));
-            const e = new Error('ENOSPC: no space left on device, write') as NodeJS.ErrnoException;
-            e.code = 'ENOSPC';
-            throw e;
-          }
-          left -= n;
-          await h.writeFile(data);
-        },
-        sync: () => h.sync(), close: () => h.close(),
-      };
-    },
-  };
-}
 
 t.test('loads an adapter PEFT trained', async (t) => {
   const dims = await readModelDims(modelDir);
