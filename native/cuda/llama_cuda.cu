@@ -1,0 +1,594 @@
+// llama_cuda — the CUDA engine (see llama_cuda.h for the stages and the precision plan in
+// cuda_ops.h). Per decoder layer, with N = B·T tokens:
+//   xn1 = rmsnorm(x)·w_in;  q,k,v = lin(xn1);  rope(q, k);  att = attention(q, k, v)
+//   h = x + lin_o(att);  xn2 = rmsnorm(h)·w_post;  act = silu(lin_gate(xn2)) · lin_up(xn2)
+//   x' = h + lin_down(act)
+// lin(x) = x·Wᵀ + scale·(drop(x)·Aᵀ)·Bᵀ — the base is a bf16 GEMM, or NF4 dequantized into one
+// shared scratch then a GEMM. The backward walks the same graph in reverse with the residual
+// gradient in fp32, accumulating dA/dB (fp32) in the LoRA arena.
+#include "cuda/llama_cuda.h"
+
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "cuda/common.cuh"
+#include "ops/cross_entropy.h"
+
+namespace mimic::cuda {
+
+struct Acts {
+  DevBuf<bf16> xn1, q, k, v, att, xn2, gate, up, act;
+  DevBuf<float> rstd1, lse, h, rstd2;
+  std::array<DevBuf<bf16>, 7> lh;
+};
+
+struct Workspace {
+  DevBuf<int32_t> ids, pos, tgt, rows;
+  std::vector<DevBuf<float>> xs;
+  std::vector<Acts> acts;
+  DevBuf<bf16> y16, dy16, dact, dgate, dup, datt, dq, dk, dv, dh, drop, drop2, xnf, gath, logits16, scratch;
+  DevBuf<float> dres, dn, rstdf, dg, dxnf, logits32;
+  DevBuf<double> loss;
+};
+
+namespace {
+
+constexpr int32_t kIgnore = -100;
+constexpr size_t kHeadBytes = 256u << 20;  // logits chunk budget (bf16 rows of V)
+
+cudaStream_t stream() { return Context::get().stream; }
+
+DevBuf<bf16> upload_bf16(const float* src, size_t n) {
+  std::vector<bf16> h(n);
+  for (size_t i = 0; i < n; ++i) h[i] = __float2bfloat16(src[i]);
+  return upload(h);
+}
+
+// ---- small kernels private to the engine -----------------------------------------------------
+__device__ inline uint32_t hash3(uint64_t seed, uint64_t i) {
+  uint64_t z = seed ^ (i * 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return (uint32_t)((z ^ (z >> 31)) >> 40);  // 24 bits
+}
+// dst (=|+=) src ⊙ mask/(1−p), mask from hash(seed, i)
+template <class TO>
+__global__ void dropout_kernel(TO* dst, const bf16* src, int64_t n, float p, uint64_t seed, bool acc) {
+  const float keep = 1.f / (1.f - p);
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const float u = hash3(seed, (uint64_t)i) * (1.f / 16777216.f);
+    const float v = u >= p ? __bfloat162float(src[i]) * keep : 0.f;
+    dst[i] = from_f<TO>(acc ? to_f(dst[i]) + v : v);
+  }
+}
+__global__ void residual_kernel(float* out, const float* x, const bf16* y, int64_t n) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    out[i] = x[i] + __bfloat162float(y[i]);
+}
+__global__ void f32_to_bf16_kernel(bf16* d, const float* s, int64_t n) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    d[i] = __float2bfloat16(s[i]);
+}
+__global__ void gather_rows_kernel(bf16* dst, const bf16* src, const int32_t* rows, int C) {
+  const int64_t r = blockIdx.x, s = rows[r];
+  for (int c = threadIdx.x; c < C; c += blockDim.x) dst[r * C + c] = src[s * C + c];
+}
+__global__ void scatter_rows_kernel(float* dst, const float* src, const int32_t* rows, int C) {
+  const int64_t r = blockIdx.x, s = rows[r];
+  for (int c = threadIdx.x; c < C; c += blockDim.x) dst[s * C + c] = src[r * C + c];
+}
+int ew_grid(int64_t n) { int64_t b = (n + 255) / 256; return (int)std::min<int64_t>(std::max<int64_t>(b, 1), 8192); }
+
+void zero(void* p, size_t bytes) { if (bytes) MIMIC_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream())); }
+
+// ---- one projection --------------------------------------------------------------------------
+struct LinCtx {
+  DeviceModel& d;
+  Workspace& ws;
+  float dropout;
+  uint64_t seed;  // per (call, layer, projection)
+};
+
+const bf16* lora_A(const DeviceModel& d, const DLinear& L) { return d.lb.p + L.offA; }
+const bf16* lora_B(const DeviceModel& d, const DLinear& L) { return d.lb.p + L.offB; }
+
+// y[N, M] (bf16) = lin(x); h_out[N, r] keeps x_drop·Aᵀ for the backward.
+void lin_forward(LinCtx& c, bf16* y, const bf16* x, int64_t N, const DLinear& L, bf16* h_out) {
+  if (L.is_nf4) nf4_matmul_forward<bf16>(y, x, L.nf4, N, c.ws.scratch.p, 1.f, 0.f);
+  else matmul_forward<bf16>(y, x, L.W.p, N, L.K, L.M, 1.f, 0.f);
+  if (!L.src || L.r == 0) return;
+  const bf16* xin = x;
+  if (c.dropout > 0.f) {
+    dropout_kernel<bf16><<<ew_grid(N * L.K), 256, 0, stream()>>>(c.ws.drop.p, x, N * L.K, c.dropout, c.seed, false);
+    MIMIC_CUDA_LAUNCHED();
+    xin = c.ws.drop.p;
+  }
+  matmul_forward<bf16>(h_out, xin, lora_A(c.d, L), N, L.K, L.r, 1.f, 0.f);
+  matmul_forward<bf16>(y, h_out, lora_B(c.d, L), N, L.r, L.M, L.scale, 1.f);
+}
+
+// dx (=: beta 0 | +=: beta 1) ∂/∂x; dA, dB += in the arena.
+template <class TO>
+void lin_backward(LinCtx& c, TO* dx, float beta, const bf16* dy, const bf16* x, int64_t N, const DLinear& L,
+                  const bf16* h) {
+  if (L.is_nf4) nf4_matmul_backward_input<TO>(dx, dy, L.nf4, N, c.ws.scratch.p, 1.f, beta);
+  else matmul_backward_input<TO>(dx, dy, L.W.p, N, L.K, L.M, 1.f, beta);
+  if (!L.src || L.r == 0) return;
+  DeviceModel& d = c.d;
+  matmul_backward_weight(d.lg.p + L.offB, dy, h, N, L.r, L.M, L.scale, 1.f);               // dB += s·dyᵀh
+  matmul_backward_input<bf16>(c.ws.dh.p, dy, lora_B(d, L), N, L.r, L.M, L.scale, 0.f);     // dh = s·dy·B
+  const bf16* xin = x;
+  if (c.dropout > 0.f) {
+    dropout_kernel<bf16><<<ew_grid(N * L.K), 256, 0, stream()>>>(c.ws.drop.p, x, N * L.K, c.dropout, c.seed, false);
+    MIMIC_CUDA_LAUNCHED();
+    xin = c.ws.drop.p;
+  }
+  matmul_backward_weight(d.lg.p + L.offA, c.ws.dh.p, xin, N, L.K, L.r, 1.f, 1.f);          // dA += dhᵀ·xd
+  if (c.dropout > 0.f) {
+    matmul_backward_input<bf16>(c.ws.drop2.p, c.ws.dh.p, lora_A(d, L), N, L.K, L.r, 1.f, 0.f);
+    dropout_kernel<TO><<<ew_grid(N * L.K), 256, 0, stream()>>>(dx, c.ws.drop2.p, N * L.K, c.dropout, c.seed, true);
+    MIMIC_CUDA_LAUNCHED();
+  } else {
+    matmul_backward_input<TO>(dx, c.ws.dh.p, lora_A(d, L), N, L.K, L.r, 1.f, 1.f);       // dx += dh·A
+  }
+}
+
+// ---- sizing ----------------------------------------------------------------------------------
+int max_rank(const DeviceModel& d) {
+  int r = 1;
+  for (auto& l : d.layers)
+    for (auto& p : l.proj) r = std::max(r, p.r);
+  return r;
+}
+
+void ensure_acts(Acts& a, const LlamaConfig& c, int64_t N, int B, int r) {
+  const int64_t C = c.hidden_size, QD = (int64_t)c.num_heads * c.head_dim, KD = (int64_t)c.num_kv_heads * c.head_dim,
+                I = c.intermediate_size;
+  a.xn1.reserve(N * C); a.q.reserve(N * QD); a.k.reserve(N * KD); a.v.reserve(N * KD); a.att.reserve(N * QD);
+  a.xn2.reserve(N * C); a.gate.reserve(N * I); a.up.reserve(N * I); a.act.reserve(N * I);
+  a.rstd1.reserve(N); a.rstd2.reserve(N); a.lse.reserve(N * c.num_heads); a.h.reserve(N * C);
+  for (auto& b : a.lh) b.reserve(N * r);
+  (void)B;
+}
+
+void ensure_ws(DeviceModel& d, int64_t N, int B, int n_acts, bool backward) {
+  if (!d.ws) d.ws = std::make_shared<Workspace>();
+  Workspace& w = *d.ws;
+  const LlamaConfig& c = d.cfg;
+  const int64_t C = c.hidden_size, QD = (int64_t)c.num_heads * c.head_dim, KD = (int64_t)c.num_kv_heads * c.head_dim,
+                I = c.intermediate_size;
+  const int r = max_rank(d);
+  int64_t maxMK = 0, maxK = std::max<int64_t>(C, I);
+  for (auto& l : d.layers)
+    for (auto& p : l.proj) if (p.is_nf4) maxMK = std::max<int64_t>(maxMK, (int64_t)p.M * p.K);
+  w.scratch.reserve(std::max<int64_t>(maxMK, 1));
+  w.ids.reserve(N); w.pos.reserve(N); w.tgt.reserve(N); w.rows.reserve(N);
+  if ((int)w.acts.size() < n_acts) w.acts.resize(n_acts);
+  for (int i = 0; i < n_acts; ++i) ensure_acts(w.acts[i], c, N, B, r);
+  w.y16.reserve(N * std::max(C, QD));
+  w.dh.reserve(N * r);
+  w.drop.reserve(N * maxK);
+  w.xnf.reserve(N * C); w.rstdf.reserve(N);
+  w.loss.reserve(2);
+  if (backward) {
+    w.dy16.reserve(N * std::max(C, QD)); w.dact.reserve(N * I); w.dgate.reserve(N * I); w.dup.reserve(N * I);
+    w.datt.reserve(N * QD); w.dq.reserve(N * QD); w.dk.reserve(N * KD); w.dv.reserve(N * KD);
+    w.drop2.reserve(N * maxK); w.dres.reserve(N * C); w.dn.reserve(N * C); w.dxnf.reserve(N * C);
+  }
+}
+
+// ---- one decoder layer -----------------------------------------------------------------------
+struct LayerRun {
+  int B, T;            // training shapes (B sequences of T); inference: B = 1
+  DeviceKV* cache;     // inference only
+  int q_offset;
+};
+
+void layer_forward(DeviceModel& d, int l, Acts& a, const float* x, float* out, const LayerRun& run, LinCtx& lc,
+                   uint64_t seed_base) {
+  const LlamaConfig& c = d.cfg;
+  const DLayer& L = d.layers[l];
+  Workspace& w = *d.ws;
+  const int64_t N = (int64_t)run.B * run.T, C = c.hidden_size;
+  const int Hq = c.num_heads, Hkv = c.num_kv_heads, D = c.head_dim;
+  auto seed = [&](int i) { lc.seed = seed_base ^ ((uint64_t)(l * 7 + i + 1) * 0xA24BAED4963EE407ull); };
+  rmsnorm_forward(a.xn1.p, a.rstd1.p, x, L.in_norm.p, N, C, c.rms_norm_eps);
+  seed(0); lin_forward(lc, a.q.p, a.xn1.p, N, L.proj[0], a.lh[0].p);
+  seed(1); lin_forward(lc, a.k.p, a.xn1.p, N, L.proj[1], a.lh[1].p);
+  seed(2); lin_forward(lc, a.v.p, a.xn1.p, N, L.proj[2], a.lh[2].p);
+  rope_forward(a.q.p, w.pos.p, d.inv_freq.p, N, Hq, D);
+  rope_forward(a.k.p, w.pos.p, d.inv_freq.p, N, Hkv, D);
+  if (run.cache) {
+    DeviceKV& kv = *run.cache;
+    const size_t row = (size_t)Hkv * D;
+    MIMIC_CUDA_CHECK(cudaMemcpyAsync(kv.k[l].p + (size_t)kv.len * row, a.k.p, sizeof(bf16) * row * N,
+                                     cudaMemcpyDeviceToDevice, stream()));
+    MIMIC_CUDA_CHECK(cudaMemcpyAsync(kv.v[l].p + (size_t)kv.len * row, a.v.p, sizeof(bf16) * row * N,
+                                     cudaMemcpyDeviceToDevice, stream()));
+    attention_forward(a.att.p, nullptr, a.q.p, kv.k[l].p, kv.v[l].p, 1, run.T, kv.len + run.T, kv.len, Hq, Hkv, D);
+  } else {
+    attention_forward(a.att.p, a.lse.p, a.q.p, a.k.p, a.v.p, run.B, run.T, run.T, 0, Hq, Hkv, D);
+  }
+  seed(3); lin_forward(lc, w.y16.p, a.att.p, N, L.proj[3], a.lh[3].p);
+  residual_kernel<<<ew_grid(N * C), 256, 0, stream()>>>(a.h.p, x, w.y16.p, N * C);
+  MIMIC_CUDA_LAUNCHED();
+  rmsnorm_forward(a.xn2.p, a.rstd2.p, a.h.p, L.post_norm.p, N, C, c.rms_norm_eps);
+  seed(4); lin_forward(lc, a.gate.p, a.xn2.p, N, L.proj[4], a.lh[4].p);
+  seed(5); lin_forward(lc, a.up.p, a.xn2.p, N, L.proj[5], a.lh[5].p);
+  swiglu_forward(a.act.p, a.gate.p, a.up.p, N, c.intermediate_size);
+  seed(6); lin_forward(lc, w.y16.p, a.act.p, N, L.proj[6], a.lh[6].p);
+  residual_kernel<<<ew_grid(N * C), 256, 0, stream()>>>(out, a.h.p, w.y16.p, N * C);
+  MIMIC_CUDA_LAUNCHED();
+}
+
+// w.dres holds d(out) on entry and d(x) on return.
+void layer_backward(DeviceModel& d, int l, Acts& a, const float* x, const LayerRun& run, LinCtx& lc,
+                    uint64_t seed_base) {
+  const LlamaConfig& c = d.cfg;
+  const DLayer& L = d.layers[l];
+  Workspace& w = *d.ws;
+  const int64_t N = (int64_t)run.B * run.T, C = c.hidden_size, I = c.intermediate_size;
+  const int Hq = c.num_heads, Hkv = c.num_kv_heads, D = c.head_dim;
+  auto seed = [&](int i) { lc.seed = seed_base ^ ((uint64_t)(l * 7 + i + 1) * 0xA24BAED4963EE407ull); };
+  // MLP
+  f32_to_bf16_kernel<<<ew_grid(N * C), 256, 0, stream()>>>(w.dy16.p, w.dres.p, N * C);
+  MIMIC_CUDA_LAUNCHED();
+  seed(6); lin_backward<bf16>(lc, w.dact.p, 0.f, w.dy16.p, a.act.p, N, L.proj[6], a.lh[6].p);
+  zero(w.dgate.p, sizeof(bf16) * N * I);
+  zero(w.dup.p, sizeof(bf16) * N * I);
+  swiglu_backward(w.dgate.p, w.dup.p, w.dact.p, a.gate.p, a.up.p, N, (int)I);
+  seed(4); lin_backward<float>(lc, w.dn.p, 0.f, w.dgate.p, a.xn2.p, N, L.proj[4], a.lh[4].p);
+  seed(5); lin_backward<float>(lc, w.dn.p, 1.f, w.dup.p, a.xn2.p, N, L.proj[5], a.lh[5].p);
+  rmsnorm_backward(w.dres.p, w.dn.p, a.h.p, L.post_norm.p, a.rstd2.p, N, (int)C);
+  // attention
+  f32_to_bf16_kernel<<<ew_grid(N * C), 256, 0, stream()>>>(w.dy16.p, w.dres.p, N * C);
+  MIMIC_CUDA_LAUNCHED();
+  seed(3); lin_backward<bf16>(lc, w.datt.p, 0.f, w.dy16.p, a.att.p, N, L.proj[3], a.lh[3].p);
+  const int64_t QD = (int64_t)Hq * D, KD = (int64_t)Hkv * D;
+  zero(w.dq.p, sizeof(bf16) * N * QD);
+  zero(w.dk.p, sizeof(bf16) * N * KD);
+  zero(w.dv.p, sizeof(bf16) * N * KD);
+  attention_backward(w.dq.p, w.dk.p, w.dv.p, w.datt.p, a.q.p, a.k.p, a.v.p, a.att.p, a.lse.p, run.B, run.T, Hq, Hkv, D);
+  rope_backward(w.dq.p, w.pos.p, d.inv_freq.p, N, Hq, D);
+  rope_backward(w.dk.p, w.pos.p, d.inv_freq.p, N, Hkv, D);
+  seed(0); lin_backward<float>(lc, w.dn.p, 0.f, w.dq.p, a.xn1.p, N, L.proj[0], a.lh[0].p);
+  seed(1); lin_backward<float>(lc, w.dn.p, 1.f, w.dk.p, a.xn1.p, N, L.proj[1], a.lh[1].p);
+  seed(2); lin_backward<float>(lc, w.dn.p, 1.f, w.dv.p, a.xn1.p, N, L.proj[2], a.lh[2].p);
+  rmsnorm_backward(w.dres.p, w.dn.p, x, L.in_norm.p, a.rstd1.p, N, (int)C);
+}
+
+DLinear upload_linear(const Linear& L, size_t& bytes) {
+  DLinear d;
+  d.M = L.M;
+  d.K = L.K;
+  if (L.nf4) {
+    d.is_nf4 = true;
+    d.nf4 = nf4_upload(*L.nf4);
+    bytes += d.nf4.bytes();
+  } else {
+    MIMIC_CHECK(L.W, "EINVAL", "linear ", L.name, " has no weight");
+    d.W = upload_bf16(L.W, (size_t)L.M * L.K);
+    bytes += d.W.bytes();
+  }
+  return d;
+}
+
+Linear* proj_of(LlamaLayer& L, int i) {
+  Linear* p[7] = {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down};
+  return p[i];
+}
+const Linear* proj_of(const LlamaLayer& L, int i) { return proj_of(const_cast<LlamaLayer&>(L), i); }
+
+}  // namespace
+
+// ---- model -------------------------------------------------------------------------------------
+std::unique_ptr<DeviceModel> upload_model(const LlamaModel& m) {
+  Context::get();
+  auto d = std::make_unique<DeviceModel>();
+  d->cfg = m.cfg;
+  const LlamaConfig& c = m.cfg;
+  size_t bytes = 0;
+  d->embed = upload_bf16(m.embed.data(), m.embed.size());
+  bytes += d->embed.bytes();
+  if (!m.lm_head.empty()) { d->lm_head = upload_bf16(m.lm_head.data(), m.lm_head.size()); bytes += d->lm_head.bytes(); }
+  d->final_norm = upload(m.final_norm);
+  d->inv_freq = upload(m.inv_freq);
+  d->layers.resize(c.num_layers);
+  for (int l = 0; l < c.num_layers; ++l) {
+    const LlamaLayer& L = m.layers[l];
+    DLayer& D = d->layers[l];
+    D.in_norm = upload(L.input_norm);
+    D.post_norm = upload(L.post_attn_norm);
+    for (int i = 0; i < 7; ++i) D.proj[i] = upload_linear(*proj_of(L, i), bytes);
+  }
+  d->weight_bytes = bytes;
+  sync_lora_to_device(*d, m);
+  return d;
+}
+
+void sync_lora_to_device(DeviceModel& d, const LlamaModel& m) {
+  int64_t n = 0;
+  for (int l = 0; l < d.cfg.num_layers; ++l)
+    for (int i = 0; i < 7; ++i) {
+      const Linear& L = *proj_of(m.layers[l], i);
+      DLinear& D = d.layers[l].proj[i];
+      if (L.lora && L.lora->r > 0) {
+        D.src = L.lora.get(); D.r = L.lora->r; D.scale = L.lora->scale;
+        D.offA = n; n += (int64_t)D.r * D.K;
+        D.offB = n; n += (int64_t)D.M * D.r;
+      } else {
+        D.src = nullptr; D.r = 0; D.offA = D.offB = -1;
+      }
+    }
+  d.lora_n = n;
+  if (n == 0) return;
+  std::vector<float> host((size_t)n), grads((size_t)n, 0.f);
+  for (int l = 0; l < d.cfg.num_layers; ++l)
+    for (int i = 0; i < 7; ++i) {
+      DLinear& D = d.layers[l].proj[i];
+      if (!D.src) continue;
+      std::memcpy(&host[D.offA], D.src->A.data(), sizeof(float) * D.src->A.size());
+      std::memcpy(&host[D.offB], D.src->B.data(), sizeof(float) * D.src->B.size());
+      if (D.src->dA.size() == D.src->A.size()) std::memcpy(&grads[D.offA], D.src->dA.data(), sizeof(float) * D.src->dA.size());
+      if (D.src->dB.size() == D.src->B.size()) std::memcpy(&grads[D.offB], D.src->dB.data(), sizeof(float) * D.src->dB.size());
+    }
+  if (d.lp.n < (size_t)n) { d.lp.alloc(n); d.lg.alloc(n); d.lm.alloc(n); d.lv.alloc(n); d.lb.alloc(n); }
+  MIMIC_CUDA_CHECK(cudaMemcpy(d.lp.p, host.data(), sizeof(float) * n, cudaMemcpyHostToDevice));
+  MIMIC_CUDA_CHECK(cudaMemcpy(d.lg.p, grads.data(), sizeof(float) * n, cudaMemcpyHostToDevice));
+  MIMIC_CUDA_CHECK(cudaMemset(d.lm.p, 0, sizeof(float) * n));
+  MIMIC_CUDA_CHECK(cudaMemset(d.lv.p, 0, sizeof(float) * n));
+  to_bf16(d.lb.p, d.lp.p, n);
+  Context::get().sync();
+}
+
+void sync_lora_to_host(DeviceModel& d, LlamaModel& m, bool grads) {
+  if (!d.lora_n) return;
+  Context::get().sync();
+  std::vector<float> p = download(d.lp.p, d.lora_n), g;
+  if (grads) g = download(d.lg.p, d.lora_n);
+  for (int l = 0; l < d.cfg.num_layers; ++l)
+    for (int i = 0; i < 7; ++i) {
+      DLinear& D = d.layers[l].proj[i];
+      Linear& L = *proj_of(m.layers[l], i);
+      if (!D.src || !L.lora) continue;
+      LoraAdapter& a = *L.lora;
+      std::memcpy(a.A.data(), &p[D.offA], sizeof(float) * a.A.size());
+      std::memcpy(a.B.data(), &p[D.offB], sizeof(float) * a.B.size());
+      if (grads) {
+        a.dA.resize(a.A.size()); a.dB.resize(a.B.size());
+        std::memcpy(a.dA.data(), &g[D.offA], sizeof(float) * a.A.size());
+        std::memcpy(a.dB.data(), &g[D.offB], sizeof(float) * a.B.size());
+      }
+    }
+}
+
+void DeviceKV::init(const LlamaConfig& c, int max_len_) {
+  max_len = max_len_;
+  len = 0;
+  k.clear(); v.clear();
+  k.resize(c.num_layers); v.resize(c.num_layers);
+  const size_t row = (size_t)c.num_kv_heads * c.head_dim;
+  for (int l = 0; l < c.num_layers; ++l) { k[l].alloc(row * max_len); v[l].alloc(row * max_len); }
+}
+
+// ---- inference -----------------------------------------------------------------------------------
+float* llama_forward(DeviceModel& d, const int32_t* ids, int T, DeviceKV* cache, float* logits, int n_logits) {
+  const LlamaConfig& c = d.cfg;
+  MIMIC_CHECK(T > 0, "EINVAL", "llama_forward: no tokens");
+  for (int t = 0; t < T; ++t)
+    MIMIC_CHECK(ids[t] >= 0 && ids[t] < c.vocab_size, "EINVAL", "token id ", ids[t], " at position ", t,
+                " is outside the vocabulary [0, ", c.vocab_size, ")");
+  const int start = cache ? cache->len : 0;
+  if (cache)
+    MIMIC_CHECK(start + T <= cache->max_len, "EINVAL", "the KV cache is full (", start, " + ", T, " tokens > ",
+                cache->max_len, "): start a session with a larger maxLength");
+  n_logits = std::max(1, std::min(n_logits, T));
+  ensure_ws(d, T, 1, 1, false);
+  Workspace& w = *d.ws;
+  if (w.xs.size() < 2) w.xs.resize(2);
+  for (auto& b : w.xs) b.reserve((size_t)T * c.hidden_size);
+  std::vector<int32_t> pos(T);
+  for (int t = 0; t < T; ++t) pos[t] = start + t;
+  cudaStream_t st = stream();
+  MIMIC_CUDA_CHECK(cudaMemcpyAsync(w.ids.p, ids, sizeof(int32_t) * T, cudaMemcpyHostToDevice, st));
+  MIMIC_CUDA_CHECK(cudaMemcpyAsync(w.pos.p, pos.data(), sizeof(int32_t) * T, cudaMemcpyHostToDevice, st));
+  embedding_forward(w.xs[0].p, w.ids.p, d.embed.p, T, c.hidden_size);
+  LayerRun run{1, T, cache, start};
+  LinCtx lc{d, w, 0.f, 0};
+  for (int l = 0; l < c.num_layers; ++l)
+    layer_forward(d, l, w.acts[0], w.xs[l & 1].p, w.xs[(l + 1) & 1].p, run, lc, 0);
+  const float* xL = w.xs[c.num_layers & 1].p;
+  const int64_t C = c.hidden_size, V = c.vocab_size;
+  rmsnorm_forward(w.xnf.p, w.rstdf.p, xL, d.final_norm.p, T, (int)C, c.rms_norm_eps);
+  w.logits32.reserve((size_t)n_logits * V);
+  matmul_forward<float>(w.logits32.p, w.xnf.p + (size_t)(T - n_logits) * C, d.head(), n_logits, (int)C, (int)V);
+  if (cache) cache->len += T;
+  if (logits) {
+    MIMIC_CUDA_CHECK(cudaMemcpyAsync(logits, w.logits32.p, sizeof(float) * n_logits * V, cudaMemcpyDeviceToHost, st));
+    Context::get().sync();
+    return nullptr;
+  }
+  return w.logits32.p + (size_t)(n_logits - 1) * V;
+}
+
+// ---- training ------------------------------------------------------------------------------------
+DeviceTrainer::DeviceTrainer(DeviceModel& d, Trainer& cpu) : d_(d), cpu_(cpu) {
+  sync_lora_to_device(d_, cpu_.model());
+  // Map every CPU param (PEFT order) to its slice of the arena.
+  for (auto& p : cpu_.params()) {
+    int64_t off = -1;
+    for (auto& L : d_.layers)
+      for (auto& D : L.proj) {
+        if (!D.src) continue;
+        if (p.p == &const_cast<LoraAdapter*>(D.src)->A) off = D.offA;
+        if (p.p == &const_cast<LoraAdapter*>(D.src)->B) off = D.offB;
+      }
+    MIMIC_CHECK(off >= 0, "EINVAL", "CUDA trainer: parameter ", p.name, " is not attached to the model");
+    param_off_.emplace_back(off, (int64_t)p.p->size());
+  }
+  push();
+}
+
+void DeviceTrainer::push() {
+  // parameters and AdamW moments from the CPU trainer (setState / init), gradients zeroed
+  auto& ps = cpu_.params();
+  for (size_t i = 0; i < ps.size(); ++i) {
+    auto [off, n] = param_off_[i];
+    MIMIC_CUDA_CHECK(cudaMemcpy(d_.lp.p + off, ps[i].p->data(), sizeof(float) * n, cudaMemcpyHostToDevice));
+    if ((int64_t)ps[i].m.size() == n)
+      MIMIC_CUDA_CHECK(cudaMemcpy(d_.lm.p + off, ps[i].m.data(), sizeof(float) * n, cudaMemcpyHostToDevice));
+    if ((int64_t)ps[i].v.size() == n)
+      MIMIC_CUDA_CHECK(cudaMemcpy(d_.lv.p + off, ps[i].v.data(), sizeof(float) * n, cudaMemcpyHostToDevice));
+  }
+  to_bf16(d_.lb.p, d_.lp.p, d_.lora_n);
+  zero_grad();
+  Context::get().sync();
+}
+
+void DeviceTrainer::pull() {
+  Context::get().sync();
+  std::vector<float> p = download(d_.lp.p, d_.lora_n), g = download(d_.lg.p, d_.lora_n),
+                     m = download(d_.lm.p, d_.lora_n), v = download(d_.lv.p, d_.lora_n);
+  auto& ps = cpu_.params();
+  for (size_t i = 0; i < ps.size(); ++i) {
+    auto [off, n] = param_off_[i];
+    ps[i].p->assign(p.begin() + off, p.begin() + off + n);
+    ps[i].g->assign(g.begin() + off, g.begin() + off + n);
+    ps[i].m.assign(m.begin() + off, m.begin() + off + n);
+    ps[i].v.assign(v.begin() + off, v.begin() + off + n);
+  }
+}
+
+void DeviceTrainer::zero_grad() { zero(d_.lg.p, sizeof(float) * d_.lora_n); }
+
+LossSum DeviceTrainer::accumulate(const int32_t* ids, const int32_t* labels, int B, int T) {
+  return run(ids, labels, B, T, true);
+}
+LossSum DeviceTrainer::evaluate(const int32_t* ids, const int32_t* labels, int B, int T) {
+  return run(ids, labels, B, T, false);
+}
+
+LossSum DeviceTrainer::run(const int32_t* ids, const int32_t* labels, int B, int T, bool train) {
+  const LlamaConfig& c = d_.cfg;
+  MIMIC_CHECK(B > 0 && T > 0, "ESHAPE", "batch and seqLen must be positive, got ", B, " x ", T);
+  const int64_t N = (int64_t)B * T, C = c.hidden_size, V = c.vocab_size;
+  for (int64_t i = 0; i < N; ++i) {
+    MIMIC_CHECK(ids[i] >= 0 && ids[i] < c.vocab_size, "EINVAL", "token id ", ids[i], " at ", i,
+                " is outside the vocabulary [0, ", c.vocab_size, ")");
+    MIMIC_CHECK(labels[i] == kIgnore || (labels[i] >= 0 && labels[i] < c.vocab_size), "EINVAL", "label ", labels[i],
+                " at ", i, " is neither -100 nor a token id");
+  }
+  LossSum out;
+  std::vector<int32_t> tgt((size_t)N), pos((size_t)N), rows;
+  for (int b = 0; b < B; ++b)
+    for (int t = 0; t < T; ++t) {
+      const int64_t n = (int64_t)b * T + t;
+      tgt[n] = t + 1 < T ? labels[n + 1] : kIgnore;
+      pos[n] = t;
+      if (tgt[n] != kIgnore) { rows.push_back((int32_t)n); ++out.tokens; }
+    }
+  if (out.tokens == 0) return out;
+  const bool recompute = cpu_.options().recompute;
+  const float dropout = train ? cpu_.options().dropout : 0.f;
+  const int n_acts = (train && !recompute) ? c.num_layers : 1;
+  ensure_ws(d_, N, B, n_acts, train);
+  Workspace& w = *d_.ws;
+  if ((int)w.xs.size() < c.num_layers + 1) w.xs.resize(c.num_layers + 1);
+  for (auto& x : w.xs) x.reserve((size_t)N * C);
+  cudaStream_t st = stream();
+  MIMIC_CUDA_CHECK(cudaMemcpyAsync(w.ids.p, ids, sizeof(int32_t) * N, cudaMemcpyHostToDevice, st));
+  MIMIC_CUDA_CHECK(cudaMemcpyAsync(w.pos.p, pos.data(), sizeof(int32_t) * N, cudaMemcpyHostToDevice, st));
+  MIMIC_CUDA_CHECK(cudaMemcpyAsync(w.tgt.p, tgt.data(), sizeof(int32_t) * N, cudaMemcpyHostToDevice, st));
+  MIMIC_CUDA_CHECK(cudaMemcpyAsync(w.rows.p, rows.data(), sizeof(int32_t) * rows.size(), cudaMemcpyHostToDevice, st));
+  zero(w.loss.p, sizeof(double));
+
+  const uint64_t seed_base = (cpu_.options().seed * 0x9E3779B97F4A7C15ull) ^ (++dropout_calls_ * 0xD1B54A32D192ED03ull);
+  LinCtx lc{d_, w, dropout, 0};
+  LayerRun run{B, T, nullptr, 0};
+  embedding_forward(w.xs[0].p, w.ids.p, d_.embed.p, N, (int)C);
+  for (int l = 0; l < c.num_layers; ++l)
+    layer_forward(d_, l, w.acts[n_acts == 1 ? 0 : l], w.xs[l].p, w.xs[l + 1].p, run, lc, seed_base);
+
+  // head: final norm, then lm_head + CE over the rows with a target, a chunk at a time
+  const float* xL = w.xs[c.num_layers].p;
+  rmsnorm_forward(w.xnf.p, w.rstdf.p, xL, d_.final_norm.p, N, (int)C, c.rms_norm_eps);
+  const int64_t R = std::max<int64_t>(1, std::min<int64_t>(out.tokens, (int64_t)(kHeadBytes / (V * sizeof(bf16)))));
+  w.gath.reserve(R * C);
+  w.logits16.reserve(R * V);
+  w.dg.reserve(R * C);
+  // the shifted targets of the compacted rows
+  std::vector<int32_t> tg_rows(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) tg_rows[i] = tgt[rows[i]];
+  DevBuf<int32_t>& tgr = w.tgt;  // reuse: targets of compacted rows
+  MIMIC_CUDA_CHECK(cudaMemcpyAsync(tgr.p, tg_rows.data(), sizeof(int32_t) * rows.size(), cudaMemcpyHostToDevice, st));
+  if (train) zero(w.dxnf.p, sizeof(float) * N * C);
+  for (int64_t r0 = 0; r0 < out.tokens; r0 += R) {
+    const int64_t n = std::min(R, out.tokens - r0);
+    gather_rows_kernel<<<(unsigned)n, 256, 0, st>>>(w.gath.p, w.xnf.p, w.rows.p + r0, (int)C);
+    MIMIC_CUDA_LAUNCHED();
+    matmul_forward<bf16>(w.logits16.p, w.gath.p, d_.head(), n, (int)C, (int)V);
+    if (!train) {
+      cross_entropy_forward<bf16>(w.logits16.p, tgr.p + r0, n, V, w.loss.p);
+      continue;
+    }
+    cross_entropy_forward_backward<bf16>(w.logits16.p, tgr.p + r0, n, V, 1.f, w.loss.p);
+    matmul_backward_input<float>(w.dg.p, w.logits16.p, d_.head(), n, (int)C, (int)V, 1.f, 0.f);
+    scatter_rows_kernel<<<(unsigned)n, 256, 0, st>>>(w.dxnf.p, w.dg.p, w.rows.p + r0, (int)C);
+    MIMIC_CUDA_LAUNCHED();
+  }
+  if (train) {
+    zero(w.dres.p, sizeof(float) * N * C);
+    rmsnorm_backward(w.dres.p, w.dxnf.p, xL, d_.final_norm.p, w.rstdf.p, N, (int)C);
+    for (int l = c.num_layers - 1; l >= 0; --l) {
+      Acts& a = w.acts[n_acts == 1 ? 0 : l];
+      if (n_acts == 1) {
+        // recompute this layer's activations from its saved input (its output goes to scratch:
+        // xs[l + 1] must keep the value the next layer's backward already consumed — unchanged)
+        w.dn.reserve((size_t)N * C);
+        layer_forward(d_, l, a, w.xs[l].p, w.xs[l + 1].p, run, lc, seed_base);
+      }
+      layer_backward(d_, l, a, w.xs[l].p, run, lc, seed_base);
+    }
+  }
+  double loss = 0;
+  MIMIC_CUDA_CHECK(cudaMemcpyAsync(&loss, w.loss.p, sizeof(double), cudaMemcpyDeviceToHost, st));
+  Context::get().sync();
+  out.loss_sum = loss;
+  peak_ = std::max(peak_, device_memory_used());
+  return out;
+}
+
+double DeviceTrainer::step(const StepOptions& o) {
+  MIMIC_CHECK(std::isfinite(o.grad_scale) && o.grad_scale > 0.f, "EINVAL",
+              "gradScale must be a positive number (1 / unmasked tokens of the accumulated batch), got ", o.grad_scale);
+  MIMIC_CHECK(o.max_grad_norm >= 0.f, "EINVAL", "maxGradNorm must be >= 0 (0 = no clipping), got ", o.max_grad_norm);
+  const int64_t n = d_.lora_n;
+  Workspace& w = *(d_.ws ? d_.ws : (d_.ws = std::make_shared<Workspace>()));
+  w.loss.reserve(2);
+  scale_inplace(d_.lg.p, n, o.grad_scale);
+  zero(w.loss.p + 1, sizeof(double));
+  sum_squares(d_.lg.p, n, w.loss.p + 1);
+  double sq = 0;
+  MIMIC_CUDA_CHECK(cudaMemcpyAsync(&sq, w.loss.p + 1, sizeof(double), cudaMemcpyDeviceToHost, stream()));
+  Context::get().sync();
+  const double norm = std::sqrt(sq);
+  if (!std::isfinite(norm)) zero_grad();
+  MIMIC_CHECK(std::isfinite(norm), "ENONFINITE", "the gradient holds NaN or infinite values (step ",
+              cpu_.step_count() + 1, "): the adapter was not updated and the gradients were dropped; lower the "
+              "learning rate or check the data");
+  if (o.max_grad_norm > 0.f) {
+    const double coef = (double)o.max_grad_norm / (norm + 1e-6);
+    if (coef < 1.0) scale_inplace(d_.lg.p, n, (float)coef);
+  }
+  cpu_.set_step_count(cpu_.step_count() + 1);
+  adamw_step(d_.lp.p, d_.lg.p, d_.lm.p, d_.lv.p, n, o.adamw, cpu_.step_count());
+  to_bf16(d_.lb.p, d_.lp.p, n);
+  zero_grad();
+  Context::get().sync();
+  return norm;
+}
+
+}  // namespace mimic::cuda

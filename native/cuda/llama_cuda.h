@@ -1,0 +1,102 @@
+// llama_cuda — the CUDA engine: a LlamaModel's weights on the GPU (bf16, or NF4 that stays 4-bit),
+// its forward for logits and KV-cached decoding, and LoRA training that mirrors engine/train.h.
+//
+// Ownership: the CPU LlamaModel stays the source of truth for config, names and LoRA bookkeeping
+// (engine/train.h's Trainer attaches adapters and keeps their PEFT names and AdamW moments);
+// DeviceModel holds the device copies. LoRA tensors live in one fp32 arena on the GPU (params,
+// grads, exp_avg, exp_avg_sq, and a bf16 copy for the GEMMs); pull()/push() move them to and
+// from the CPU model when JS asks for state, gradients or an adapter.
+//
+// Training stages (as train.h): embed → layers (x^ℓ kept; the rest recomputed per layer in the
+// backward when recompute is on, else saved) → final norm + lm_head + cross-entropy over the rows
+// with a target, chunk by chunk (never N × V logits) → layers backward (dA, dB accumulate) → step.
+// Dropout on the LoRA input uses a counter-based hash mask (regenerated in the backward), not the
+// CPU's sequential Rng stream: same distribution, different draws.
+#pragma once
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "cuda/cuda_ops.h"
+#include "engine/llama.h"
+#include "engine/train.h"
+#include "core/opcheck.h"
+
+namespace mimic::cuda {
+
+struct DLinear {
+  int M = 0, K = 0;
+  bool is_nf4 = false;
+  DevBuf<bf16> W;            // dense base [M, K]
+  NF4Device nf4;             // 4-bit base
+  const LoraAdapter* src = nullptr;  // the CPU adapter mirrored in the arena (null: none)
+  int r = 0;
+  float scale = 0.f;
+  int64_t offA = -1, offB = -1;      // offsets into the LoRA arena
+};
+
+struct DLayer {
+  DevBuf<float> in_norm, post_norm;
+  std::array<DLinear, 7> proj;       // q k v o gate up down
+};
+
+struct DeviceModel {
+  LlamaConfig cfg;
+  DevBuf<bf16> embed, lm_head;       // lm_head empty when tied
+  DevBuf<float> final_norm, inv_freq;
+  std::vector<DLayer> layers;
+  // LoRA arena
+  int64_t lora_n = 0;
+  DevBuf<float> lp, lg, lm, lv;
+  DevBuf<bf16> lb;                   // bf16 copy of lp for the GEMMs
+  bool has_lora() const { return lora_n > 0; }
+  size_t weight_bytes = 0;           // base weights on the GPU
+  std::shared_ptr<struct Workspace> ws;  // grow-only activation/scratch buffers (no cudaMalloc per step once warm)
+  const bf16* head() const { return lm_head.n ? lm_head.p : embed.p; }
+};
+
+// Uploads the base weights (NF4 projections stay 4-bit) and the attached adapters.
+std::unique_ptr<DeviceModel> upload_model(const LlamaModel& m);
+// Rebuilds the LoRA arena from the CPU model's Linear::lora (after setLora/clearLora/new trainer).
+void sync_lora_to_device(DeviceModel& d, const LlamaModel& m);
+// Copies the arena's A/B (and dA/dB when grads) back into the CPU model's adapters.
+void sync_lora_to_host(DeviceModel& d, LlamaModel& m, bool grads);
+
+struct DeviceKV {
+  int max_len = 0, len = 0;
+  std::vector<DevBuf<bf16>> k, v;    // per layer [max_len, Hkv·D]
+  void init(const LlamaConfig& cfg, int max_len);
+};
+
+// T tokens of one sequence (appended to the cache when given). logits: host [n_logits, V] fp32 for
+// the last n_logits positions; or, with logits == nullptr, the last row stays on the device and
+// is returned (fp32 [V], valid until the next call) for sample_token.
+float* llama_forward(DeviceModel& d, const int32_t* ids, int T, DeviceKV* cache, float* logits, int n_logits);
+
+// LoRA training on the GPU over the adapters that `cpu` (engine/train.h) attached to its model.
+class DeviceTrainer {
+ public:
+  DeviceTrainer(DeviceModel& d, Trainer& cpu);
+  LossSum accumulate(const int32_t* ids, const int32_t* labels, int B, int T);
+  LossSum evaluate(const int32_t* ids, const int32_t* labels, int B, int T);
+  double step(const StepOptions& o);
+  void zero_grad();
+  // Device → the CPU trainer's params (A, B, dA, dB, exp_avg, exp_avg_sq) / and back.
+  void pull();
+  void push();
+  size_t peak_bytes() const { return peak_; }
+
+ private:
+  LossSum run(const int32_t* ids, const int32_t* labels, int B, int T, bool train);
+  DeviceModel& d_;
+  Trainer& cpu_;
+  std::vector<std::pair<int64_t, int64_t>> param_off_;  // (offset, size) per cpu_.params() entry
+  uint64_t dropout_calls_ = 0;
+  size_t peak_ = 0;
+};
+
+// Registered as the "cuda" rows of the op harness (core/opcheck.h).
+std::vector<OpCheckRow> cuda_op_checks();
+
+}  // namespace mimic::cuda

@@ -1,0 +1,312 @@
+// opcheck_cuda — the "CUDA vs CPU" rows of the op harness (core/opcheck.h): every CUDA twin run
+// on random odd-sized inputs (and decode's T = 1) against its fp32 CPU twin, forward and backward.
+//
+// Inputs are drawn in fp32, rounded to bf16, and that same rounded data feeds both twins, so the
+// error measured is the CUDA twin's own: bf16 outputs and bf16 GEMM operands (tol 1e-2, about
+// 3 bf16 ulps of the largest output), fp32 paths (residual-stream RMSNorm backward, fp32-logit
+// cross-entropy, AdamW: tol 1e-4). NF4: both twins dequantize the same codes; only bf16 rounding differs.
+// Errors are normwise (max_rel_err in core/opcheck.h). cuda_op_checks() is registered with
+// add_op_checks("cuda", ...) by whoever starts the CUDA backend (the addon, the check binary).
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "core/opcheck.h"
+#include "cuda/cuda_ops.h"
+#include "ops/adamw.h"
+#include "ops/attention.h"
+#include "ops/cross_entropy.h"
+#include "ops/embedding.h"
+#include "ops/matmul.h"
+#include "ops/nf4.h"
+#include "ops/rmsnorm.h"
+#include "ops/rope.h"
+#include "ops/sampling.h"
+#include "ops/swiglu.h"
+
+namespace mimic::cuda {
+namespace {
+
+constexpr double kBf16Tol = 1e-2, kF32Tol = 1e-4;
+
+std::vector<float> rnd(int64_t n, uint64_t seed, float scale = 1.f, bool round_bf16 = true) {
+  std::vector<float> v((size_t)n);
+  fill_uniform(v.data(), n, seed, scale);
+  if (round_bf16)
+    for (auto& x : v) x = __bfloat162float(__float2bfloat16(x));
+  return v;
+}
+DevBuf<bf16> dev_bf16(const std::vector<float>& v) {
+  std::vector<bf16> h(v.size());
+  for (size_t i = 0; i < v.size(); ++i) h[i] = __float2bfloat16(v[i]);
+  return upload(h);
+}
+std::vector<float> host_f32(const bf16* d, size_t n) {
+  Context::get().sync();
+  std::vector<bf16> h = download(d, n);
+  std::vector<float> f(n);
+  for (size_t i = 0; i < n; ++i) f[i] = __bfloat162float(h[i]);
+  return f;
+}
+std::vector<float> host_f32(const float* d, size_t n) {
+  Context::get().sync();
+  return download(d, n);
+}
+OpCheckRow row(const std::string& op, const std::string& check, const std::vector<float>& got,
+               const std::vector<float>& want, double tol) {
+  OpCheckRow r;
+  r.op = op;
+  r.check = check;
+  r.tol = tol;
+  bool finite = true;
+  for (float g : got) finite = finite && std::isfinite(g);
+  r.max_rel_err = finite && got.size() == want.size() ? max_rel_err(got.data(), want.data(), (int64_t)got.size()) : 1e30;
+  r.pass = r.max_rel_err <= tol;
+  return r;
+}
+
+void check_matmul(std::vector<OpCheckRow>& out, int64_t N, int K, int M, const std::string& tag) {
+  auto x = rnd(N * K, 11), W = rnd((int64_t)M * K, 12, 0.1f), dy = rnd(N * M, 13);
+  auto dx0 = rnd(N * K, 14), dW0 = rnd((int64_t)M * K, 15, 1.f, false);
+  std::vector<float> y((size_t)(N * M)), dx = dx0, dW = dW0;
+  cpu::matmul_forward(y.data(), x.data(), W.data(), nullptr, N, K, M);
+  cpu::matmul_backward(dx.data(), dW.data(), dy.data(), x.data(), W.data(), N, K, M);
+  auto dxd = dev_bf16(x), dWd = dev_bf16(W), ddy = dev_bf16(dy);
+  DevBuf<float> y32(N * M), gx = upload(dx0), gW = upload(dW0);
+  DevBuf<bf16> y16(N * M);
+  matmul_forward<float>(y32.p, dxd.p, dWd.p, N, K, M);
+  matmul_forward<bf16>(y16.p, dxd.p, dWd.p, N, K, M);
+  matmul_backward_input<float>(gx.p, ddy.p, dWd.p, N, K, M, 1.f, 1.f);
+  matmul_backward_weight(gW.p, ddy.p, dxd.p, N, K, M, 1.f, 1.f);
+  out.push_back(row("matmul", "fwd fp32-out " + tag, host_f32(y32.p, y.size()), y, kF32Tol * 10));
+  out.push_back(row("matmul", "fwd bf16-out " + tag, host_f32(y16.p, y.size()), y, kBf16Tol));
+  out.push_back(row("matmul", "bwd dx " + tag, host_f32(gx.p, dx.size()), dx, kF32Tol * 10));
+  out.push_back(row("matmul", "bwd dW " + tag, host_f32(gW.p, dW.size()), dW, kF32Tol * 10));
+}
+
+void check_nf4(std::vector<OpCheckRow>& out, int M, int K, bool dq) {
+  auto w = rnd((int64_t)M * K, 21, 0.05f, false);
+  NF4Weight q = nf4_quantize(w.data(), M, K, dq);
+  std::vector<float> deq((size_t)M * K);
+  nf4_dequantize(deq.data(), q);
+  NF4Device d = nf4_upload(q);
+  DevBuf<bf16> scratch((size_t)M * K);
+  nf4_dequantize(scratch.p, d);
+  const std::string tag = std::string(dq ? "double-quant " : "plain ") + std::to_string(M) + "x" + std::to_string(K);
+  out.push_back(row("nf4", "dequant " + tag, host_f32(scratch.p, deq.size()), deq, 4e-3));
+  const int64_t N = 5;
+  auto x = rnd(N * K, 22), dy = rnd(N * M, 23);
+  std::vector<float> y((size_t)(N * M)), dx((size_t)(N * K), 0.f);
+  cpu::nf4_matmul_forward(y.data(), x.data(), q, N);
+  cpu::nf4_matmul_backward_input(dx.data(), dy.data(), q, N);
+  auto xd = dev_bf16(x), dyd = dev_bf16(dy);
+  DevBuf<float> yd(N * M), dxd(N * K);
+  MIMIC_CUDA_CHECK(cudaMemsetAsync(dxd.p, 0, dxd.bytes(), Context::get().stream));
+  nf4_matmul_forward<float>(yd.p, xd.p, d, N, scratch.p);
+  nf4_matmul_backward_input<float>(dxd.p, dyd.p, d, N, scratch.p);
+  out.push_back(row("nf4", "matmul fwd " + tag, host_f32(yd.p, y.size()), y, kBf16Tol));
+  out.push_back(row("nf4", "matmul bwd dx " + tag, host_f32(dxd.p, dx.size()), dx, kBf16Tol));
+}
+
+void check_embedding(std::vector<OpCheckRow>& out) {
+  const int V = 301, C = 67, N = 29;
+  auto table = rnd((int64_t)V * C, 31);
+  std::vector<int32_t> ids(N);
+  for (int i = 0; i < N; ++i) ids[i] = (i * 97 + 5) % V;
+  std::vector<float> want((size_t)N * C);
+  cpu::embedding_forward(want.data(), ids.data(), table.data(), N, C);
+  auto t = dev_bf16(table);
+  auto di = upload(ids);
+  DevBuf<float> o((size_t)N * C);
+  embedding_forward(o.p, di.p, t.p, N, C);
+  out.push_back(row("embedding", "fwd", host_f32(o.p, want.size()), want, 1e-6));
+}
+
+void check_rmsnorm(std::vector<OpCheckRow>& out, int64_t N, int C) {
+  auto x = rnd(N * C, 41, 2.f, false), w = rnd(C, 42, 1.f, false), dy = rnd(N * C, 43, 1.f, false);
+  auto dx0 = rnd(N * C, 44, 1.f, false);
+  std::vector<float> y((size_t)(N * C)), rstd((size_t)N), dx = dx0;
+  cpu::rmsnorm_forward(y.data(), rstd.data(), x.data(), w.data(), N, C, 1e-5f);
+  cpu::rmsnorm_backward(dx.data(), nullptr, dy.data(), x.data(), w.data(), rstd.data(), N, C);
+  auto xd = upload(x), wd = upload(w), dyd = upload(dy), dxd = upload(dx0);
+  DevBuf<bf16> yd(N * C);
+  DevBuf<float> rd(N);
+  rmsnorm_forward(yd.p, rd.p, xd.p, wd.p, N, C, 1e-5f);
+  rmsnorm_backward(dxd.p, dyd.p, xd.p, wd.p, rd.p, N, C);
+  const std::string tag = "N=" + std::to_string(N) + " C=" + std::to_string(C);
+  out.push_back(row("rmsnorm", "fwd " + tag, host_f32(yd.p, y.size()), y, kBf16Tol));
+  out.push_back(row("rmsnorm", "rstd " + tag, host_f32(rd.p, rstd.size()), rstd, kF32Tol));
+  out.push_back(row("rmsnorm", "bwd dx (fp32) " + tag, host_f32(dxd.p, dx.size()), dx, kF32Tol));
+}
+
+void check_rope(std::vector<OpCheckRow>& out, int64_t N, int H, int D) {
+  RopeParams rp;
+  rp.theta = 500000.f; rp.type = "llama3"; rp.factor = 32.f; rp.low_freq_factor = 1.f; rp.high_freq_factor = 4.f;
+  rp.original_max_position = 8192;
+  auto inv = rope_inv_freq(rp, D);
+  auto x = rnd(N * H * D, 51);
+  std::vector<int32_t> pos((size_t)N);
+  for (int64_t i = 0; i < N; ++i) pos[i] = (int32_t)((i * 7919) % 131072);
+  std::vector<float> f = x, b = x;
+  cpu::rope_forward(f.data(), pos.data(), inv.data(), N, H, D);
+  cpu::rope_backward(b.data(), pos.data(), inv.data(), N, H, D);
+  auto xf = dev_bf16(x), xb = dev_bf16(x);
+  auto pd = upload(pos);
+  auto id = upload(inv);
+  rope_forward(xf.p, pd.p, id.p, N, H, D);
+  rope_backward(xb.p, pd.p, id.p, N, H, D);
+  const std::string tag = "D=" + std::to_string(D) + " pos<131072";
+  out.push_back(row("rope", "fwd llama3 " + tag, host_f32(xf.p, f.size()), f, kBf16Tol));
+  out.push_back(row("rope", "bwd llama3 " + tag, host_f32(xb.p, b.size()), b, kBf16Tol));
+}
+
+void check_attention(std::vector<OpCheckRow>& out, int B, int Tq, int q_offset, int Hq, int Hkv, int D, bool bwd) {
+  const int Tk = q_offset + Tq;
+  auto q = rnd((int64_t)B * Tq * Hq * D, 61), k = rnd((int64_t)B * Tk * Hkv * D, 62), v = rnd((int64_t)B * Tk * Hkv * D, 63);
+  std::vector<float> o(q.size()), lse((size_t)B * Hq * Tq);
+  cpu::attention_forward(o.data(), lse.data(), q.data(), k.data(), v.data(), B, Tq, Tk, q_offset, Hq, Hkv, D);
+  auto qd = dev_bf16(q), kd = dev_bf16(k), vd = dev_bf16(v);
+  DevBuf<bf16> od(o.size());
+  DevBuf<float> ld(lse.size());
+  attention_forward(od.p, ld.p, qd.p, kd.p, vd.p, B, Tq, Tk, q_offset, Hq, Hkv, D);
+  const std::string tag = "B=" + std::to_string(B) + " Tq=" + std::to_string(Tq) + " Tk=" + std::to_string(Tk) +
+                          " H=" + std::to_string(Hq) + "/" + std::to_string(Hkv) + " D=" + std::to_string(D);
+  auto og = host_f32(od.p, o.size());
+  out.push_back(row("attention", "fwd out " + tag, og, o, kBf16Tol));
+  out.push_back(row("attention", "fwd lse " + tag, host_f32(ld.p, lse.size()), lse, kF32Tol * 10));
+  if (!bwd) return;
+  // backward from the CPU's own forward output, rounded to bf16 as the GPU holds it
+  std::vector<float> o16 = o;
+  for (auto& x : o16) x = __bfloat162float(__float2bfloat16(x));
+  auto dout = rnd((int64_t)o.size(), 64);
+  std::vector<float> dq(q.size(), 0.f), dk(k.size(), 0.f), dv(v.size(), 0.f);
+  cpu::attention_backward(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), o16.data(),
+                          lse.data(), B, Tq, Hq, Hkv, D);
+  auto o16d = dev_bf16(o16), doutd = dev_bf16(dout);
+  auto lsed = upload(lse);
+  DevBuf<bf16> dqd(q.size()), dkd(k.size()), dvd(v.size());
+  cudaStream_t st = Context::get().stream;
+  MIMIC_CUDA_CHECK(cudaMemsetAsync(dqd.p, 0, dqd.bytes(), st));
+  MIMIC_CUDA_CHECK(cudaMemsetAsync(dkd.p, 0, dkd.bytes(), st));
+  MIMIC_CUDA_CHECK(cudaMemsetAsync(dvd.p, 0, dvd.bytes(), st));
+  attention_backward(dqd.p, dkd.p, dvd.p, doutd.p, qd.p, kd.p, vd.p, o16d.p, lsed.p, B, Tq, Hq, Hkv, D);
+  out.push_back(row("attention", "bwd dq " + tag, host_f32(dqd.p, dq.size()), dq, kBf16Tol));
+  out.push_back(row("attention", "bwd dk " + tag, host_f32(dkd.p, dk.size()), dk, kBf16Tol));
+  out.push_back(row("attention", "bwd dv " + tag, host_f32(dvd.p, dv.size()), dv, kBf16Tol));
+}
+
+void check_swiglu(std::vector<OpCheckRow>& out) {
+  const int64_t N = 37;
+  const int C = 171;
+  auto g = rnd(N * C, 71, 4.f), u = rnd(N * C, 72, 2.f), dy = rnd(N * C, 73);
+  std::vector<float> y((size_t)(N * C)), dg((size_t)(N * C), 0.f), du((size_t)(N * C), 0.f);
+  cpu::swiglu_forward(y.data(), g.data(), u.data(), N, C);
+  cpu::swiglu_backward(dg.data(), du.data(), dy.data(), g.data(), u.data(), N, C);
+  auto gd = dev_bf16(g), ud = dev_bf16(u), dyd = dev_bf16(dy);
+  DevBuf<bf16> yd(N * C), dgd(N * C), dud(N * C);
+  MIMIC_CUDA_CHECK(cudaMemsetAsync(dgd.p, 0, dgd.bytes(), Context::get().stream));
+  MIMIC_CUDA_CHECK(cudaMemsetAsync(dud.p, 0, dud.bytes(), Context::get().stream));
+  swiglu_forward(yd.p, gd.p, ud.p, N, C);
+  swiglu_backward(dgd.p, dud.p, dyd.p, gd.p, ud.p, N, C);
+  out.push_back(row("swiglu", "fwd", host_f32(yd.p, y.size()), y, kBf16Tol));
+  out.push_back(row("swiglu", "bwd dgate", host_f32(dgd.p, dg.size()), dg, kBf16Tol));
+  out.push_back(row("swiglu", "bwd dup", host_f32(dud.p, du.size()), du, kBf16Tol));
+}
+
+template <class TL>
+void check_ce(std::vector<OpCheckRow>& out, int64_t N, int64_t V, const std::string& tag) {
+  const bool b16 = sizeof(TL) == 2;
+  auto logits = rnd(N * V, 81, 8.f, b16);
+  std::vector<int32_t> tgt((size_t)N);
+  for (int64_t i = 0; i < N; ++i) tgt[i] = (i % 5 == 3) ? -100 : (int32_t)((i * 7727) % V);
+  const float scale = 1.f / 7.f;
+  std::vector<float> dl((size_t)(N * V));
+  const double want = cpu::cross_entropy_forward_backward(dl.data(), logits.data(), tgt.data(), N, V, scale);
+  DevBuf<TL> ld;
+  if constexpr (sizeof(TL) == 2) ld = dev_bf16(logits);
+  else ld = upload(logits);
+  auto td = upload(tgt);
+  DevBuf<double> loss(2);
+  MIMIC_CUDA_CHECK(cudaMemsetAsync(loss.p, 0, loss.bytes(), Context::get().stream));
+  cross_entropy_forward<TL>(ld.p, td.p, N, V, loss.p + 1);
+  cross_entropy_forward_backward<TL>(ld.p, td.p, N, V, scale, loss.p);
+  Context::get().sync();
+  auto l = download(loss.p, 2);
+  const double tol = b16 ? kBf16Tol : kF32Tol;
+  out.push_back(row("cross_entropy", "loss " + tag, {(float)l[0]}, {(float)want}, kF32Tol));
+  out.push_back(row("cross_entropy", "loss (fwd only) " + tag, {(float)l[1]}, {(float)want}, kF32Tol));
+  out.push_back(row("cross_entropy", "dlogits " + tag, host_f32(ld.p, dl.size()), dl, tol));
+}
+
+void check_adamw(std::vector<OpCheckRow>& out) {
+  const int64_t n = 1001;
+  auto p = rnd(n, 91, 1.f, false), g = rnd(n, 92, 1.f, false), m = rnd(n, 93, 0.1f, false), v = rnd(n, 94, 0.1f, false);
+  for (auto& x : v) x = std::fabs(x);
+  AdamWParams hp;
+  hp.lr = 1e-2f; hp.weight_decay = 0.01f;
+  auto pd = upload(p), gd = upload(g), md = upload(m), vd = upload(v);
+  for (int s = 1; s <= 3; ++s) {
+    cpu::adamw_step(p.data(), g.data(), m.data(), v.data(), n, hp, s);
+    adamw_step(pd.p, gd.p, md.p, vd.p, n, hp, s);
+  }
+  out.push_back(row("adamw", "3 steps p", host_f32(pd.p, n), p, kF32Tol));
+  out.push_back(row("adamw", "3 steps exp_avg_sq", host_f32(vd.p, n), v, kF32Tol));
+}
+
+void check_sampling(std::vector<OpCheckRow>& out) {
+  const int64_t V = 50021;
+  int agree = 0, total = 0;
+  for (int trial = 0; trial < 24; ++trial) {
+    auto logits = rnd(V, 100 + trial, 6.f, false);
+    SamplingParams p;
+    p.temperature = trial < 8 ? 0.f : 0.8f;
+    p.top_k = trial < 16 ? 40 : 0;
+    p.top_p = trial % 2 ? 0.9f : 1.f;
+    p.repetition_penalty = trial % 3 == 0 ? 1.3f : 1.f;
+    std::vector<int32_t> hist = {5, 17, 5, 999, 50000, (int32_t)(trial * 31)};
+    Rng r1(trial), r2(trial);
+    std::vector<float> c = logits;
+    const int32_t want = cpu::sample_token(c.data(), V, p, hist.data(), (int64_t)hist.size(), r1);
+    auto d = upload(logits);
+    const int32_t got = sample_token(d.p, V, p, hist.data(), (int64_t)hist.size(), r2);
+    agree += got == want;
+    ++total;
+  }
+  OpCheckRow r;
+  r.op = "sampling";
+  r.check = "same token as CPU (greedy, top-k 40, top-p .9, penalty 1.3), 24 draws";
+  r.max_rel_err = 1.0 - (double)agree / total;
+  r.tol = 0;
+  r.pass = agree == total;
+  out.push_back(r);
+}
+
+}  // namespace
+
+std::vector<OpCheckRow> cuda_op_checks() {
+  std::vector<OpCheckRow> out;
+  check_matmul(out, 37, 129, 67, "37x129x67");
+  check_matmul(out, 1, 3072, 1031, "decode 1x3072x1031");
+  check_nf4(out, 96, 192, false);
+  check_nf4(out, 160, 320, true);
+  check_embedding(out);
+  check_rmsnorm(out, 33, 3072);
+  check_rmsnorm(out, 1, 67);
+  check_rope(out, 29, 3, 128);
+  check_rope(out, 5, 2, 16);
+  check_attention(out, 2, 77, 0, 6, 2, 128, true);
+  check_attention(out, 3, 45, 0, 4, 2, 16, true);
+  check_attention(out, 1, 1, 40, 6, 2, 128, false);   // decode: one query against a 41-token cache
+  check_attention(out, 1, 3, 17, 4, 2, 16, false);    // a short chunk appended to a cache
+  check_swiglu(out);
+  check_ce<float>(out, 23, 1531, "fp32 V=1531");
+  check_ce<bf16>(out, 23, 1531, "bf16 V=1531");
+  check_ce<bf16>(out, 3, 128256, "bf16 V=128256");
+  check_adamw(out);
+  check_sampling(out);
+  for (auto& r : out) r.op = r.op + " (cuda)";
+  return out;
+}
+
+}  // namespace mimic::cuda

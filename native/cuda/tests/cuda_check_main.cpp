@@ -1,0 +1,317 @@
+// cuda_check — the GPU machine's one-stop check and benchmark binary (built when CUDA is on).
+//
+//   cuda_check ops                    CUDA-vs-CPU op rows (opcheck_cuda.cu), one table
+//   cuda_check model <fixtures/ref>   model level on the tiny reference checkpoint: logits (fp32 and
+//                                     NF4), greedy tokens with the KV cache, masked LoRA loss, every
+//                                     LoRA gradient and one AdamW step, against the fixtures and the
+//                                     CPU engine
+//   cuda_check bench <hf dir> [steps] NF4 load, GPU memory, training 8×512 (recompute) with falling
+//                                     loss, decode tokens/s, logits of a fixed prompt (logits_3b.bin)
+// Every line of the final table starts with "ROW" so check.sh can collect them. Exit code 1 when a
+// row fails. Errors are mimic::Error, printed, exit code 2.
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "core/json.h"
+#include "core/opcheck.h"
+#include "cuda/llama_cuda.h"
+#include "engine/llama.h"
+#include "engine/train.h"
+
+using namespace mimic;
+
+namespace {
+
+struct Tensor { std::string dtype; std::vector<int64_t> shape; std::vector<uint8_t> data; };
+
+std::map<std::string, Tensor> read_safetensors(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  MIMIC_CHECK(f.good(), "ENOENT", "cannot open ", path);
+  uint64_t n = 0;
+  f.read((char*)&n, 8);
+  std::string hdr(n, '\0');
+  f.read(hdr.data(), (std::streamsize)n);
+  std::vector<uint8_t> rest((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  json::Value h = json::parse(hdr, path);
+  std::map<std::string, Tensor> out;
+  for (auto& [k, v] : h.obj) {
+    if (k == "__metadata__") continue;
+    Tensor t;
+    t.dtype = v.find("dtype")->str;
+    for (auto& s : v.find("shape")->arr) t.shape.push_back((int64_t)s.num);
+    auto& off = v.find("data_offsets")->arr;
+    t.data.assign(rest.begin() + (size_t)off[0].num, rest.begin() + (size_t)off[1].num);
+    out[k] = std::move(t);
+  }
+  return out;
+}
+template <class T>
+std::vector<T> as(const Tensor& t) {
+  std::vector<T> v(t.data.size() / sizeof(T));
+  std::memcpy(v.data(), t.data.data(), t.data.size());
+  return v;
+}
+
+std::vector<OpCheckRow> rows;
+void add(const std::string& op, const std::string& check, double err, double tol) {
+  rows.push_back({op, check, err, tol, std::isfinite(err) && err <= tol});
+}
+double rel(const std::vector<float>& got, const std::vector<float>& want) {
+  if (got.size() != want.size()) return 1e30;
+  for (float g : got) if (!std::isfinite(g)) return 1e30;
+  return max_rel_err(got.data(), want.data(), (int64_t)got.size());
+}
+int print_rows() {
+  int fails = 0;
+  std::printf("ROW %-22s | %-62s | %-10s | %-7s | %s\n", "op", "check", "max_rel", "tol", "pass");
+  for (auto& r : rows) {
+    std::printf("ROW %-22s | %-62s | %-10.3e | %-7.0e | %s\n", r.op.c_str(), r.check.c_str(), r.max_rel_err, r.tol,
+                r.pass ? "PASS" : "FAIL");
+    fails += !r.pass;
+  }
+  std::printf("ROW %d rows, %d failed\n", (int)rows.size(), fails);
+  return fails ? 1 : 0;
+}
+
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// ---- model level ----------------------------------------------------------------------------
+void model_checks(const std::string& ref) {
+  auto exp = read_safetensors(ref + "/expected.safetensors");
+  json::Value meta = json::parse_file(ref + "/expected.json");
+  const std::string dir = ref + "/tiny-llama";
+  auto ids = as<int32_t>(exp["input_ids"]), labels = as<int32_t>(exp["labels"]);
+  const int B = (int)exp["input_ids"].shape[0], T = (int)exp["input_ids"].shape[1];
+
+  for (int quant = 0; quant < 2; ++quant) {
+    auto cpu = load_llama(dir, quant == 1);
+    auto gpu = cuda::upload_model(*cpu);
+    const int64_t V = cpu->cfg.vocab_size;
+    std::vector<float> got, want_cpu;
+    for (int b = 0; b < B; ++b) {
+      std::vector<float> g((size_t)T * V), c((size_t)T * V);
+      cuda::llama_forward(*gpu, ids.data() + (size_t)b * T, T, nullptr, g.data(), T);
+      llama_forward(*cpu, ids.data() + (size_t)b * T, T, nullptr, c.data(), T);
+      got.insert(got.end(), g.begin(), g.end());
+      want_cpu.insert(want_cpu.end(), c.begin(), c.end());
+    }
+    const std::string key = quant ? "nf4_model_logits" : "logits";
+    add(quant ? "model nf4" : "model fp32", "logits vs transformers (" + key + ")", rel(got, as<float>(exp[key])),
+        quant ? 2e-2 : 1e-2);
+    add(quant ? "model nf4" : "model fp32", "logits vs CPU engine", rel(got, want_cpu), 1e-2);
+    // KV-cached decode: prompt then one token at a time must equal the full forward
+    if (!quant) {
+      cuda::DeviceKV kv;
+      kv.init(cpu->cfg, T);
+      std::vector<float> inc((size_t)T * V);
+      cuda::llama_forward(*gpu, ids.data(), 5, &kv, inc.data(), 5);
+      for (int t = 5; t < T; ++t) cuda::llama_forward(*gpu, ids.data() + t, 1, &kv, inc.data() + (size_t)t * V, 1);
+      std::vector<float> full(got.begin(), got.begin() + (size_t)T * V);
+      add("model fp32", "KV-cached decode (5 + 1x7) vs full forward", rel(inc, full), 1e-2);
+      // greedy continuation
+      auto prompt = as<int32_t>(exp["greedy_prompt"]), want = as<int32_t>(exp["greedy_out"]);
+      cuda::DeviceKV kv2;
+      kv2.init(cpu->cfg, 64);
+      std::vector<int32_t> out;
+      float* last = cuda::llama_forward(*gpu, prompt.data(), (int)prompt.size(), &kv2, nullptr, 1);
+      SamplingParams greedy;
+      greedy.temperature = 0.f;
+      Rng rng(1);
+      for (size_t i = 0; i < want.size(); ++i) {
+        int32_t tok = cuda::sample_token(last, V, greedy, nullptr, 0, rng);
+        out.push_back(tok);
+        last = cuda::llama_forward(*gpu, &tok, 1, &kv2, nullptr, 1);
+      }
+      int same = 0;
+      while (same < (int)want.size() && out[same] == want[same]) ++same;
+      add("model fp32", "greedy 16 tokens: " + std::to_string(same) + "/16 equal to HF (prefix)",
+          1.0 - same / (double)want.size(), 0.0);
+    }
+    // LoRA: loss, grads, one AdamW step (fp32 base only: the fixture's LoRA run is fp32)
+    if (!quant) {
+      auto ad = read_safetensors(dir + "/lora/adapter_model.safetensors");
+      json::Value acfg = json::parse_file(dir + "/lora/adapter_config.json");
+      std::map<std::string, std::vector<float>> init;
+      for (auto& [k, t] : ad) init[k] = as<float>(t);
+      TrainerOptions to;
+      to.r = (int)acfg.find("r")->num;
+      to.alpha = (float)acfg.find("lora_alpha")->num;
+      to.dropout = 0.f;
+      to.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+      for (int recompute = 0; recompute < 2; ++recompute) {
+        to.recompute = recompute;
+        auto cpu2 = load_llama(dir, false);
+        auto gpu2 = cuda::upload_model(*cpu2);
+        Trainer tr(*cpu2, to, &init);
+        cuda::DeviceTrainer dt(*gpu2, tr);
+        LossSum ls = dt.accumulate(ids.data(), labels.data(), B, T);
+        const double loss = ls.loss_sum / ls.tokens, want_loss = meta.find("lora_loss")->num;
+        const std::string tag = recompute ? " (recompute)" : "";
+        add("train lora", "masked loss vs PEFT" + tag, std::fabs(loss - want_loss) / std::fabs(want_loss), 1e-2);
+        dt.pull();
+        std::vector<float> g_all, w_all;
+        for (auto& p : tr.params()) {
+          std::string key = "grad." + p.name.substr(std::string("base_model.model.").size());
+          auto it = exp.find(key);
+          MIMIC_CHECK(it != exp.end(), "EINVAL", "fixture lacks ", key);
+          auto w = as<float>(it->second);
+          for (size_t i = 0; i < w.size(); ++i) { g_all.push_back((*p.g)[i] / ls.tokens); w_all.push_back(w[i]); }
+        }
+        add("train lora", "all LoRA grads vs PEFT (" + std::to_string(tr.params().size()) + " tensors)" + tag,
+            rel(g_all, w_all), 2e-2);
+        StepOptions so;
+        so.adamw.lr = 1e-2f; so.adamw.weight_decay = 0.f;
+        so.grad_scale = 1.f / ls.tokens;
+        dt.step(so);
+        dt.pull();
+        std::vector<float> p_all, pw_all;
+        for (auto& p : tr.params()) {
+          auto w = as<float>(exp["after_adamw." + p.name.substr(std::string("base_model.model.").size())]);
+          for (size_t i = 0; i < w.size(); ++i) { p_all.push_back((*p.p)[i]); pw_all.push_back(w[i]); }
+        }
+        add("train lora", "params after one AdamW step vs torch" + tag, rel(p_all, pw_all), 1e-2);
+        LossSum ev = dt.evaluate(ids.data(), labels.data(), B, T);
+        add("train lora", "loss falls after the step (eval " + std::to_string(ev.loss_sum / ev.tokens) + ")" + tag,
+            ev.loss_sum / ev.tokens < loss ? 0.0 : 1.0, 0.0);
+      }
+    }
+  }
+}
+
+// ---- the 3B shape ---------------------------------------------------------------------------
+void bench(const std::string& dir, int steps, const std::string& out_dir) {
+  cuda::Context& ctx = cuda::Context::get();
+  std::printf("device: %s, %d SMs, %.1f GiB\n", ctx.name, ctx.sm_count, ctx.total_mem / 1073741824.0);
+  const size_t base_used = cuda::device_memory_used();
+  double t0 = now();
+  auto cpu = load_llama(dir, true);
+  double t1 = now();
+  auto gpu = cuda::upload_model(*cpu);
+  ctx.sync();
+  double t2 = now();
+  const size_t after_load = cuda::device_memory_used();
+  std::printf("BENCH load_cpu_nf4_s %.2f upload_s %.2f weights_GiB %.3f device_used_GiB %.3f\n", t1 - t0, t2 - t1,
+              gpu->weight_bytes / 1073741824.0, (after_load - base_used) / 1073741824.0);
+  const LlamaConfig& c = cpu->cfg;
+  // logits of a fixed prompt, for the transformers comparison (make_3b.py --compare)
+  {
+    std::vector<int32_t> prompt(32);
+    for (int i = 0; i < 32; ++i) prompt[i] = (i * 7919 + 13) % 128000;
+    std::vector<float> lg((size_t)32 * c.vocab_size);
+    cuda::llama_forward(*gpu, prompt.data(), 32, nullptr, lg.data(), 32);
+    std::ofstream f(out_dir + "/logits_3b_nf4.bin", std::ios::binary);
+    f.write((const char*)lg.data(), sizeof(float) * lg.size());
+  }
+  // decode: 32-token prompt, 128 greedy tokens
+  {
+    cuda::DeviceKV kv;
+    kv.init(c, 256);
+    std::vector<int32_t> prompt(32);
+    for (int i = 0; i < 32; ++i) prompt[i] = (i * 31 + 7) % 128000;
+    SamplingParams sp;
+    Rng rng(7);
+    float* last = cuda::llama_forward(*gpu, prompt.data(), 32, &kv, nullptr, 1);
+    int32_t tok = cuda::sample_token(last, c.vocab_size, sp, nullptr, 0, rng);
+    for (int i = 0; i < 8; ++i) { last = cuda::llama_forward(*gpu, &tok, 1, &kv, nullptr, 1); tok = cuda::sample_token(last, c.vocab_size, sp, nullptr, 0, rng); }
+    const int n = 128;
+    double a = now();
+    for (int i = 0; i < n; ++i) {
+      last = cuda::llama_forward(*gpu, &tok, 1, &kv, nullptr, 1);
+      tok = cuda::sample_token(last, c.vocab_size, sp, nullptr, 0, rng);
+    }
+    double b = now();
+    std::printf("BENCH decode_tok_s %.1f (batch 1, top-k 40 sampling, %d tokens)\n", n / (b - a), n);
+    double pa = now();
+    cuda::DeviceKV kv3;
+    kv3.init(c, 512);
+    std::vector<int32_t> p512(512);
+    for (int i = 0; i < 512; ++i) p512[i] = (i * 17 + 3) % 128000;
+    cuda::llama_forward(*gpu, p512.data(), 512, &kv3, nullptr, 1);
+    ctx.sync();
+    std::printf("BENCH prefill512_tok_s %.0f\n", 512 / (now() - pa));
+  }
+  // training: 8 × 512, prompt half masked, recompute on, r = 16 on all seven projections
+  for (int recompute = 1; recompute >= 0; --recompute) {
+    TrainerOptions to;
+    to.r = 16; to.alpha = 32.f; to.dropout = 0.f; to.seed = 1; to.recompute = recompute;
+    to.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+    Trainer tr(*cpu, to);
+    cuda::DeviceTrainer dt(*gpu, tr);
+    const int B = 8, T = 512;
+    // synthetic data: a few fixed sequences with a learnable pattern
+    std::vector<int32_t> ids((size_t)B * T), labels((size_t)B * T);
+    for (int b = 0; b < B; ++b)
+      for (int t = 0; t < T; ++t) {
+        ids[(size_t)b * T + t] = (int32_t)((b * 1000 + (t % 37) * 11 + 100) % 128000);
+        labels[(size_t)b * T + t] = t < T / 2 ? -100 : ids[(size_t)b * T + t];
+      }
+    StepOptions so;
+    so.adamw.lr = recompute ? 1e-3f : 1e-3f;
+    so.max_grad_norm = 1.f;
+    const int n_steps = recompute ? steps : 4;
+    double first = 0, last = 0, tstart = 0;
+    for (int s = 0; s < n_steps; ++s) {
+      if (s == 2) { ctx.sync(); tstart = now(); }
+      LossSum ls = dt.accumulate(ids.data(), labels.data(), B, T);
+      so.grad_scale = 1.f / ls.tokens;
+      double gn = dt.step(so);
+      const double loss = ls.loss_sum / ls.tokens;
+      if (s == 0) first = loss;
+      last = loss;
+      if (recompute && (s < 3 || s % 10 == 0 || s == n_steps - 1))
+        std::printf("step %d loss %.4f grad_norm %.3f\n", s, loss, gn);
+    }
+    ctx.sync();
+    const double tps = (double)B * T * (n_steps - 2) / (now() - tstart);
+    std::printf("BENCH train_8x512_recompute=%d tok_s %.0f peak_device_GiB %.2f loss %.4f -> %.4f\n", recompute, tps,
+                dt.peak_bytes() / 1073741824.0, first, last);
+    if (recompute)
+      add("bench 3B", "training loss falls (" + std::to_string(first) + " -> " + std::to_string(last) + ")",
+          last < first ? 0.0 : 1.0, 0.0);
+    cuda::sync_lora_to_device(*gpu, *cpu);  // leave the trained adapter attached for generation
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const std::string mode = argc > 1 ? argv[1] : "ops";
+    if (!cuda::available()) { std::printf("no CUDA device\n"); return 2; }
+    if (mode == "ops") {
+      rows = cuda::cuda_op_checks();
+    } else if (mode == "model") {
+      model_checks(argc > 2 ? argv[2] : "test/fixtures/ref");
+    } else if (mode == "logits3b") {
+      // bf16 base (no NF4): logits of the fixed prompt for the transformers comparison
+      auto cpu = load_llama(argv[2], false);
+      auto gpu = cuda::upload_model(*cpu);
+      std::vector<int32_t> prompt(32);
+      for (int i = 0; i < 32; ++i) prompt[i] = (i * 7919 + 13) % 128000;
+      const int64_t V = cpu->cfg.vocab_size;
+      std::vector<float> lg((size_t)32 * V);
+      cuda::llama_forward(*gpu, prompt.data(), 32, nullptr, lg.data(), 32);
+      std::ofstream f(std::string(argc > 3 ? argv[3] : ".") + "/logits_3b_bf16.bin", std::ios::binary);
+      f.write((const char*)lg.data(), sizeof(float) * lg.size());
+      std::printf("BENCH bf16 3B weights on GPU %.3f GiB\n", gpu->weight_bytes / 1073741824.0);
+    } else if (mode == "bench") {
+      bench(argv[2], argc > 3 ? std::atoi(argv[3]) : 30, argc > 4 ? argv[4] : ".");
+    }
+    return print_rows();
+  } catch (const mimic::Error& e) {
+    std::printf("ERROR %s: %s\n", e.code.c_str(), e.what());
+    print_rows();
+    return 2;
+  } catch (const std::exception& e) {
+    std::printf("ERROR %s\n", e.what());
+    print_rows();
+    return 2;
+  }
+}
