@@ -1,0 +1,35 @@
+// args (addon) — reading JS arguments into C++ values with errors that name the argument.
+#pragma once
+#include <napi.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "addon/errors.h"
+
+namespace mimic::addon {
+
+inline std::vector<int32_t> ReadInt32Array(Napi::Env env, Napi::Value v, const char* what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    throw MakeError(env, "EINVAL", std::string(what) + " must be an Int32Array");
+  auto a = v.As<Napi::Int32Array>();
+  return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+}
+
+inline double ReadNumber(Napi::Env env, Napi::Object o, const char* key, const char* what) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber() || !std::isfinite(v.As<Napi::Number>().DoubleValue()))
+    throw MakeError(env, "EINVAL", std::string(what) + "." + key + " must be a finite number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+inline int64_t ReadInteger(Napi::Env env, Napi::Value v, const std::string& what, int64_t lo, int64_t hi) {
+  double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : NAN;
+  if (!(std::isfinite(d) && d == std::floor(d) && d >= (double)lo && d <= (double)hi))
+    throw MakeError(env, "EINVAL", what + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  return (int64_t)d;
+}
+
+}  // namespace mimic::addon

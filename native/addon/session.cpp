@@ -1,0 +1,121 @@
+// session (addon) — see session.h.
+#include "addon/session.h"
+
+#include <cmath>
+#include <vector>
+
+#include "addon/args.h"
+#include "addon/data.h"
+#include "addon/errors.h"
+#include "addon/model.h"
+#include "core/error.h"
+
+namespace mimic::addon {
+
+SamplingParams ReadSampling(Napi::Env env, Napi::Value v) {
+  if (!v.IsObject()) throw MakeError(env, "EINVAL", "sampling must be an object {temperature, topK, topP, repetitionPenalty}");
+  Napi::Object o = v.As<Napi::Object>();
+  SamplingParams p;
+  p.temperature = (float)ReadNumber(env, o, "temperature", "sampling");
+  p.top_k = (int)ReadInteger(env, o.Get("topK"), "sampling.topK", 0, 1 << 30);
+  p.top_p = (float)ReadNumber(env, o, "topP", "sampling");
+  p.repetition_penalty = (float)ReadNumber(env, o, "repetitionPenalty", "sampling");
+  if (!(p.top_p > 0 && p.top_p <= 1)) throw MakeError(env, "EINVAL", "sampling.topP must be in (0, 1] (1 = off)");
+  if (!(p.repetition_penalty > 0)) throw MakeError(env, "EINVAL", "sampling.repetitionPenalty must be > 0 (1 = off)");
+  return p;
+}
+
+namespace {
+
+class NextWorker : public Worker {
+ public:
+  NextWorker(Napi::Env env, std::shared_ptr<SessionState> s, std::vector<int32_t> ids, SamplingParams p,
+             std::vector<int32_t> history)
+      : Worker(env, "mimic.session.next"), s_(std::move(s)), ids_(std::move(ids)), p_(p), history_(std::move(history)) {}
+
+ protected:
+  void Run() override {
+    ModelState& ms = *s_->model;
+    std::lock_guard<std::mutex> g(ms.mu);
+    struct Release {  // frees the weights after this call if dispose() came while it ran
+      ModelState& ms;
+      ~Release() { ms.dispose_if_requested(); }
+    } release{ms};
+    LlamaModel& m = ms.weights();
+    MIMIC_CHECK(!ids_.empty(), "EINVAL", "session.next(ids, ...) needs at least one token id");
+    if (s_->cache.len == 0) s_->lora_version = ms.lora_version.load();
+    MIMIC_CHECK(s_->lora_version == ms.lora_version.load(), "ESTALE",
+                "the model's LoRA adapter changed after this session cached its tokens; call session.reset() and "
+                "feed the prompt again");
+    std::vector<float> logits((size_t)m.cfg.vocab_size);
+    llama_forward(m, ids_.data(), (int)ids_.size(), &s_->cache, logits.data(), 1);
+    token_ = cpu::sample_token(logits.data(), m.cfg.vocab_size, p_, history_.data(), (int64_t)history_.size(), s_->rng);
+  }
+  Napi::Value Resolve(Napi::Env env) override { return Napi::Number::New(env, token_); }
+  void Finally() override { s_->busy = false; }
+
+ private:
+  std::shared_ptr<SessionState> s_;
+  std::vector<int32_t> ids_;
+  SamplingParams p_;
+  std::vector<int32_t> history_;
+  int32_t token_ = -1;
+};
+
+}  // namespace
+
+Napi::Function Session::Init(Napi::Env env) {
+  return DefineClass(env, "Session", {
+      InstanceAccessor<&Session::Length>("length"),
+      InstanceAccessor<&Session::MaxLength>("maxLength"),
+      InstanceMethod<&Session::Next>("next"),
+      InstanceMethod<&Session::Reset>("reset"),
+  });
+}
+
+Napi::Object Session::NewInstance(Napi::Env env, std::shared_ptr<SessionState> state) {
+  return Data(env).session.New({Napi::External<std::shared_ptr<SessionState>>::New(env, &state)});
+}
+
+Session::Session(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Session>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal())
+    throw MakeError(info.Env(), "EINVAL", "Session cannot be constructed directly; use model.createSession()");
+  state_ = *info[0].As<Napi::External<std::shared_ptr<SessionState>>>().Data();
+}
+
+Napi::Value Session::Length(const Napi::CallbackInfo& info) { return Napi::Number::New(info.Env(), state_->cache.len); }
+Napi::Value Session::MaxLength(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), state_->cache.max_len);
+}
+
+Napi::Value Session::Next(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::vector<int32_t> ids, history;
+  SamplingParams p;
+  try {
+    ids = ReadInt32Array(env, info[0], "session.next(ids, sampling, history): ids");
+    p = ReadSampling(env, info[1]);
+    if (info.Length() > 2 && !info[2].IsUndefined()) history = ReadInt32Array(env, info[2], "session.next: history");
+  } catch (const Napi::Error& e) {
+    auto d = Napi::Promise::Deferred::New(env);
+    d.Reject(e.Value());
+    return d.Promise();
+  }
+  bool expected = false;
+  if (!state_->busy.compare_exchange_strong(expected, true))
+    return Rejected(env, "EBUSY", "session.next() was called while a previous next() of this session is still running; "
+                    "await each call before the next (tokens must enter the cache in order)");
+  auto* w = new NextWorker(env, state_, std::move(ids), p, std::move(history));
+  Napi::Promise promise = w->Promise();
+  w->Queue();
+  return promise;
+}
+
+Napi::Value Session::Reset(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (state_->busy) throw MakeError(env, "EBUSY", "session.reset() while next() is running; await it first");
+  state_->cache.len = 0;
+  return env.Undefined();
+}
+
+}  // namespace mimic::addon

@@ -1,0 +1,43 @@
+// session (addon) — NativeSession of lib/native.ts: one sequence being generated, with its own
+// KV cache and seeded RNG over a shared model. next() runs the new tokens through the model
+// (appending to the cache) and samples one token, on a libuv thread.
+#pragma once
+#include <napi.h>
+
+#include <atomic>
+#include <memory>
+
+#include "engine/llama.h"
+#include "ops/sampling.h"
+
+namespace mimic::addon {
+
+struct ModelState;
+
+struct SessionState {
+  std::shared_ptr<ModelState> model;
+  KVCache cache;
+  Rng rng;
+  uint64_t lora_version = 0;    // adapter the cached K/V were computed with
+  std::atomic<bool> busy{false};
+  explicit SessionState(uint64_t seed) : rng(seed) {}
+};
+
+class Session : public Napi::ObjectWrap<Session> {
+ public:
+  static Napi::Function Init(Napi::Env env);
+  static Napi::Object NewInstance(Napi::Env env, std::shared_ptr<SessionState> state);
+  explicit Session(const Napi::CallbackInfo& info);
+
+ private:
+  Napi::Value Length(const Napi::CallbackInfo& info);
+  Napi::Value MaxLength(const Napi::CallbackInfo& info);
+  Napi::Value Next(const Napi::CallbackInfo& info);
+  Napi::Value Reset(const Napi::CallbackInfo& info);
+  std::shared_ptr<SessionState> state_;
+};
+
+// Reads a NativeSamplingOptions object; throws EINVAL naming the bad field.
+SamplingParams ReadSampling(Napi::Env env, Napi::Value v);
+
+}  // namespace mimic::addon
