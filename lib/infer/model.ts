@@ -8,6 +8,7 @@ import path from 'node:path';
 import { native, type NativeModel, type NativeModelConfig, type NativeSamplingOptions, type NativeSession } from '../native.ts';
 import { Tokenizer, type ChatMessage, type ChatPromptOptions } from '../tokenize/tokenizer.ts';
 import { loadAdapter } from '../train/adapter.ts';
+import { PLAIN_ARROW, promptText } from '../tokenize/format.ts';
 import { InferError, invalid } from './errors.ts';
 import { resolveGenerateOptions, type GenerateOptions, type GenerateResult, type StopReason } from './options.ts';
 import { Scheduler } from './scheduler.ts';
@@ -121,6 +122,24 @@ export class Model {
       if (rebuilt === text) return ids;
     }
     throw invalid('a chat message contains special-token text (such as <|eot_id|>) and this chat template cannot keep it apart from the template; remove it');
+  }
+
+  /**
+   * The prompt ids that make a fine-tuned model answer `input`, exactly as mimic's training format
+   * renders it (lib/tokenize/format.ts): the chat template with the user's text (after earlier
+   * `context` turns) and the generation prompt; for models without a template, `{input} →`.
+   * Special-token text inside `input` stays plain text.
+   */
+  promptIds(input: string, context: ChatMessage[] = []): number[] {
+    if (typeof input !== 'string') throw invalid('the input must be a string');
+    if (this.tokenizer.hasChatTemplate) return this.encodeChat([...context, { role: 'user', content: input }], { addGenerationPrompt: true });
+    const text = promptText(this.tokenizer, input, { format: 'plain', context });
+    const bos = this.tokenizer.bosToken;
+    const bosId = bos === undefined ? undefined : this.tokenizer.tokenToId(bos);
+    if (bos !== undefined && bosId !== undefined && text.startsWith(bos)) {
+      return [bosId, ...this.tokenizer.encode(text.slice(bos.length, -PLAIN_ARROW.length), { special: false }), ...this.tokenizer.encode(PLAIN_ARROW)];
+    }
+    return this.tokenizer.encode(text, { special: false });
   }
 
   /** Logits of one sequence without a cache: row-major [ids.length × vocab]. */

@@ -42,7 +42,11 @@ export interface ServeOptions {
   requestTimeoutMs?: number;
   /** Largest request body in bytes; more is a 413. Default 1048576 (1 MiB). */
   bodyLimit?: number;
-  /** Stop strings applied to every request, besides the request's own `stop`. Default ['DONE'] (the end marker of mimic's training format). */
+  /**
+   * Stop strings applied to every request, besides the request's own `stop`. Default
+   * [' DONE', 'DONE']: the end marker of mimic's training format (' DONE'), cut together with the
+   * space before it.
+   */
   stop?: string[];
   /** The model id shown by /v1/models and in responses. Default: the model folder's name (+ the adapter's). */
   modelName?: string;
@@ -114,7 +118,7 @@ export async function serve(options: ServeOptions): Promise<Server> {
   const defaultMaxTokens = options.defaultMaxTokens ?? 256;
   const requestTimeoutMs = options.requestTimeoutMs ?? 300_000;
   const logPrompts = options.logPrompts ?? false;
-  const serverStops = options.stop ?? ['DONE'];
+  const serverStops = options.stop ?? [' DONE', 'DONE'];
 
   let model: Model;
   let owned = false;
@@ -320,9 +324,7 @@ export async function serve(options: ServeOptions): Promise<Server> {
 
   app.post('/generate', async (request, reply) => {
     const req = parseSeedRequest(request.body);
-    const ids = model.tokenizer.hasChatTemplate
-      ? model.encodeChat([{ role: 'user', content: req.text }], { addGenerationPrompt: true })
-      : model.tokenizer.encode(req.text, { special: false });
+    const ids = model.promptIds(req.text);
     const { result, cause } = await run(request, reply, ids, plan(ids, req, 'text'));
     if (cause === 'client') { reply.hijack(); return; }
     if (cause) throw abortError(cause);

@@ -49,7 +49,7 @@ t.test('OpenAI client: chat and completions, streaming and not, usage', async (t
   t.equal(c.model, 'me');
   t.equal(c.choices.length, 1);
   t.equal(c.choices[0].message.role, 'assistant');
-  t.equal(c.choices[0].message.content, 'yeah | bartaco? ');
+  t.equal(c.choices[0].message.content, 'yeah | bartaco?');
   t.equal(c.choices[0].finish_reason, 'stop');
   const promptLen = model.encodeChat([{ role: 'user', content: 'want to grab dinner tonight?' }]).length;
   t.same(c.usage, { prompt_tokens: promptLen, completion_tokens: tok.encode('yeah | bartaco? DONE').length, total_tokens: promptLen + tok.encode('yeah | bartaco? DONE').length });
@@ -64,7 +64,7 @@ t.test('OpenAI client: chat and completions, streaming and not, usage', async (t
     if (ch.usage) usage = ch.usage;
     for (const choice of ch.choices) { text += choice.delta.content ?? ''; finish = choice.finish_reason ?? finish; }
   }
-  t.equal(text, 'yeah | bartaco? ');
+  t.equal(text, 'yeah | bartaco?');
   t.equal(finish, 'stop');
   t.ok(chunks > 3, `streamed in ${chunks} chunks`);
   t.match(usage, { completion_tokens: tok.encode('yeah | bartaco? DONE').length });
