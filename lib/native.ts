@@ -138,6 +138,20 @@ export interface NativeModel {
   createTrainer(options: NativeTrainerOptions): NativeTrainer;
   /** Frees the weights now instead of at garbage collection. */
   dispose(): void;
+  /** Internal: logits(ids) computed through a fresh KV cache fed `chunk` tokens at a time. For tests. */
+  _logitsCached(ids: Int32Array, chunk: number): Promise<Float32Array>;
+}
+
+/** One row of the op-check harness (native/core/opcheck.h). */
+export interface NativeOpCheckRow {
+  /** Backend and op, e.g. "cpu.attention". */
+  op: string;
+  /** What was compared, e.g. "backward dq vs FD B=2 T=5 Hq=4 Hkv=2 D=6". */
+  check: string;
+  /** Normwise relative error: max |got − want| / max |want|. */
+  maxRelErr: number;
+  tol: number;
+  pass: boolean;
 }
 
 export interface NativeAddon {
@@ -145,6 +159,12 @@ export interface NativeAddon {
   /** True when the addon was built with the CUDA backend and a CUDA device is present. */
   cudaAvailable(): boolean;
   loadModel(dir: string, options: NativeLoadOptions): Promise<NativeModel>;
+  /** Internal: runs every op check (CPU ops vs double references and finite differences, and
+   *  any registered backend vs CPU). For tests. */
+  _opCheck(): NativeOpCheckRow[];
+  /** Internal: `draws` samples from fresh copies of `logits` with one RNG stream seeded by
+   *  `seed` (the sampler of session.next). For tests. */
+  _sample(logits: Float32Array, sampling: NativeSamplingOptions, history: Int32Array, seed: number, draws: number): Int32Array;
 }
 
 let cached: NativeAddon | undefined;

@@ -1,6 +1,7 @@
 // model (addon) — see model.h. Also loadModel(), the AsyncWorker that builds a Model.
 #include "addon/model.h"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <regex>
@@ -84,6 +85,40 @@ class LogitsWorker : public Worker {
   std::vector<float> out_;
 };
 
+// _logitsCached(ids, chunk): the same logits as logits(ids), computed through a fresh KV cache
+// fed `chunk` tokens at a time (internal: proves cached decoding equals the uncached forward).
+class CachedLogitsWorker : public Worker {
+ public:
+  CachedLogitsWorker(Napi::Env env, std::shared_ptr<ModelState> s, std::vector<int32_t> ids, int chunk)
+      : Worker(env, "mimic.logitsCached"), s_(std::move(s)), ids_(std::move(ids)), chunk_(chunk) {}
+
+ protected:
+  void Run() override {
+    std::lock_guard<std::mutex> g(s_->mu);
+    LlamaModel& m = s_->weights();
+    MIMIC_CHECK(!ids_.empty(), "EINVAL", "_logitsCached needs at least one token id");
+    const int T = (int)ids_.size(), V = m.cfg.vocab_size;
+    KVCache cache;
+    cache.init(m.cfg, T);
+    out_.resize((size_t)T * V);
+    for (int t = 0; t < T; t += chunk_) {
+      const int n = std::min(chunk_, T - t);
+      llama_forward(m, ids_.data() + t, n, &cache, out_.data() + (size_t)t * V, n);
+    }
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    auto a = Napi::Float32Array::New(env, out_.size());
+    std::memcpy(a.Data(), out_.data(), out_.size() * sizeof(float));
+    return a;
+  }
+
+ private:
+  std::shared_ptr<ModelState> s_;
+  std::vector<int32_t> ids_;
+  int chunk_;
+  std::vector<float> out_;
+};
+
 }  // namespace
 
 Napi::Value LoadModel(const Napi::CallbackInfo& info) {
@@ -140,6 +175,7 @@ Napi::Function Model::Init(Napi::Env env) {
       InstanceMethod<&Model::ClearLora>("clearLora"),
       InstanceMethod<&Model::CreateTrainer>("createTrainer"),
       InstanceMethod<&Model::Dispose>("dispose"),
+      InstanceMethod<&Model::LogitsCached>("_logitsCached"),
   });
 }
 
@@ -191,6 +227,24 @@ Napi::Value Model::Logits(const Napi::CallbackInfo& info) {
   }
   if (!state_->model || state_->dispose_requested) return Rejected(env, "EDISPOSED", "this model was disposed; load it again with loadModel()");
   auto* w = new LogitsWorker(env, state_, std::move(ids));
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value Model::LogitsCached(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::vector<int32_t> ids;
+  int chunk = 1;
+  try {
+    ids = ReadInt32Array(env, info[0], "_logitsCached(ids, chunk): ids");
+    chunk = (int)ReadInteger(env, info[1], "_logitsCached(ids, chunk): chunk", 1, 1 << 24);
+  } catch (const Napi::Error& e) {
+    auto d = Napi::Promise::Deferred::New(env);
+    d.Reject(e.Value());
+    return d.Promise();
+  }
+  auto* w = new CachedLogitsWorker(env, state_, std::move(ids), chunk);
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;

@@ -47,6 +47,7 @@ class Model : public Napi::ObjectWrap<Model> {
   Napi::Value ClearLora(const Napi::CallbackInfo& info);
   Napi::Value CreateTrainer(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
+  Napi::Value LogitsCached(const Napi::CallbackInfo& info);
 
   std::shared_ptr<ModelState> state_;
 };
