@@ -1,0 +1,537 @@
+// trainer (addon) — NativeTrainer of lib/native.ts over engine/train.h, and the NF4 test hooks.
+//
+// JS values in, checked once here (types, lengths, integer-ness) so that a mistake reads as
+// "labels has 23 values, batch × seqLen = 24" rather than a crash; the engine checks the
+// values (ids in range, rank vs. layer size). accumulate/evaluate/step copy their inputs and
+// run on a libuv thread holding the model's mutex. Tensors cross as Float32Array copies under
+// PEFT names ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight").
+#include "addon/trainer.h"
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "addon/data.h"
+#include "addon/errors.h"
+#include "addon/model.h"
+#include "core/error.h"
+#include "engine/train.h"
+#include "ops/nf4.h"
+
+namespace mimic::addon {
+namespace {
+
+// ---- JS value helpers -------------------------------------------------------------------------
+
+double number_field(const Napi::Object& o, const char* key, const char* where) {
+  Napi::Value v = o.Get(key);
+  MIMIC_CHECK(v.IsNumber(), "EINVAL", where, ".", key, " must be a number");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  MIMIC_CHECK(std::isfinite(d), "EINVAL", where, ".", key, " must be finite (got ", d, ")");
+  return d;
+}
+
+int int_arg(const Napi::Value& v, const char* what, int lo) {
+  MIMIC_CHECK(v.IsNumber(), "EINVAL", what, " must be an integer");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  MIMIC_CHECK(std::isfinite(d) && d == std::floor(d) && d >= lo && d <= 2147483647.0, "EINVAL", what,
+              " must be an integer >= ", lo, " (got ", d, ")");
+  return static_cast<int>(d);
+}
+
+std::vector<float> f32_copy(const Napi::Value& v, const std::string& what) {
+  MIMIC_CHECK(v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array, "EINVAL", what,
+              " must be a Float32Array");
+  Napi::Float32Array a = v.As<Napi::Float32Array>();
+  return std::vector<float>(a.Data(), a.Data() + a.ElementLength());
+}
+
+std::vector<int32_t> i32_copy(const Napi::Value& v, const char* what) {
+  MIMIC_CHECK(v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array, "EINVAL", what,
+              " must be an Int32Array");
+  Napi::Int32Array a = v.As<Napi::Int32Array>();
+  return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+}
+
+Napi::Float32Array to_js(Napi::Env env, const std::vector<float>& v) {
+  Napi::Float32Array a = Napi::Float32Array::New(env, v.size());
+  if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * sizeof(float));
+  return a;
+}
+
+Napi::Uint8Array to_js(Napi::Env env, const std::vector<uint8_t>& v) {
+  Napi::Uint8Array a = Napi::Uint8Array::New(env, v.size());
+  if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size());
+  return a;
+}
+
+// ---- one trainer per model --------------------------------------------------------------------
+
+std::mutex g_registry_mu;
+std::set<const ModelState*> g_registry;
+
+// ---- the wrapped trainer ----------------------------------------------------------------------
+
+struct Pending {  // handed from MakeTrainer to the JS constructor through an External
+  std::shared_ptr<ModelState> state;
+  std::unique_ptr<Trainer> trainer;
+};
+
+class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "Trainer",
+                       {InstanceMethod<&TrainerWrap::Accumulate>("accumulate"),
+                        InstanceMethod<&TrainerWrap::Evaluate>("evaluate"),
+                        InstanceMethod<&TrainerWrap::Step>("step"),
+                        InstanceMethod<&TrainerWrap::Gradients>("gradients"),
+                        InstanceMethod<&TrainerWrap::ZeroGrad>("zeroGrad"),
+                        InstanceMethod<&TrainerWrap::GetState>("getState"),
+                        InstanceMethod<&TrainerWrap::SetState>("setState"),
+                        InstanceMethod<&TrainerWrap::Adapter>("adapter"),
+                        InstanceMethod<&TrainerWrap::Dispose>("dispose")});
+  }
+
+  explicit TrainerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TrainerWrap>(info) {
+    if (info.Length() < 1 || !info[0].IsExternal())
+      throw MakeError(info.Env(), "EINVAL", "a Trainer is created with model.createTrainer(options)");
+    Pending* p = info[0].As<Napi::External<Pending>>().Data();
+    state_ = std::move(p->state);
+    trainer_ = std::move(p->trainer);
+  }
+
+  ~TrainerWrap() override { unregister(); }  // GC: never touches the model (it may be busy or gone)
+
+  // What an async call does, on the libuv thread, with the model's mutex held.
+  template <class F>
+  void run_locked(F&& f) {
+    std::lock_guard<std::mutex> lock(state_->mu);
+    try {
+      state_->weights();  // EDISPOSED once the model is gone
+      f(*trainer_);
+    } catch (...) {
+      state_->dispose_if_requested();
+      throw;
+    }
+    state_->dispose_if_requested();
+  }
+
+  // Sync methods: never block the event loop.
+  template <class F>
+  auto sync(Napi::Env env, F&& f) -> decltype(f(std::declval<Trainer&>())) {
+    return Guard(env, [&] {
+      MIMIC_CHECK(trainer_, "EDISPOSED", "this trainer was disposed");
+      MIMIC_CHECK(!busy_, "EBUSY", "a call of this trainer (accumulate/evaluate/step) is still running; await it first");
+      std::unique_lock<std::mutex> lock(state_->mu, std::try_to_lock);
+      MIMIC_CHECK(lock.owns_lock(), "EBUSY", "the model is busy with another call (logits, generation); await it first");
+      state_->weights();
+      return f(*trainer_);
+    });
+  }
+
+  std::shared_ptr<ModelState> state_;
+  std::unique_ptr<Trainer> trainer_;
+  std::atomic<bool> busy_{false};
+  bool registered_ = true;  // MakeTrainer registered this model for us
+
+ private:
+  void unregister() {
+    if (!state_ || !registered_) return;
+    registered_ = false;
+    std::lock_guard<std::mutex> g(g_registry_mu);
+    g_registry.erase(state_.get());
+  }
+
+  Napi::Value Accumulate(const Napi::CallbackInfo& info) { return Batch(info, false); }
+  Napi::Value Evaluate(const Napi::CallbackInfo& info) { return Batch(info, true); }
+  Napi::Value Batch(const Napi::CallbackInfo& info, bool eval);
+  Napi::Value Step(const Napi::CallbackInfo& info);
+
+  Napi::Value Gradients(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return sync(env, [&](Trainer& t) -> Napi::Value {
+      t.check_attached();
+      Napi::Object o = Napi::Object::New(env);
+      for (auto& p : t.params()) {
+        if (p.g->size() == p.p->size()) o.Set(p.name, to_js(env, *p.g));
+        else o.Set(p.name, to_js(env, std::vector<float>(p.p->size(), 0.f)));
+      }
+      return o;
+    });
+  }
+
+  Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
+    return sync(info.Env(), [&](Trainer& t) -> Napi::Value {
+      t.zero_grad();
+      return info.Env().Undefined();
+    });
+  }
+
+  Napi::Value Adapter(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return sync(env, [&](Trainer& t) -> Napi::Value {
+      t.check_attached();
+      Napi::Object o = Napi::Object::New(env);
+      for (auto& p : t.params()) o.Set(p.name, to_js(env, *p.p));
+      return o;
+    });
+  }
+
+  Napi::Value GetState(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return sync(env, [&](Trainer& t) -> Napi::Value {
+      t.check_attached();
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("step", Napi::Number::New(env, t.step_count()));
+      Napi::Uint32Array rng = Napi::Uint32Array::New(env, 8);
+      for (int i = 0; i < 4; ++i) {  // little-endian halves: low word first
+        rng[2 * i] = static_cast<uint32_t>(t.rng().s[i] & 0xFFFFFFFFu);
+        rng[2 * i + 1] = static_cast<uint32_t>(t.rng().s[i] >> 32);
+      }
+      o.Set("rng", rng);
+      Napi::Object tensors = Napi::Object::New(env);
+      for (auto& p : t.params()) {
+        tensors.Set(p.name, to_js(env, *p.p));
+        tensors.Set(p.name + ".exp_avg", to_js(env, p.m));
+        tensors.Set(p.name + ".exp_avg_sq", to_js(env, p.v));
+      }
+      o.Set("tensors", tensors);
+      return o;
+    });
+  }
+
+  Napi::Value SetState(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return sync(env, [&](Trainer& t) -> Napi::Value {
+      t.check_attached();
+      MIMIC_CHECK(info.Length() >= 1 && info[0].IsObject(), "EINVAL",
+                  "setState(state) needs the object getState() returned");
+      Napi::Object s = info[0].As<Napi::Object>();
+      const int step = int_arg(s.Get("step"), "state.step", 0);
+      Napi::Value rv = s.Get("rng");
+      MIMIC_CHECK(rv.IsTypedArray() && rv.As<Napi::TypedArray>().TypedArrayType() == napi_uint32_array &&
+                      rv.As<Napi::TypedArray>().ElementLength() == 8,
+                  "EINVAL", "state.rng must be a Uint32Array of 8 values (as getState() returns)");
+      Napi::Uint32Array r = rv.As<Napi::Uint32Array>();
+      uint64_t rs[4];
+      for (int i = 0; i < 4; ++i) rs[i] = (uint64_t)r[2 * i] | ((uint64_t)r[2 * i + 1] << 32);
+      MIMIC_CHECK(rs[0] | rs[1] | rs[2] | rs[3], "EINVAL", "state.rng is all zeros: not a state getState() returned");
+      MIMIC_CHECK(s.Get("tensors").IsObject(), "EINVAL", "state.tensors must be an object of Float32Arrays");
+      Napi::Object ts = s.Get("tensors").As<Napi::Object>();
+      // Read and check everything before changing anything: a bad state leaves the trainer as it was.
+      std::vector<std::array<std::vector<float>, 3>> vals;
+      for (auto& p : t.params()) {
+        std::array<std::vector<float>, 3> v;
+        const std::string names[3] = {p.name, p.name + ".exp_avg", p.name + ".exp_avg_sq"};
+        for (int i = 0; i < 3; ++i) {
+          MIMIC_CHECK(ts.Has(names[i]), "EINVAL", "state.tensors has no \"", names[i],
+                      "\": the state is from another adapter layout (targets, layers)");
+          v[i] = f32_copy(ts.Get(names[i]), "state.tensors[\"" + names[i] + "\"]");
+          MIMIC_CHECK(v[i].size() == p.p->size(), "ESHAPE", "state.tensors[\"", names[i], "\"] has ", v[i].size(),
+                      " values, this trainer's has ", p.p->size(), " (another rank?)");
+        }
+        vals.push_back(std::move(v));
+      }
+      Napi::Array keys = ts.GetPropertyNames();
+      MIMIC_CHECK(keys.Length() == 3 * t.params().size(), "EINVAL", "state.tensors has ", keys.Length(),
+                  " entries; this trainer expects ", 3 * t.params().size(), " (its tensors and their AdamW moments)");
+      for (size_t i = 0; i < t.params().size(); ++i) {
+        auto& p = t.params()[i];
+        *p.p = std::move(vals[i][0]);
+        p.m = std::move(vals[i][1]);
+        p.v = std::move(vals[i][2]);
+      }
+      t.zero_grad();
+      t.set_step_count(step);
+      for (int i = 0; i < 4; ++i) t.rng().s[i] = rs[i];
+      state_->lora_version++;
+      return env.Undefined();
+    });
+  }
+
+  Napi::Value Dispose(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return Guard(env, [&]() -> Napi::Value {
+      if (!trainer_) return env.Undefined();
+      MIMIC_CHECK(!busy_, "EBUSY", "a call of this trainer is still running; await it before dispose()");
+      {
+        std::unique_lock<std::mutex> lock(state_->mu, std::try_to_lock);
+        if (lock.owns_lock() && state_->model) {
+          try {
+            trainer_->release_gradients();
+          } catch (const mimic::Error&) {  // adapters replaced since: nothing of ours to free
+          }
+        }
+      }
+      trainer_.reset();
+      unregister();
+      return env.Undefined();
+    });
+  }
+};
+
+// ---- async calls ------------------------------------------------------------------------------
+
+class BatchWorker : public Worker {
+ public:
+  BatchWorker(Napi::Env env, Napi::Object self, TrainerWrap* t, std::vector<int32_t> ids, std::vector<int32_t> labels,
+              int B, int T, bool eval)
+      : Worker(env, eval ? "mimic.Trainer.evaluate" : "mimic.Trainer.accumulate"), t_(t), ids_(std::move(ids)),
+        labels_(std::move(labels)), B_(B), T_(T), eval_(eval) {
+    self_ = Napi::Persistent(self);
+  }
+
+ protected:
+  void Run() override {
+    t_->run_locked([&](Trainer& tr) {
+      res_ = eval_ ? tr.evaluate(ids_.data(), labels_.data(), B_, T_) : tr.accumulate(ids_.data(), labels_.data(), B_, T_);
+    });
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("lossSum", Napi::Number::New(env, res_.loss_sum));
+    o.Set("tokens", Napi::Number::New(env, (double)res_.tokens));
+    return o;
+  }
+  void Finally() override {
+    t_->busy_ = false;
+    self_.Reset();
+  }
+
+ private:
+  TrainerWrap* t_;
+  Napi::ObjectReference self_;  // keeps the trainer alive while this runs
+  std::vector<int32_t> ids_, labels_;
+  int B_, T_;
+  bool eval_;
+  LossSum res_;
+};
+
+class StepWorker : public Worker {
+ public:
+  StepWorker(Napi::Env env, Napi::Object self, TrainerWrap* t, StepOptions o)
+      : Worker(env, "mimic.Trainer.step"), t_(t), o_(o) {
+    self_ = Napi::Persistent(self);
+  }
+
+ protected:
+  void Run() override {
+    t_->run_locked([&](Trainer& tr) { norm_ = tr.step(o_); });
+    t_->state_->lora_version++;  // sessions re-check their caches: the adapter changed
+  }
+  Napi::Value Resolve(Napi::Env env) override {
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("gradNorm", Napi::Number::New(env, norm_));
+    return o;
+  }
+  void Finally() override {
+    t_->busy_ = false;
+    self_.Reset();
+  }
+
+ private:
+  TrainerWrap* t_;
+  Napi::ObjectReference self_;
+  StepOptions o_;
+  double norm_ = 0.0;
+};
+
+// Starts `make()`'s worker unless the trainer is disposed or busy; argument errors reject.
+template <class F>
+Napi::Value start(Napi::Env env, TrainerWrap* t, F&& make) {
+  std::string code, msg;
+  try {
+    MIMIC_CHECK(t->trainer_, "EDISPOSED", "this trainer was disposed");
+    MIMIC_CHECK(!t->busy_, "EBUSY",
+                "a call of this trainer (accumulate/evaluate/step) is still running; await it before the next");
+    Worker* w = make();
+    t->busy_ = true;
+    Napi::Promise p = w->Promise();
+    w->Queue();
+    return p;
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    Classify(e, &code, &msg);
+  }
+  return Rejected(env, code, msg);
+}
+
+Napi::Value TrainerWrap::Batch(const Napi::CallbackInfo& info, bool eval) {
+  Napi::Env env = info.Env();
+  return start(env, this, [&]() -> Worker* {
+    const char* fn = eval ? "evaluate" : "accumulate";
+    MIMIC_CHECK(info.Length() >= 4, "EINVAL", fn, "(ids, labels, batch, seqLen) needs 4 arguments");
+    std::vector<int32_t> ids = i32_copy(info[0], "ids");
+    std::vector<int32_t> labels = i32_copy(info[1], "labels");
+    const int B = int_arg(info[2], "batch", 1), T = int_arg(info[3], "seqLen", 1);
+    MIMIC_CHECK((int64_t)ids.size() == (int64_t)B * T, "ESHAPE", "ids has ", ids.size(), " values but batch x seqLen = ",
+                B, " x ", T, " = ", (int64_t)B * T, " (rows are right-padded to seqLen)");
+    MIMIC_CHECK(labels.size() == ids.size(), "ESHAPE", "labels has ", labels.size(), " values but ids has ", ids.size(),
+                ": labels are aligned with ids (-100 where masked)");
+    return new BatchWorker(env, Value(), this, std::move(ids), std::move(labels), B, T, eval);
+  });
+}
+
+Napi::Value TrainerWrap::Step(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return start(env, this, [&]() -> Worker* {
+    MIMIC_CHECK(info.Length() >= 1 && info[0].IsObject(), "EINVAL",
+                "step(options) needs { lr, beta1, beta2, eps, weightDecay, maxGradNorm, gradScale }");
+    Napi::Object o = info[0].As<Napi::Object>();
+    StepOptions s;
+    s.adamw.lr = (float)number_field(o, "lr", "step options");
+    s.adamw.beta1 = (float)number_field(o, "beta1", "step options");
+    s.adamw.beta2 = (float)number_field(o, "beta2", "step options");
+    s.adamw.eps = (float)number_field(o, "eps", "step options");
+    s.adamw.weight_decay = (float)number_field(o, "weightDecay", "step options");
+    s.max_grad_norm = (float)number_field(o, "maxGradNorm", "step options");
+    s.grad_scale = (float)number_field(o, "gradScale", "step options");
+    return new StepWorker(env, Value(), this, s);
+  });
+}
+
+// ---- NF4 test hooks ---------------------------------------------------------------------------
+
+NF4Weight quantize_arg(const Napi::CallbackInfo& info, int first) {
+  std::vector<float> w = f32_copy(info[first], "w");
+  const int M = int_arg(info[first + 1], "M", 1), K = int_arg(info[first + 2], "K", 1);
+  MIMIC_CHECK((int64_t)w.size() == (int64_t)M * K, "ESHAPE", "w has ", w.size(), " values, M x K = ", (int64_t)M * K);
+  const bool dq = info.Length() > (size_t)(first + 3) && info[first + 3].ToBoolean().Value();
+  return nf4_quantize(w.data(), M, K, dq);
+}
+
+// _nf4Quantize(w, M, K, doubleQuant) → { packed, absmax, dequant, [absmaxU8, absmax2, code2, offset] }
+Napi::Value Nf4Quantize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return Guard(env, [&]() -> Napi::Value {
+    MIMIC_CHECK(info.Length() >= 3, "EINVAL", "_nf4Quantize(w, M, K, doubleQuant)");
+    NF4Weight q = quantize_arg(info, 0);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("packed", to_js(env, q.packed));
+    o.Set("absmax", to_js(env, q.absmax));
+    std::vector<float> deq((size_t)q.M * q.K);
+    nf4_dequantize(deq.data(), q);
+    o.Set("dequant", to_js(env, deq));
+    if (q.double_quant) {
+      o.Set("absmaxU8", to_js(env, q.absmax_u8));
+      o.Set("absmax2", to_js(env, q.absmax2));
+      o.Set("code2", to_js(env, q.code2));
+      o.Set("offset", Napi::Number::New(env, q.offset));
+    }
+    return o;
+  });
+}
+
+// _nf4Matmul(w, M, K, doubleQuant, x, N, dout) → { out = x·dequant(w)ᵀ [N, M], dx = dout·dequant(w) [N, K] }
+Napi::Value Nf4Matmul(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return Guard(env, [&]() -> Napi::Value {
+    MIMIC_CHECK(info.Length() >= 7, "EINVAL", "_nf4Matmul(w, M, K, doubleQuant, x, N, dout)");
+    NF4Weight q = quantize_arg(info, 0);
+    std::vector<float> x = f32_copy(info[4], "x");
+    const int N = int_arg(info[5], "N", 1);
+    std::vector<float> dout = f32_copy(info[6], "dout");
+    MIMIC_CHECK((int64_t)x.size() == (int64_t)N * q.K && (int64_t)dout.size() == (int64_t)N * q.M, "ESHAPE",
+                "x must be [N, K] and dout [N, M]");
+    std::vector<float> out((size_t)N * q.M), dx((size_t)N * q.K, 0.f);
+    cpu::nf4_matmul_forward(out.data(), x.data(), q, N);
+    cpu::nf4_matmul_backward_input(dx.data(), dout.data(), q, N);
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("out", to_js(env, out));
+    o.Set("dx", to_js(env, dx));
+    return o;
+  });
+}
+
+// ---- options → engine -------------------------------------------------------------------------
+
+TrainerOptions parse_options(const Napi::Value& v, std::map<std::string, std::vector<float>>* init, bool* has_init) {
+  MIMIC_CHECK(v.IsObject(), "EINVAL", "createTrainer(options) needs { lora: { r, alpha, dropout, targets }, seed, recompute }");
+  Napi::Object o = v.As<Napi::Object>();
+  MIMIC_CHECK(o.Get("lora").IsObject(), "EINVAL", "options.lora must be { r, alpha, dropout, targets }");
+  Napi::Object lora = o.Get("lora").As<Napi::Object>();
+  TrainerOptions t;
+  t.r = int_arg(lora.Get("r"), "options.lora.r", 1);
+  t.alpha = (float)number_field(lora, "alpha", "options.lora");
+  t.dropout = (float)number_field(lora, "dropout", "options.lora");
+  Napi::Value tg = lora.Get("targets");
+  MIMIC_CHECK(tg.IsArray(), "EINVAL", "options.lora.targets must be an array of projection names");
+  Napi::Array ta = tg.As<Napi::Array>();
+  for (uint32_t i = 0; i < ta.Length(); ++i) {
+    Napi::Value s = ta.Get(i);
+    MIMIC_CHECK(s.IsString(), "EINVAL", "options.lora.targets[", i, "] must be a string");
+    t.targets.push_back(s.As<Napi::String>().Utf8Value());
+  }
+  const double seed = number_field(o, "seed", "options");
+  MIMIC_CHECK(seed >= 0 && seed == std::floor(seed) && seed <= 9007199254740991.0, "EINVAL",
+              "options.seed must be a non-negative integer (got ", seed, ")");
+  t.seed = (uint64_t)seed;
+  Napi::Value rc = o.Get("recompute");
+  MIMIC_CHECK(rc.IsBoolean() || rc.IsUndefined(), "EINVAL", "options.recompute must be a boolean");
+  t.recompute = rc.IsBoolean() && rc.As<Napi::Boolean>().Value();
+  Napi::Value iv = o.Get("init");
+  *has_init = !iv.IsUndefined() && !iv.IsNull();
+  if (*has_init) {
+    MIMIC_CHECK(iv.IsObject(), "EINVAL", "options.init must be an object of Float32Arrays under PEFT names");
+    Napi::Object io = iv.As<Napi::Object>();
+    Napi::Array keys = io.GetPropertyNames();
+    for (uint32_t i = 0; i < keys.Length(); ++i) {
+      const std::string k = keys.Get(i).As<Napi::String>().Utf8Value();
+      (*init)[k] = f32_copy(io.Get(k), "options.init[\"" + k + "\"]");
+    }
+  }
+  return t;
+}
+
+}  // namespace
+
+Napi::Value MakeTrainer(Napi::Env env, std::shared_ptr<ModelState> state, Napi::Value options) {
+  return Guard(env, [&]() -> Napi::Value {
+    std::map<std::string, std::vector<float>> init;
+    bool has_init = false;
+    TrainerOptions opt = parse_options(options, &init, &has_init);
+    {
+      std::lock_guard<std::mutex> g(g_registry_mu);
+      MIMIC_CHECK(!g_registry.count(state.get()), "EBUSY",
+                  "this model already has a trainer: dispose() it before creating another");
+    }
+    auto pending = std::make_unique<Pending>();
+    {
+      std::unique_lock<std::mutex> lock(state->mu, std::try_to_lock);
+      MIMIC_CHECK(lock.owns_lock(), "EBUSY", "the model is busy with another call (logits, generation); await it first");
+      LlamaModel& m = state->weights();
+      pending->trainer = std::make_unique<Trainer>(m, opt, has_init ? &init : nullptr);
+      state->lora_version++;
+    }
+    {
+      std::lock_guard<std::mutex> g(g_registry_mu);
+      g_registry.insert(state.get());
+    }
+    pending->state = state;
+    auto it = Data(env).extra.find("Trainer");
+    MIMIC_CHECK(it != Data(env).extra.end(), "EINTERNAL", "the Trainer class was not registered (InitTrainer)");
+    try {
+      return it->second.New({Napi::External<Pending>::New(env, pending.get())});
+    } catch (...) {
+      std::lock_guard<std::mutex> g(g_registry_mu);
+      g_registry.erase(state.get());
+      throw;
+    }
+  });
+}
+
+Napi::Object InitTrainer(Napi::Env env, Napi::Object exports) {
+  Data(env).extra["Trainer"] = Napi::Persistent(TrainerWrap::Init(env));
+  exports.Set("_nf4Quantize", Napi::Function::New(env, Nf4Quantize, "_nf4Quantize"));
+  exports.Set("_nf4Matmul", Napi::Function::New(env, Nf4Matmul, "_nf4Matmul"));
+  return exports;
+}
+
+}  // namespace mimic::addon
