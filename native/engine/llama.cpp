@@ -58,7 +58,8 @@ void load_linear(Linear& L, const Checkpoint& ck, const std::string& name, int M
   if (quant_nf4) {
     MIMIC_CHECK(((int64_t)M * K) % 64 == 0, "ESHAPE", "cannot quantize ", name, " [", M, ", ", K,
                 "] to NF4: its size is not a multiple of the 64-value block");
-    L.nf4 = std::make_unique<NF4Weight>(nf4_quantize(L.owned.data(), M, K, /*double_quant=*/false));
+    // Double quantization as QLoRA and bitsandbytes' Params4bit default (compress_statistics=True).
+    L.nf4 = std::make_unique<NF4Weight>(nf4_quantize(L.owned.data(), M, K, /*double_quant=*/true));
     std::vector<float>().swap(L.owned);
     L.W = nullptr;
   } else {

@@ -107,3 +107,16 @@ t.test('seeded sampling through sessions is reproducible', async (t) => {
   t.same(a, b, 'same seed, same tokens');
   t.notSame(a, c, 'another seed, other tokens');
 });
+
+t.test("quant 'nf4': the seven projections in NF4 (double-quantized) match bitsandbytes' model", async (t) => {
+  const q = await native().loadModel(modelDir, { device: 'cpu', quant: 'nf4' });
+  t.equal(q.quant, 'nf4');
+  const want = exp.nf4_model_logits.data as Float32Array;
+  for (let b = 0; b < B; b++) {
+    const got = await q.logits(ids.slice(b * T, (b + 1) * T));
+    const rel = maxRelErr(got, want.subarray(b * T * V, (b + 1) * T * V));
+    t.comment(`row ${b}: NF4 model logits max rel err ${rel.toExponential(2)}`);
+    t.ok(rel <= 1e-4, `row ${b}: ${rel} <= 1e-4`);
+  }
+  q.dispose();
+});
