@@ -40,8 +40,13 @@ def compare(d, path):
     print(json.dumps({"what": "logits_3b_vs_transformers", "max_rel_vs_hf_bf16": rel(got, ref),
                       "max_rel_vs_hf_fp32": rel(got, ref32), "hf_bf16_vs_hf_fp32": rel(ref, ref32),
                       "argmax_agree_fp32": float((got.argmax(-1) == ref32.argmax(-1)).mean())}))
-    print("ROW %-22s | %-62s | %-10.3e | %-7.0e | %s" % ("model 3B bf16", "logits vs transformers fp32 (same bf16 ckpt)",
-          rel(got, ref32), 2e-2, "PASS" if rel(got, ref32) <= 2e-2 else "FAIL"))
+    # bf16 tolerance, stated: no further from fp32 truth than transformers' own bf16 forward is
+    tol = max(2e-2, 1.1 * rel(ref, ref32))
+    print("ROW %-22s | %-62s | %-10.3e | %-7.0e | %s" % ("model 3B bf16", "logits vs HF fp32 (tol: HF bf16's own error x1.1)",
+          rel(got, ref32), tol, "PASS" if rel(got, ref32) <= tol else "FAIL"))
+    print("ROW %-22s | %-62s | %-10.3e | %-7.0e | %s" % ("model 3B bf16", "argmax agreement with HF fp32 (1 - fraction)",
+          1 - float((got.argmax(-1) == ref32.argmax(-1)).mean()), 0.25,
+          "PASS" if float((got.argmax(-1) == ref32.argmax(-1)).mean()) >= 0.75 else "FAIL"))
 
 if __name__ == "__main__":
     if sys.argv[1] == "write": write(sys.argv[2])

@@ -19,6 +19,8 @@
 
 #ifdef MIMIC_CUDA
 #include <cuda_runtime.h>
+
+#include "cuda/llama_cuda.h"
 #endif
 
 namespace mimic::addon {
@@ -91,6 +93,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaAvailable", Napi::Function::New(env, CudaAvailable, "cudaAvailable"));
   exports.Set("loadModel", Napi::Function::New(env, LoadModel, "loadModel"));
   exports.Set("_opCheck", Napi::Function::New(env, OpCheck, "_opCheck"));
+#ifdef MIMIC_CUDA
+  // CUDA-vs-CPU rows (native/cuda/opcheck_cuda.cu), only where a GPU is present.
+  static bool cuda_rows = false;
+  if (!cuda_rows && mimic::cuda::available()) {
+    add_op_checks("cuda", [] { return mimic::cuda::cuda_op_checks(); });
+    cuda_rows = true;
+  }
+#endif
   exports.Set("_sample", Napi::Function::New(env, Sample, "_sample"));
 
   // ---- the Trainer (addon/trainer.cpp, the training engineer's) registers itself here ----

@@ -305,7 +305,7 @@ std::vector<OpCheckRow> cuda_op_checks() {
   check_ce<bf16>(out, 3, 128256, "bf16 V=128256");
   check_adamw(out);
   check_sampling(out);
-  for (auto& r : out) r.op = r.op + " (cuda)";
+  for (auto& r : out) r.op = "cuda." + r.op;
   return out;
 }
 
