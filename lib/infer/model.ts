@@ -4,6 +4,7 @@
  * scheduler, which interleaves concurrent generations token by token (see scheduler.ts).
  */
 import { randomInt } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import path from 'node:path';
 import { native, type NativeModel, type NativeModelConfig, type NativeSamplingOptions, type NativeSession } from '../native.ts';
 import { Tokenizer, type ChatMessage, type ChatPromptOptions } from '../tokenize/tokenizer.ts';
@@ -63,6 +64,8 @@ export class Model {
     this.adapter = options.adapter;
     this.tokenizer = tokenizer;
     this.endIds = new Set([...tokenizer.endIds, ...nativeModel.config.eosTokenIds]);
+    // every generation in flight listens to it
+    setMaxListeners(0, this.disposer.signal);
     const chunk = options.prefillChunk ?? 256;
     if (!(Number.isInteger(chunk) && chunk >= 0)) throw invalid(`prefillChunk must be an integer ≥ 0 (got ${chunk})`);
     this.prefillChunk = chunk;

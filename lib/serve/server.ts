@@ -8,6 +8,7 @@
  * its generation at once; prompts and replies are never logged unless `logPrompts` is set.
  */
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto';
+import { setMaxListeners } from 'node:events';
 import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { loadModel, Model, type DeviceOption } from '../infer/model.ts';
@@ -138,6 +139,7 @@ export async function serve(options: ServeOptions): Promise<Server> {
   const modelName = options.modelName ?? model.name;
   const created = Math.floor(Date.now() / 1000);
   const closing = new AbortController();
+  setMaxListeners(0, closing.signal); // one listener per request in flight
   const keyDigest = apiKey === undefined ? undefined : digest(apiKey);
 
   const level = options.logLevel ?? 'silent';
