@@ -155,6 +155,10 @@ Trainer::Trainer(LlamaModel& model, const TrainerOptions& opt, const std::map<st
                   }(), ", ", model.layers.size(), " layers)");
     }
   }
+  // The model's adapter becomes exactly this spec: projections outside the targets lose any
+  // adapter attached before (setLora, an earlier trainer), so training and generation agree.
+  for (auto& layer : model.layers)
+    for (int i = 0; i < 7; ++i) proj(layer, i).lora.reset();
   for (auto& [L, a] : made) {
     attached_.emplace_back(L, a.get());
     L->lora = std::move(a);

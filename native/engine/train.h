@@ -76,7 +76,8 @@ struct LayerActs {
 
 class Trainer {
  public:
-  // Attaches adapters to `targets` of every layer of `model` (replacing any attached one):
+  // Attaches adapters to `targets` of every layer of `model`, replacing the model's whole
+  // adapter (projections outside the targets are left without one):
   // from `init` (PEFT names → values) when given, else fresh (lora_init.h). Throws mimic::Error
   // on unknown targets, a rank larger than min(K, M) of a target, or init tensors that are
   // missing, unexpected or of the wrong size.
