@@ -476,6 +476,8 @@ TrainerOptions parse_options(const Napi::Value& v, std::map<std::string, std::ve
   Napi::Value rc = o.Get("recompute");
   MIMIC_CHECK(rc.IsBoolean() || rc.IsUndefined(), "EINVAL", "options.recompute must be a boolean");
   t.recompute = rc.IsBoolean() && rc.As<Napi::Boolean>().Value();
+  // Internal (tests): rows of logits per head chunk, so that chunking is exercised on a tiny vocabulary.
+  if (o.Has("_headChunkRows")) t.head_chunk_rows = int_arg(o.Get("_headChunkRows"), "options._headChunkRows", 1);
   Napi::Value iv = o.Get("init");
   *has_init = !iv.IsUndefined() && !iv.IsNull();
   if (*has_init) {
