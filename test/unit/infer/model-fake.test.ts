@@ -169,3 +169,12 @@ t.test('dispose aborts running generations and frees the engine', async (t) => {
   t.ok(engine.disposed);
   await t.rejects(model.generate(prompt), { code: 'EDISPOSED' });
 });
+
+t.test('promptIds renders the training format (lib/tokenize/format.ts), context turns included', async (t) => {
+  const { promptText } = await import('../../../lib/tokenize/format.ts');
+  const { model } = await scriptedModel([5]);
+  t.same(model.promptIds('want to grab dinner tonight?'), tok.encode(promptText(tok, 'want to grab dinner tonight?')));
+  const context = [{ role: 'user', content: 'hey' }, { role: 'assistant', content: 'yo DONE' }];
+  t.same(model.promptIds('sup', context), tok.encode(promptText(tok, 'sup', { context })));
+  t.throws(() => model.promptIds(5 as never), /input must be a string/);
+});
