@@ -190,7 +190,7 @@ export class Model {
       const history = new Int32Array(promptIds.length + maxTokens);
       history.set(promptIds);
       let n = promptIds.length;
-      const decoder = new StreamDecoder((ids) => this.tokenizer.decode(ids));
+      const decoder = new StreamDecoder((ids) => this.tokenizer.decode(ids, { skipSpecial: o.skipSpecialTokens }));
       const stops = new StopMatcher(o.stop);
       const emit = (s: string) => { if (s) { text += s; onToken?.(s); } };
       const step = async (ids: Int32Array, s: NativeSamplingOptions): Promise<number | null> => {

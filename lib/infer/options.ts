@@ -30,6 +30,8 @@ export interface GenerateOptions extends SamplingOptions {
    * start of a stop string that might still complete. The pieces concatenate to `text`. Default: none.
    */
   onToken?: (text: string) => void;
+  /** Leave special tokens the model generates mid-reply (`<|start_header_id|>`, …) out of `text`, as vLLM and transformers' pipelines do. Default true. */
+  skipSpecialTokens?: boolean;
   /** Aborting ends the generation at the next token with `stopReason: 'abort'` (no error is thrown). Default: none. */
   signal?: AbortSignal;
   /**
@@ -70,6 +72,7 @@ export interface ResolvedGenerateOptions {
   repetitionPenalty: number;
   seed: number | undefined;
   stop: string[];
+  skipSpecialTokens: boolean;
 }
 
 const num = (name: string, v: unknown, ok: (x: number) => boolean, what: string): number => {
@@ -91,10 +94,11 @@ export function resolveGenerateOptions(o: GenerateOptions = {}): ResolvedGenerat
   const stopIn = o.stop ?? d.stop;
   const stop = typeof stopIn === 'string' ? [stopIn] : stopIn;
   if (!Array.isArray(stop) || stop.some((s) => typeof s !== 'string')) throw invalid('stop must be a string or an array of strings');
+  if (o.skipSpecialTokens !== undefined && typeof o.skipSpecialTokens !== 'boolean') throw invalid('skipSpecialTokens must be a boolean');
   if (o.onToken !== undefined && typeof o.onToken !== 'function') throw invalid('onToken must be a function');
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw invalid('signal must be an AbortSignal');
   if (o.maxQueue !== undefined && !(typeof o.maxQueue === 'number' && o.maxQueue >= 0 && (Number.isInteger(o.maxQueue) || o.maxQueue === Infinity))) {
     throw invalid(`maxQueue must be an integer ≥ 0 or Infinity (got ${JSON.stringify(o.maxQueue)})`);
   }
-  return { maxTokens, temperature, topK, topP, repetitionPenalty, seed, stop: stop.filter((s) => s.length > 0) };
+  return { maxTokens, temperature, topK, topP, repetitionPenalty, seed, stop: stop.filter((s) => s.length > 0), skipSpecialTokens: o.skipSpecialTokens ?? true };
 }

@@ -178,3 +178,13 @@ t.test('promptIds renders the training format (lib/tokenize/format.ts), context 
   t.same(model.promptIds('sup', context), tok.encode(promptText(tok, 'sup', { context })));
   t.throws(() => model.promptIds(5 as never), /input must be a string/);
 });
+
+t.test('special tokens generated mid-reply are left out of the text unless asked', async (t) => {
+  const hdr = tok.tokenToId('<|start_header_id|>')!;
+  const out = [...ids('hi'), hdr, ...ids(' there')];
+  const a = await (await scriptedModel(out, { after: 4 })).model.generate(prompt);
+  t.equal(a.text, 'hi there');
+  t.same(a.tokens, out, 'the ids are all there');
+  const b = await (await scriptedModel(out, { after: 4 })).model.generate(prompt, { skipSpecialTokens: false });
+  t.equal(b.text, 'hi<|start_header_id|> there');
+});
