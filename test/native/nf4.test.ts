@@ -101,11 +101,8 @@ t.test('the whole model in NF4 matches bitsandbytes Linear4bit logits within 1e-
     const got = await model.logits(ids.slice(b * T, (b + 1) * T));
     const rel = maxRelErr(got, want.subarray(b * T * V, (b + 1) * T * V));
     t.comment(`row ${b}: NF4 logits max |err| / max |ref| = ${rel.toExponential(2)}`);
-    // The fixture's Linear4bit weights were built as Params4bit(...) with its default
-    // compress_statistics=True, i.e. double-quantized absmax (expected.json's note says "no double
-    // quant", the code says otherwise). With double quantization the same forward is 5e-7 off;
-    // without it 4e-3. Until load_llama quantizes with double_quant=true this stays a todo.
-    const todo = rel <= 1e-4 ? false : 'load_llama must quantize with double_quant=true (bitsandbytes default)';
-    t.ok(rel <= 1e-4, `row ${b}: ${rel} <= 1e-4`, { todo });
+    // The fixture's Linear4bit weights are Params4bit(...) with its default compress_statistics=True
+    // (double-quantized absmax, whatever expected.json's note says); load_llama does the same.
+    t.ok(rel <= 1e-4, `row ${b}: ${rel} <= 1e-4`);
   }
 });
