@@ -504,6 +504,8 @@ Napi::Value MakeTrainer(Napi::Env env, std::shared_ptr<ModelState> state, Napi::
       MIMIC_CHECK(!g_registry.count(state.get()), "EBUSY",
                   "this model already has a trainer: dispose() it before creating another");
     }
+    MIMIC_CHECK(state->device == "cpu", "ENOTSUP", "training on device '", state->device,
+                "' is not implemented yet: load the model with device 'cpu' to train");
     auto pending = std::make_unique<Pending>();
     {
       std::unique_lock<std::mutex> lock(state->mu, std::try_to_lock);

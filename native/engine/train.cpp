@@ -368,6 +368,16 @@ LossSum Trainer::accumulate(const int32_t* ids, const int32_t* labels, int B, in
   LossSum out;
   const std::vector<int32_t> target = shift_targets(labels, B, T, &out.tokens);
   if (out.tokens == 0) return out;  // nothing in the loss: no gradient
+  try {
+    out.loss_sum = forward_backward(ids, target.data(), B, T);
+  } catch (...) {
+    zero_grad();  // a failure half-way (out of memory) must never leave a partial gradient to step on
+    throw;
+  }
+  return out;
+}
+
+double Trainer::forward_backward(const int32_t* ids, const int32_t* target, int B, int T) {
   const LlamaConfig& c = model_.cfg;
   const int nl = c.num_layers, C = c.hidden_size;
   const int64_t N = (int64_t)B * T, NC = N * C;
@@ -387,7 +397,7 @@ LossSum Trainer::accumulate(const int32_t* ids, const int32_t* labels, int B, in
 
   // head, then backward layer by layer
   std::vector<float> dx((size_t)NC), dx_below;
-  out.loss_sum = head(xL.data(), target.data(), N, dx.data());
+  const double loss_sum = head(xL.data(), target, N, dx.data());
   release(xL);
   for (int l = nl - 1; l >= 0; --l) {
     if (opt_.recompute) {  // gradient checkpointing: rebuild this layer's activations from its input
@@ -399,7 +409,7 @@ LossSum Trainer::accumulate(const int32_t* ids, const int32_t* labels, int B, in
     acts[l] = LayerActs();  // this layer's memory is done
     dx.swap(dx_below);
   }
-  return out;
+  return loss_sum;
 }
 
 LossSum Trainer::evaluate(const int32_t* ids, const int32_t* labels, int B, int T) {

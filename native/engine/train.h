@@ -91,7 +91,9 @@ class Trainer {
   // Frees the gradient buffers in the model's adapters (training is over; the model lives on).
   void release_gradients();
 
-  // Forward + backward of one micro-batch; dA/dB accumulate the gradient of lossSum.
+  // Forward + backward of one micro-batch; dA/dB accumulate the gradient of lossSum. Should it
+  // fail half-way (out of memory), every accumulated gradient is zeroed before the error
+  // propagates: a later step never uses a partial gradient.
   LossSum accumulate(const int32_t* ids, const int32_t* labels, int B, int T);
   // Masked loss only: no gradients, no dropout.
   LossSum evaluate(const int32_t* ids, const int32_t* labels, int B, int T);
@@ -117,6 +119,8 @@ class Trainer {
   void check_batch(const int32_t* ids, const int32_t* labels, int B, int T) const;
   std::vector<int32_t> shift_targets(const int32_t* labels, int B, int T, int64_t* tokens) const;
   void embed(std::vector<float>& x, const int32_t* ids, int64_t N) const;
+  // embed → layers (saving or checkpointing) → head → layers backward; returns lossSum.
+  double forward_backward(const int32_t* ids, const int32_t* target, int B, int T);
   // Runs layer ℓ on acts.x (input) producing out; with `save` every activation and linear cache
   // stays in acts, else scratch is released as soon as it is dead.
   void layer_forward(int l, LayerActs& acts, float* out, int B, int T, bool save, bool train);
