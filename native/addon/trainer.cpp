@@ -22,6 +22,7 @@
 #include "addon/model.h"
 #include "core/error.h"
 #include "engine/train.h"
+#include "ops/cross_entropy.h"
 #include "ops/nf4.h"
 
 namespace mimic::addon {
@@ -450,6 +451,31 @@ Napi::Value Nf4Matmul(const Napi::CallbackInfo& info) {
   });
 }
 
+// _crossEntropy(logits, target, N, V, scale, inPlace) → { lossSum, dlogits }
+Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return Guard(env, [&]() -> Napi::Value {
+    MIMIC_CHECK(info.Length() >= 6, "EINVAL", "_crossEntropy(logits, target, N, V, scale, inPlace)");
+    std::vector<float> logits = f32_copy(info[0], "logits");
+    std::vector<int32_t> target = i32_copy(info[1], "target");
+    const int N = int_arg(info[2], "N", 1), V = int_arg(info[3], "V", 1);
+    MIMIC_CHECK((int64_t)logits.size() == (int64_t)N * V && (int64_t)target.size() == N, "ESHAPE",
+                "logits must be [N, V] and target [N]");
+    for (int32_t y : target) MIMIC_CHECK(y == -100 || (y >= 0 && y < V), "ERANGE", "target ", y, " out of range");
+    const float scale = (float)info[4].As<Napi::Number>().DoubleValue();
+    const bool in_place = info[5].ToBoolean().Value();
+    const double fwd = cpu::cross_entropy_forward(logits.data(), target.data(), N, V);
+    std::vector<float> d(in_place ? 0 : logits.size());
+    float* dl = in_place ? logits.data() : d.data();
+    const double both = cpu::cross_entropy_forward_backward(dl, logits.data(), target.data(), N, V, scale);
+    MIMIC_CHECK(fwd == both, "EINTERNAL", "cross_entropy forward and forward_backward disagree");
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("lossSum", Napi::Number::New(env, fwd));
+    o.Set("dlogits", to_js(env, in_place ? logits : d));
+    return o;
+  });
+}
+
 // ---- options → engine -------------------------------------------------------------------------
 
 TrainerOptions parse_options(const Napi::Value& v, std::map<std::string, std::vector<float>>* init, bool* has_init) {
@@ -535,6 +561,7 @@ Napi::Object InitTrainer(Napi::Env env, Napi::Object exports) {
   Data(env).extra["Trainer"] = Napi::Persistent(TrainerWrap::Init(env));
   exports.Set("_nf4Quantize", Napi::Function::New(env, Nf4Quantize, "_nf4Quantize"));
   exports.Set("_nf4Matmul", Napi::Function::New(env, Nf4Matmul, "_nf4Matmul"));
+  exports.Set("_crossEntropy", Napi::Function::New(env, CrossEntropy, "_crossEntropy"));
   return exports;
 }
 

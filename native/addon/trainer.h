@@ -4,8 +4,9 @@
 // InitTrainer registers on the module's exports:
 //   - the Trainer class (constructed only through Model.createTrainer → MakeTrainer; its
 //     constructor is kept in AddonData::extra["Trainer"]);
-//   - _nf4Quantize(w: Float32Array, M, K, doubleQuant) and _nf4Matmul(...): internal hooks that
-//     expose NF4 quantization and its matmuls to the tests (not part of the public API).
+//   - _nf4Quantize(w: Float32Array, M, K, doubleQuant), _nf4Matmul(...) and _crossEntropy(...):
+//     internal hooks that expose NF4 and the masked cross-entropy op to the tests (not part of
+//     the public API).
 // Concurrency: accumulate/evaluate/step run on libuv threads holding ModelState::mu, like the
 // model's own async calls, so training and generation on one model never interleave. The
 // synchronous methods throw EBUSY while a call of this trainer is in flight. One trainer per
