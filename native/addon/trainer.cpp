@@ -256,24 +256,34 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
     });
   }
 
+  // dispose() during a running call takes effect when that call settles (Worker::Finally).
   Napi::Value Dispose(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     return Guard(env, [&]() -> Napi::Value {
-      if (!trainer_) return env.Undefined();
-      MIMIC_CHECK(!busy_, "EBUSY", "a call of this trainer is still running; await it before dispose()");
-      {
-        std::unique_lock<std::mutex> lock(state_->mu, std::try_to_lock);
-        if (lock.owns_lock() && state_->model) {
-          try {
-            trainer_->release_gradients();
-          } catch (const mimic::Error&) {  // adapters replaced since: nothing of ours to free
-          }
-        }
-      }
-      trainer_.reset();
-      unregister();
+      if (busy_) dispose_requested_ = true;
+      else finish_dispose();
       return env.Undefined();
     });
+  }
+
+ public:
+  bool dispose_requested_ = false;
+
+  // JS thread. Frees the gradient buffers if the model is free right now (else they go with the
+  // next adapter change), forgets the engine, lets the model take another trainer.
+  void finish_dispose() {
+    if (!trainer_) return;
+    {
+      std::unique_lock<std::mutex> lock(state_->mu, std::try_to_lock);
+      if (lock.owns_lock() && state_->model) {
+        try {
+          trainer_->release_gradients();
+        } catch (const mimic::Error&) {  // adapters replaced since: nothing of ours to free
+        }
+      }
+    }
+    trainer_.reset();
+    unregister();
   }
 };
 
@@ -302,6 +312,7 @@ class BatchWorker : public Worker {
   }
   void Finally() override {
     t_->busy_ = false;
+    if (t_->dispose_requested_) t_->finish_dispose();
     self_.Reset();
   }
 
@@ -333,6 +344,7 @@ class StepWorker : public Worker {
   }
   void Finally() override {
     t_->busy_ = false;
+    if (t_->dispose_requested_) t_->finish_dispose();
     self_.Reset();
   }
 

@@ -9,7 +9,8 @@
 //     the public API).
 // Concurrency: accumulate/evaluate/step run on libuv threads holding ModelState::mu, like the
 // model's own async calls, so training and generation on one model never interleave. The
-// synchronous methods throw EBUSY while a call of this trainer is in flight. One trainer per
+// synchronous methods throw EBUSY while a call of this trainer is in flight, except dispose(),
+// which then takes effect when that call settles. One trainer per
 // model at a time (EBUSY otherwise); the adapters it trains stay attached to the model.
 #pragma once
 #include <napi.h>

@@ -2,7 +2,7 @@
 // gradient, one AdamW step; then the engine's own invariants: accumulation over micro-batches,
 // gradient checkpointing, exact resume, finite differences of the whole chain, padding.
 import t from 'tap';
-import { type NativeModel } from '../../lib/native.ts';
+import { type NativeModel, type NativeTrainer } from '../../lib/native.ts';
 import { expectedJson } from './util/fixtures.ts';
 import {
   B, T, exp, expectedKey, fixtureAdapter, fixtureTrainer, ids, labels, loadTiny, maxAbsErr, normRelErr, scaled,
@@ -14,6 +14,19 @@ t.before(async () => { model = await loadTiny(); });
 t.teardown(() => model?.dispose());
 
 const REF_LOSS: number = expectedJson.lora_loss;
+
+t.test('the trainer has exactly the members lib/native.ts declares', async (t) => {
+  const members: Record<keyof NativeTrainer, string> = {
+    accumulate: 'function', evaluate: 'function', step: 'function', gradients: 'function', zeroGrad: 'function',
+    getState: 'function', setState: 'function', adapter: 'function', dispose: 'function',
+  };
+  const tr = fixtureTrainer(model);
+  t.teardown(() => tr.dispose());
+  for (const [k, type] of Object.entries(members)) t.equal(typeof (tr as any)[k], type, k);
+  const p = tr.evaluate(ids, labels, B, T);
+  t.type(p, Promise);
+  await p;
+});
 
 t.test('masked LoRA loss and every LoRA gradient match PEFT', async (t) => {
   const tr = fixtureTrainer(model);
@@ -317,7 +330,9 @@ t.test('clear errors for bad options and bad batches', async (t) => {
   await busy;
   const none = await tr.accumulate(ids, new Int32Array(B * T).fill(-100), B, T);
   t.same(none, { lossSum: 0, tokens: 0 }, 'an all-masked batch has no loss and no gradient');
-  tr.dispose();
+  const late = tr.evaluate(ids, labels, B, T);
+  tr.dispose();  // during a call: takes effect when it settles
+  t.equal((await late).tokens, 11, 'the running call completes');
   await t.rejects(tr.accumulate(ids, labels, B, T), { code: 'EDISPOSED' });
   const tr2 = model.createTrainer(spec({}));
   model.clearLora();
