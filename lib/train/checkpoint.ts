@@ -17,7 +17,7 @@ import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { decodeSafetensors, encodeSafetensors, type TensorIn } from './safetensors.ts';
 import { encodeAdapter, type ModelDims } from './adapter.ts';
-import { nodeFs, syncDir, writeError, writeTemp, type WriteFs } from './atomic.ts';
+import { nodeFs, syncDir, tempName, writeError, writeTemp, type WriteFs } from './atomic.ts';
 import type { NativeLoraSpec, NativeTrainerState } from '../native.ts';
 import type { TrainRecord, ValRecord } from './metrics.ts';
 
@@ -62,7 +62,7 @@ export async function writeCheckpoint(dir: string, meta: CheckpointMeta, state: 
   spec: NativeLoraSpec & { dropout?: number }; tensors: Record<string, Float32Array>; dims: ModelDims; baseModel: string | null;
 }, fs: WriteFs = nodeFs): Promise<void> {
   const parent = path.dirname(dir);
-  const tmpDir = path.join(parent, `.${path.basename(dir)}.${process.pid}.${Date.now().toString(36)}.tmp`);
+  const tmpDir = tempName(dir);
   const old = `${dir}.old`;
   const optTensors: Record<string, TensorIn> = {};
   for (const [name, data] of Object.entries(state.tensors)) optTensors[name] = { data, shape: [data.length] };

@@ -416,6 +416,7 @@ export async function finetuneWith(options: FinetuneOptions, deps: FinetuneDeps)
           if (meta.epoch >= o.epochs) meta.finished = true;
           await drawPlot();
           await saveCheckpoint();
+          break;
         } else if (o.checkpointEvery > 0 && meta.step % o.checkpointEvery === 0) {
           await saveCheckpoint();
         }

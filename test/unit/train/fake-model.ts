@@ -30,7 +30,7 @@ export function fakeModel(dims: ModelDims, vocab: number, calls?: FakeCalls): Na
   }
 
   const config = { vocabSize: vocab, hiddenSize: C, numLayers: dims.numLayers } as NativeModelConfig;
-  return {
+  const model: Partial<NativeModel> = {
     config, device: 'cpu', quant: 'none',
     async logits(ids) {
       const out = new Float32Array(ids.length * vocab);
@@ -139,4 +139,5 @@ export function fakeModel(dims: ModelDims, vocab: number, calls?: FakeCalls): Na
       };
     },
   };
+  return model as NativeModel;
 }
