@@ -9,6 +9,9 @@ import { registerPrepare } from './prepare.ts';
 import { registerGenerate } from './generate.ts';
 import { registerServe } from './serve.ts';
 import { registerChat } from './chat.ts';
+import { registerTrain } from './train.ts';
+import { registerEval } from './eval.ts';
+import { registerDemo } from './demo.ts';
 
 const program = new Command();
 program
@@ -17,7 +20,10 @@ program
   .version(version)
   .showHelpAfterError();
 
+registerDemo(program);
 registerPrepare(program);
+registerTrain(program);
+registerEval(program);
 registerGenerate(program);
 registerServe(program);
 registerChat(program);
