@@ -25,10 +25,10 @@ export const DEMO_PATHS = {
 };
 
 /** The canned prompts the demo asks the trained model. */
-export const DEMO_PROMPTS = ['whats your name', 'where are you from', 'what do you want to do after school', 'want to grab dinner tonight?', 'you alive?'];
+export const DEMO_PROMPTS = ["what's your name?", 'where are you from?', 'how tall are you?', "what's your favorite food?", 'want to grab dinner tonight?'];
 
 /** The demo's training recipe: the tiny random model needs more passes and a higher rate than a real checkpoint. */
-export const DEMO_TRAINING = { epochs: 8, lr: 5e-3, lora: { r: 64, alpha: 128, dropout: 0.05 }, batchTokens: 512, quant: 'nf4' as const, seed: 42, checkpointEvery: 0 };
+export const DEMO_TRAINING = { epochs: 8, lr: 3e-3, lora: { r: 64, alpha: 128, dropout: 0.05 }, batchTokens: 512, quant: 'nf4' as const, seed: 42, checkpointEvery: 0 };
 
 export interface DemoOptions {
   /** Folder for the prepared data and the adapter. Default: a new temporary folder, removed afterwards unless `keep`. */
@@ -66,7 +66,11 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
       ...DEMO_TRAINING, model: DEMO_PATHS.model, data: prep.written.train, val: prep.written.val, out: path.join(out, 'adapter'),
       epochs: o.epochs ?? DEMO_TRAINING.epochs, device: o.device ?? 'cpu',
     }, o.progress);
-    for (const line of formatTrainReport(train).split('\n')) print(`  ${line}`);
+    const temporary = !o.out && !o.keep;
+    for (const line of formatTrainReport(train).split('\n')) {
+      if (temporary && line.startsWith('adapter: ')) print('  (adapter, metrics.jsonl and loss.svg are in a temporary folder removed at the end; --out DIR keeps them)');
+      else print(`  ${line}`);
+    }
     print('mimic demo: 3/3 chatting with the result (greedy; the model learned to end each reply with DONE)');
     const model = await loadModel(DEMO_PATHS.model, { adapter: train.paths.adapter, device: o.device === 'cuda' ? 'cuda' : 'cpu', quant: DEMO_TRAINING.quant });
     const replies: DemoResult['replies'] = [];

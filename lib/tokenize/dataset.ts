@@ -211,9 +211,9 @@ export type BatchPlan = number[][];
 export interface PlanOptions {
   /** Most tokens in a micro-batch, counting padding (rows × longest row). A longer single example gets a batch of its own. */
   batchTokens: number;
-  /** Shuffle seed; with `shuffle: false` the order is by length. */
+  /** Shuffle seed; with `shuffle: false` the order is by length. Default 0. */
   seed?: number;
-  /** Epoch index: each epoch has its own order, derived from seed and epoch. */
+  /** Epoch index: each epoch has its own order, derived from seed and epoch. Default 0. */
   epoch?: number;
   /** Default true. */
   shuffle?: boolean;
