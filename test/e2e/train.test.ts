@@ -151,3 +151,28 @@ t.test('bad input', async (t) => {
   t.notOk(existsSync(path.join(out, 'adapter_config.json')));
   t.same(readdirSync(out).filter((f) => f.endsWith('.tmp')), []);
 });
+
+t.test('mimic train: flags → adapter, best/, metrics.jsonl, loss.svg; report on stdout', async (t) => {
+  const dir = tempDir(t);
+  const { data, val } = writePersona(dir);
+  const out: string[] = [];
+  const log = console.log;
+  console.log = (s: string) => out.push(String(s));
+  try {
+    const { registerTrain } = await import('../../lib/cli/train.ts');
+    const program = new Command().exitOverride();
+    registerTrain(program);
+    await program.parseAsync(['train', '--model', tiny, '--data', data, '--val', val, '--out', path.join(dir, 'a'), '--epochs', '2', '--lr', '5e-3',
+      '--rank', '8', '--alpha', '16', '--device', 'cpu', '--quant', 'none', '--batch-tokens', '384', '--json'], { from: 'user' });
+  } finally {
+    console.log = log;
+  }
+  const report = JSON.parse(out.at(-1)!);
+  t.equal(report.epochs, 2);
+  t.equal(report.quant, 'none');
+  t.match(out.join('\n'), /trained \d+\/\d+ steps \(2\.00 epochs\) on 40 examples/);
+  t.match(out.join('\n'), /val loss [\d.]+ → [\d.]+ → [\d.]+; best/);
+  for (const f of ['adapter_config.json', 'adapter_model.safetensors', 'best/adapter_config.json', 'metrics.jsonl', 'loss.svg']) t.ok(existsSync(path.join(dir, 'a', f)), f);
+  const cfg = JSON.parse(readFileSync(path.join(dir, 'a', 'adapter_config.json'), 'utf8'));
+  t.same([cfg.r, cfg.lora_alpha, cfg.peft_type], [8, 16, 'LORA']);
+});
