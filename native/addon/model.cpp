@@ -15,6 +15,10 @@
 #include "core/error.h"
 #include "core/threadpool.h"
 
+#ifdef MIMIC_CUDA
+#include "cuda/llama_cuda.h"
+#endif
+
 namespace mimic::addon {
 
 static const char* kProjections[7] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
@@ -28,8 +32,34 @@ LlamaModel& ModelState::weights() {
 }
 
 void ModelState::dispose_if_requested() {
-  if (dispose_requested.load()) model.reset();
+  if (dispose_requested.load()) free_weights();
 }
+
+void ModelState::free_weights() {
+#ifdef MIMIC_CUDA
+  gpu.reset();
+#endif
+  model.reset();
+}
+
+#ifdef MIMIC_CUDA
+cuda::DeviceModel& ModelState::device_model() {
+  LlamaModel& m = weights();
+  MIMIC_CHECK(gpu, "EINTERNAL", "device_model() on a CPU model");
+  if (gpu_lora_version != lora_version.load()) {
+    cuda::sync_lora_to_device(*gpu, m);
+    gpu_lora_version = lora_version.load();
+    host_lora_stale = false;
+  }
+  return *gpu;
+}
+
+void ModelState::pull_lora() {
+  if (!gpu || !host_lora_stale || !model) return;
+  cuda::sync_lora_to_host(*gpu, *model, false);
+  host_lora_stale = false;
+}
+#endif
 
 // ---- loadModel --------------------------------------------------------------------------------
 
@@ -37,12 +67,19 @@ namespace {
 
 class LoadWorker : public Worker {
  public:
-  LoadWorker(Napi::Env env, std::string dir, bool nf4) : Worker(env, "mimic.loadModel"), dir_(std::move(dir)), nf4_(nf4) {}
+  LoadWorker(Napi::Env env, std::string dir, bool nf4, bool cuda)
+      : Worker(env, "mimic.loadModel"), dir_(std::move(dir)), nf4_(nf4), cuda_(cuda) {}
 
  protected:
   void Run() override {
     state_ = std::make_shared<ModelState>();
-    state_->model = load_llama(dir_, nf4_);
+#ifdef MIMIC_CUDA
+    if (cuda_) {
+      state_->gpu = cuda::load_model(dir_, nf4_, &state_->model);
+      state_->device = "cuda";
+    } else
+#endif
+      state_->model = load_llama(dir_, nf4_);
     state_->cfg = state_->model->cfg;
     state_->quant = nf4_ ? "nf4" : "none";
   }
@@ -50,7 +87,7 @@ class LoadWorker : public Worker {
 
  private:
   std::string dir_;
-  bool nf4_;
+  bool nf4_, cuda_;
   std::shared_ptr<ModelState> state_;
 };
 
@@ -66,7 +103,12 @@ class LogitsWorker : public Worker {
     MIMIC_CHECK(!ids_.empty(), "EINVAL", "logits() needs at least one token id");
     out_.resize(ids_.size() * (size_t)m.cfg.vocab_size);
     try {
-      llama_forward(m, ids_.data(), (int)ids_.size(), nullptr, out_.data(), (int)ids_.size());
+#ifdef MIMIC_CUDA
+      if (s_->on_gpu())
+        cuda::llama_forward(s_->device_model(), ids_.data(), (int)ids_.size(), nullptr, out_.data(), (int)ids_.size());
+      else
+#endif
+        llama_forward(m, ids_.data(), (int)ids_.size(), nullptr, out_.data(), (int)ids_.size());
     } catch (...) {
       s_->dispose_if_requested();
       throw;
@@ -98,6 +140,19 @@ class CachedLogitsWorker : public Worker {
     LlamaModel& m = s_->weights();
     MIMIC_CHECK(!ids_.empty(), "EINVAL", "_logitsCached needs at least one token id");
     const int T = (int)ids_.size(), V = m.cfg.vocab_size;
+    out_.resize((size_t)T * V);
+#ifdef MIMIC_CUDA
+    if (s_->on_gpu()) {
+      cuda::DeviceModel& d = s_->device_model();
+      cuda::DeviceKV kv;
+      kv.init(m.cfg, T);
+      for (int t = 0; t < T; t += chunk_) {
+        const int n = std::min(chunk_, T - t);
+        cuda::llama_forward(d, ids_.data() + t, n, &kv, out_.data() + (size_t)t * V, n);
+      }
+      return;
+    }
+#endif
     KVCache cache;
     cache.init(m.cfg, T);
     out_.resize((size_t)T * V);
@@ -147,7 +202,14 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   }
   if (device == "cuda") {
 #ifdef MIMIC_CUDA
-    return Rejected(env, "ECUDA", "device 'cuda' is not wired into this build's Model yet; use device 'cpu'");
+    if (!cuda::available())
+      return Rejected(env, "ECUDA", "device 'cuda': this build of mimic has the CUDA backend but no CUDA device is "
+                      "visible (no GPU, no driver, or CUDA_VISIBLE_DEVICES hides it). Use device 'cpu' or 'auto'.");
+    if (quant != "none" && quant != "nf4") return Rejected(env, "EINVAL", "options.quant must be 'nf4' or 'none', got '" + quant + "'");
+    auto* w = new LoadWorker(env, dir, quant == "nf4", true);
+    Napi::Promise p = w->Promise();
+    w->Queue();
+    return p;
 #else
     return Rejected(env, "ECUDA", "this build of mimic has no CUDA backend (no CUDA toolkit with cuBLAS was found when it "
                     "was built). Use device 'cpu', or rebuild on a machine with CUDA: MIMIC_CUDA=ON npm run build:native");
@@ -155,7 +217,7 @@ Napi::Value LoadModel(const Napi::CallbackInfo& info) {
   }
   if (device != "cpu") return Rejected(env, "EINVAL", "options.device must be 'cpu' or 'cuda', got '" + device + "'");
   if (quant != "none" && quant != "nf4") return Rejected(env, "EINVAL", "options.quant must be 'nf4' or 'none', got '" + quant + "'");
-  auto* w = new LoadWorker(env, dir, quant == "nf4");
+  auto* w = new LoadWorker(env, dir, quant == "nf4", false);
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;
@@ -176,6 +238,7 @@ Napi::Function Model::Init(Napi::Env env) {
       InstanceMethod<&Model::CreateTrainer>("createTrainer"),
       InstanceMethod<&Model::Dispose>("dispose"),
       InstanceMethod<&Model::LogitsCached>("_logitsCached"),
+      InstanceMethod<&Model::NextBatch>("nextBatch"),  // addon/batch.cpp
   });
 }
 
@@ -260,7 +323,16 @@ Napi::Value Model::CreateSession(const Napi::CallbackInfo& info) {
       fail("EINVAL", "createSession(maxLength, seed): seed must be a non-negative integer");
     auto s = std::make_shared<SessionState>((uint64_t)seed);
     s->model = state_;
-    s->cache.init(state_->cfg, max_len);
+#ifdef MIMIC_CUDA
+    if (state_->on_gpu()) {
+      // the GPU cache is allocated by the first next() (on its worker thread); the CPU struct
+      // only counts (len, max_len) for the accessors
+      s->gpu_kv = std::make_shared<cuda::DeviceKV>();
+      s->cache.max_len = max_len;
+      s->cache.len = 0;
+    } else
+#endif
+      s->cache.init(state_->cfg, max_len);
     s->lora_version = state_->lora_version.load();
     return Session::NewInstance(env, s);
   });
@@ -360,6 +432,9 @@ Napi::Value Model::SetLora(const Napi::CallbackInfo& info) {
       }
     for (int l = 0; l < L; ++l)
       for (int p = 0; p < 7; ++p) m.layers[l].projection(kProjections[p])->lora = std::move(built[l][p]);
+#ifdef MIMIC_CUDA
+    state_->host_lora_stale = false;  // the CPU adapters are the truth now; the GPU re-uploads
+#endif
     state_->lora_version++;
     return env.Undefined();
   });
@@ -371,6 +446,9 @@ Napi::Value Model::GetLora(const Napi::CallbackInfo& info) {
     std::unique_lock<std::mutex> lock(state_->mu, std::try_to_lock);
     MIMIC_CHECK(lock.owns_lock(), "EBUSY", "getLora: the model is busy with a running call; await it first");
     LlamaModel& m = state_->weights();
+#ifdef MIMIC_CUDA
+    state_->pull_lora();
+#endif
     Napi::Object out = Napi::Object::New(env);
     for (int l = 0; l < m.cfg.num_layers; ++l)
       for (const char* p : kProjections) {
@@ -395,6 +473,9 @@ Napi::Value Model::ClearLora(const Napi::CallbackInfo& info) {
     LlamaModel& m = state_->weights();
     for (auto& layer : m.layers)
       for (const char* p : kProjections) layer.projection(p)->lora.reset();
+#ifdef MIMIC_CUDA
+    state_->host_lora_stale = false;
+#endif
     state_->lora_version++;
     return env.Undefined();
   });
@@ -408,7 +489,7 @@ Napi::Value Model::CreateTrainer(const Napi::CallbackInfo& info) {
 Napi::Value Model::Dispose(const Napi::CallbackInfo& info) {
   state_->dispose_requested = true;
   std::unique_lock<std::mutex> lock(state_->mu, std::try_to_lock);
-  if (lock.owns_lock()) state_->model.reset();  // else the running call frees them when it ends
+  if (lock.owns_lock()) state_->free_weights();  // else the running call frees them when it ends
   return info.Env().Undefined();
 }
 

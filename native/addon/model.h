@@ -15,6 +15,12 @@
 
 #include "engine/llama.h"
 
+#ifdef MIMIC_CUDA
+namespace mimic::cuda {
+struct DeviceModel;
+}
+#endif
+
 namespace mimic::addon {
 
 struct ModelState {
@@ -26,8 +32,32 @@ struct ModelState {
   std::atomic<uint64_t> lora_version{0};  // bumped on every adapter change (sessions check it)
 
   // With mu held: throws EDISPOSED when the weights are gone; frees them if dispose was requested.
+  // On device 'cuda', `model` is a skeleton (config, norms, shapes, the LoRA adapters' CPU copy)
+  // and the weights live in `gpu`.
   LlamaModel& weights();
   void dispose_if_requested();
+  void free_weights();
+
+#ifdef MIMIC_CUDA
+  std::shared_ptr<cuda::DeviceModel> gpu;  // set on device 'cuda'
+  // The LoRA arena on the GPU mirrors the CPU adapters of lora_version gpu_lora_version. Adapter
+  // changes made on the CPU (setLora, clearLora, createTrainer) bump lora_version only, and the
+  // next GPU call re-uploads; changes made on the GPU (a trainer's step, setState's push) set both
+  // versions and mark the CPU copy stale, so getLora/adapter() read the GPU first.
+  uint64_t gpu_lora_version = 0;
+  bool host_lora_stale = false;
+  // With mu held: the device model with its LoRA arena current.
+  cuda::DeviceModel& device_model();
+  // With mu held: copies trained A/B back into the CPU adapters when the GPU is ahead.
+  void pull_lora();
+#endif
+  bool on_gpu() const {
+#ifdef MIMIC_CUDA
+    return gpu != nullptr;
+#else
+    return false;
+#endif
+  }
 };
 
 class Model : public Napi::ObjectWrap<Model> {
@@ -48,6 +78,7 @@ class Model : public Napi::ObjectWrap<Model> {
   Napi::Value CreateTrainer(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
   Napi::Value LogitsCached(const Napi::CallbackInfo& info);
+  Napi::Value NextBatch(const Napi::CallbackInfo& info);  // addon/batch.cpp
 
   std::shared_ptr<ModelState> state_;
 };

@@ -10,6 +10,10 @@
 #include "addon/model.h"
 #include "core/error.h"
 
+#ifdef MIMIC_CUDA
+#include "cuda/llama_cuda.h"
+#endif
+
 namespace mimic::addon {
 
 SamplingParams ReadSampling(Napi::Env env, Napi::Value v) {
@@ -47,6 +51,18 @@ class NextWorker : public Worker {
     MIMIC_CHECK(s_->lora_version == ms.lora_version.load(), "ESTALE",
                 "the model's LoRA adapter changed after this session cached its tokens; call session.reset() and "
                 "feed the prompt again");
+#ifdef MIMIC_CUDA
+    if (s_->gpu_kv) {
+      cuda::DeviceModel& d = ms.device_model();
+      cuda::DeviceKV& kv = *s_->gpu_kv;
+      if (kv.k.empty()) kv.init(m.cfg, s_->cache.max_len);
+      kv.len = s_->cache.len;  // reset() sets the counter only
+      float* last = cuda::llama_forward(d, ids_.data(), (int)ids_.size(), &kv, nullptr, 1);
+      s_->cache.len = kv.len;
+      token_ = cuda::sample_token(last, m.cfg.vocab_size, p_, history_.data(), (int64_t)history_.size(), s_->rng);
+      return;
+    }
+#endif
     std::vector<float> logits((size_t)m.cfg.vocab_size);
     llama_forward(m, ids_.data(), (int)ids_.size(), &s_->cache, logits.data(), 1);
     token_ = cpu::sample_token(logits.data(), m.cfg.vocab_size, p_, history_.data(), (int64_t)history_.size(), s_->rng);

@@ -10,13 +10,22 @@
 #include "engine/llama.h"
 #include "ops/sampling.h"
 
+#ifdef MIMIC_CUDA
+namespace mimic::cuda {
+struct DeviceKV;
+}
+#endif
+
 namespace mimic::addon {
 
 struct ModelState;
 
 struct SessionState {
   std::shared_ptr<ModelState> model;
-  KVCache cache;
+  KVCache cache;                // on device 'cuda' only its len/max_len are used (the counters)
+#ifdef MIMIC_CUDA
+  std::shared_ptr<cuda::DeviceKV> gpu_kv;  // device 'cuda': the K/V rows on the GPU
+#endif
   Rng rng;
   uint64_t lora_version = 0;    // adapter the cached K/V were computed with
   std::atomic<bool> busy{false};
@@ -28,6 +37,7 @@ class Session : public Napi::ObjectWrap<Session> {
   static Napi::Function Init(Napi::Env env);
   static Napi::Object NewInstance(Napi::Env env, std::shared_ptr<SessionState> state);
   explicit Session(const Napi::CallbackInfo& info);
+  const std::shared_ptr<SessionState>& state() const { return state_; }  // addon/batch.cpp
 
  private:
   Napi::Value Length(const Napi::CallbackInfo& info);

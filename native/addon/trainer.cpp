@@ -25,6 +25,10 @@
 #include "ops/cross_entropy.h"
 #include "ops/nf4.h"
 
+#ifdef MIMIC_CUDA
+#include "cuda/llama_cuda.h"
+#endif
+
 namespace mimic::addon {
 namespace {
 
@@ -82,6 +86,9 @@ std::set<const ModelState*> g_registry;
 struct Pending {  // handed from MakeTrainer to the JS constructor through an External
   std::shared_ptr<ModelState> state;
   std::unique_ptr<Trainer> trainer;
+#ifdef MIMIC_CUDA
+  std::unique_ptr<cuda::DeviceTrainer> gpu;
+#endif
 };
 
 class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
@@ -105,6 +112,9 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
     Pending* p = info[0].As<Napi::External<Pending>>().Data();
     state_ = std::move(p->state);
     trainer_ = std::move(p->trainer);
+#ifdef MIMIC_CUDA
+    gpu_ = std::move(p->gpu);
+#endif
   }
 
   ~TrainerWrap() override { unregister(); }  // GC: never touches the model (it may be busy or gone)
@@ -138,6 +148,25 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
 
   std::shared_ptr<ModelState> state_;
   std::unique_ptr<Trainer> trainer_;
+#ifdef MIMIC_CUDA
+  // Device 'cuda': the GPU twin of trainer_ (engine state in the model's LoRA arena). trainer_
+  // keeps the PEFT names, the step count and host copies that gradients/getState/adapter fill
+  // from the GPU on demand.
+  std::unique_ptr<cuda::DeviceTrainer> gpu_;
+  // With the model's mutex held: the GPU arena is ahead of the CPU adapters from now on.
+  void gpu_changed() {
+    state_->lora_version++;
+    state_->gpu_lora_version = state_->lora_version.load();
+    state_->host_lora_stale = true;
+  }
+#endif
+  bool on_gpu() const {
+#ifdef MIMIC_CUDA
+    return gpu_ != nullptr;
+#else
+    return false;
+#endif
+  }
   std::atomic<bool> busy_{false};
   bool registered_ = true;  // MakeTrainer registered this model for us
 
@@ -158,6 +187,7 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
     Napi::Env env = info.Env();
     return sync(env, [&](Trainer& t) -> Napi::Value {
       t.check_attached();
+      pull();
       Napi::Object o = Napi::Object::New(env);
       for (auto& p : t.params()) {
         if (p.g->size() == p.p->size()) o.Set(p.name, to_js(env, *p.g));
@@ -169,6 +199,13 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
 
   Napi::Value ZeroGrad(const Napi::CallbackInfo& info) {
     return sync(info.Env(), [&](Trainer& t) -> Napi::Value {
+#ifdef MIMIC_CUDA
+      if (gpu_) {
+        t.check_attached();
+        gpu_->zero_grad();
+        cuda::Context::get().sync();
+      }
+#endif
       t.zero_grad();
       return info.Env().Undefined();
     });
@@ -178,6 +215,7 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
     Napi::Env env = info.Env();
     return sync(env, [&](Trainer& t) -> Napi::Value {
       t.check_attached();
+      pull();
       Napi::Object o = Napi::Object::New(env);
       for (auto& p : t.params()) o.Set(p.name, to_js(env, *p.p));
       return o;
@@ -188,6 +226,7 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
     Napi::Env env = info.Env();
     return sync(env, [&](Trainer& t) -> Napi::Value {
       t.check_attached();
+      pull();
       Napi::Object o = Napi::Object::New(env);
       o.Set("step", Napi::Number::New(env, t.step_count()));
       Napi::Uint32Array rng = Napi::Uint32Array::New(env, 8);
@@ -252,6 +291,13 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
       t.set_step_count(step);
       for (int i = 0; i < 4; ++i) t.rng().s[i] = rs[i];
       state_->lora_version++;
+#ifdef MIMIC_CUDA
+      if (gpu_) {  // parameters and moments to the GPU, its gradients zeroed
+        gpu_->push();
+        state_->gpu_lora_version = state_->lora_version.load();
+        state_->host_lora_stale = false;
+      }
+#endif
       return env.Undefined();
     });
   }
@@ -269,6 +315,15 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
  public:
   bool dispose_requested_ = false;
 
+  // With the model's mutex held: the GPU's params, gradients and moments into the CPU trainer.
+  void pull() {
+#ifdef MIMIC_CUDA
+    if (!gpu_) return;
+    gpu_->pull();
+    state_->host_lora_stale = false;
+#endif
+  }
+
   // JS thread. Frees the gradient buffers if the model is free right now (else they go with the
   // next adapter change), forgets the engine, lets the model take another trainer.
   void finish_dispose() {
@@ -282,6 +337,9 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
         }
       }
     }
+#ifdef MIMIC_CUDA
+    gpu_.reset();
+#endif
     trainer_.reset();
     unregister();
   }
@@ -301,6 +359,27 @@ class BatchWorker : public Worker {
  protected:
   void Run() override {
     t_->run_locked([&](Trainer& tr) {
+#ifdef MIMIC_CUDA
+      if (t_->gpu_) {
+        tr.check_attached();
+        t_->state_->device_model();  // the arena is current (it is: this trainer owns it)
+        if (eval_) {
+          res_ = t_->gpu_->evaluate(ids_.data(), labels_.data(), B_, T_);
+          return;
+        }
+        try {
+          res_ = t_->gpu_->accumulate(ids_.data(), labels_.data(), B_, T_);
+        } catch (...) {  // a failed micro-batch leaves no partial gradient behind (as on the CPU)
+          try {
+            t_->gpu_->zero_grad();
+            cuda::Context::get().sync();
+          } catch (...) {
+          }
+          throw;
+        }
+        return;
+      }
+#endif
       res_ = eval_ ? tr.evaluate(ids_.data(), labels_.data(), B_, T_) : tr.accumulate(ids_.data(), labels_.data(), B_, T_);
     });
   }
@@ -334,6 +413,22 @@ class StepWorker : public Worker {
 
  protected:
   void Run() override {
+#ifdef MIMIC_CUDA
+    if (t_->gpu_) {
+      t_->run_locked([&](Trainer& tr) {
+        tr.check_attached();
+        t_->state_->device_model();
+        try {
+          norm_ = t_->gpu_->step(o_);
+        } catch (...) {
+          t_->gpu_changed();  // ENONFINITE zeroed the GPU gradients; the adapter may be unchanged, but be safe
+          throw;
+        }
+        t_->gpu_changed();  // sessions re-check their caches; the CPU copy is stale until read
+      });
+      return;
+    }
+#endif
     t_->run_locked([&](Trainer& tr) { norm_ = tr.step(o_); });
     t_->state_->lora_version++;  // sessions re-check their caches: the adapter changed
   }
@@ -542,15 +637,26 @@ Napi::Value MakeTrainer(Napi::Env env, std::shared_ptr<ModelState> state, Napi::
       MIMIC_CHECK(!g_registry.count(state.get()), "EBUSY",
                   "this model already has a trainer: dispose() it before creating another");
     }
-    MIMIC_CHECK(state->device == "cpu", "ENOTSUP", "training on device '", state->device,
-                "' is not implemented yet: load the model with device 'cpu' to train");
+    MIMIC_CHECK(state->device == "cpu" || state->on_gpu(), "ENOTSUP", "training on device '", state->device,
+                "' is not available in this build: load the model with device 'cpu' to train");
     auto pending = std::make_unique<Pending>();
     {
       std::unique_lock<std::mutex> lock(state->mu, std::try_to_lock);
       MIMIC_CHECK(lock.owns_lock(), "EBUSY", "the model is busy with another call (logits, generation); await it first");
       LlamaModel& m = state->weights();
+#ifdef MIMIC_CUDA
+      if (state->on_gpu()) state->pull_lora();  // the CPU adapters are read below (replaced, not kept)
+#endif
       pending->trainer = std::make_unique<Trainer>(m, opt, has_init ? &init : nullptr);
       state->lora_version++;
+#ifdef MIMIC_CUDA
+      if (state->on_gpu()) {
+        // uploads the new adapters into the arena (zero moments, zero gradients)
+        pending->gpu = std::make_unique<cuda::DeviceTrainer>(*state->gpu, *pending->trainer);
+        state->gpu_lora_version = state->lora_version.load();
+        state->host_lora_stale = false;
+      }
+#endif
     }
     {
       std::lock_guard<std::mutex> g(g_registry_mu);

@@ -18,6 +18,7 @@
 
 #include <cstdint>
 
+#include "core/safetensors.h"
 #include "cuda/buffer.h"
 #include "ops/adamw.h"
 #include "ops/nf4.h"
@@ -71,6 +72,12 @@ struct NF4Device {
   size_t bytes() const { return packed.bytes() + absmax.bytes() + absmax_u8.bytes() + absmax2.bytes() + code2.bytes(); }
 };
 NF4Device nf4_upload(const mimic::NF4Weight& w);
+// Quantizes W[M, K] (device memory, `src` values of `dtype`: F32, BF16 or F16) on the GPU into
+// exactly the bytes the CPU oracle nf4_quantize (native/core/nf4.cpp) writes: packed codes,
+// absmax (fp32, plain) or absmax_u8 + absmax2 + code2 + offset (double quantization). Same fp32
+// operations in the same order (IEEE reciprocal, a multiply, the midpoint tree, strict ">").
+// M·K must be a multiple of 64. Synchronizes once (the double-quant offset comes back to the host).
+NF4Device nf4_quantize_device(const void* src, mimic::DType dtype, int M, int K, bool double_quant);
 // out[M, K] = dequant(W) in bf16 (one projection at a time, into the caller's scratch).
 void nf4_dequantize(bf16* out, const NF4Device& W);
 // out[N, M] = alpha · x · dequant(W)ᵀ + beta · out;  scratch holds ≥ M·K bf16.

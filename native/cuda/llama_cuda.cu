@@ -379,12 +379,13 @@ float* llama_forward(DeviceModel& d, const int32_t* ids, int T, DeviceKV* cache,
   const LlamaConfig& c = d.cfg;
   MIMIC_CHECK(T > 0, "EINVAL", "llama_forward: no tokens");
   for (int t = 0; t < T; ++t)
-    MIMIC_CHECK(ids[t] >= 0 && ids[t] < c.vocab_size, "EINVAL", "token id ", ids[t], " at position ", t,
-                " is outside the vocabulary [0, ", c.vocab_size, ")");
+    MIMIC_CHECK(ids[t] >= 0 && ids[t] < c.vocab_size, "ERANGE", "token id ", ids[t], " at position ", t,
+                " is out of range: the model's vocabulary has ", c.vocab_size, " tokens (ids 0..", c.vocab_size - 1,
+                "). Was the text tokenized with this model's tokenizer?");
   const int start = cache ? cache->len : 0;
   if (cache)
-    MIMIC_CHECK(start + T <= cache->max_len, "EINVAL", "the KV cache is full (", start, " + ", T, " tokens > ",
-                cache->max_len, "): start a session with a larger maxLength");
+    MIMIC_CHECK(start + T <= cache->max_len, "EFULL", "the KV cache holds ", cache->max_len, " tokens; ", start,
+                " are used and ", T, " more do not fit. Create the session with a larger maxLength.");
   n_logits = std::max(1, std::min(n_logits, T));
   ensure_ws(d, T, 1, 1, false);
   Workspace& w = *d.ws;

@@ -16,6 +16,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "cuda/cuda_ops.h"
@@ -58,6 +59,11 @@ struct DeviceModel {
 
 // Uploads the base weights (NF4 projections stay 4-bit) and the attached adapters.
 std::unique_ptr<DeviceModel> upload_model(const LlamaModel& m);
+// Loads config.json + safetensors from dir straight onto the GPU (native/cuda/load_cuda.cu):
+// bf16 weights, or NF4 quantized on the GPU (the same bytes as the CPU's nf4_quantize). *skeleton
+// receives the CPU-side LlamaModel with config, norms, inv_freq and each Linear's name and shape
+// but no weights — the LoRA bookkeeping (setLora, the CPU Trainer's params) lives there.
+std::unique_ptr<DeviceModel> load_model(const std::string& dir, bool quant_nf4, std::unique_ptr<LlamaModel>* skeleton);
 // Rebuilds the LoRA arena from the CPU model's Linear::lora (after setLora/clearLora/new trainer).
 void sync_lora_to_device(DeviceModel& d, const LlamaModel& m);
 // Copies the arena's A/B (and dA/dB when grads) back into the CPU model's adapters.

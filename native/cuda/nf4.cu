@@ -3,10 +3,17 @@
 //
 //   w[i] = NF4_CODE[nibble_i] · absmax_{i/64}          (first element of a byte in the HIGH nibble)
 //   double quantization: absmax_b = code2[absmax_u8[b]] · absmax2[b/256] + offset
+//   nf4_quantize_device      : W (fp32/bf16/f16 on the GPU) → the layout above, bit for bit as the
+//                              CPU oracle (native/core/nf4.cpp), so loading skips the CPU quantizer
 //   nf4_matmul_forward       : out = α · x · dequant(W)ᵀ + β · out
 //   nf4_matmul_backward_input: dx  = α · dout · dequant(W) + β · dx
 // The scratch is reused projection after projection, so the model is never dequantized whole.
 // (A fused NF4 GEMV for decode, reading 4-bit weights once, is the speed issue's work.)
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <vector>
+
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
 
@@ -50,6 +57,123 @@ __global__ void dequant_kernel(bf16* __restrict__ out, const uint8_t* __restrict
   }
 }
 
+
+// ---- quantization on the GPU (the CPU oracle: native/core/nf4.cpp) -----------------------------
+// Exactness: the same fp32 operations as the CPU in the same order. --use_fast_math would turn
+// 1/x into an approximate reciprocal and may contract a·b+c into an FMA, so every step that
+// decides a code is an explicit round-to-nearest intrinsic (__fdiv_rn, __fmul_rn, __fsub_rn).
+// Max and the comparisons are exact in any order. The double-quant offset is the mean of the
+// block absmax values summed in double; the sum of float absmax values of one weight is exact in
+// double for any realistic spread of exponents, so the order of the sum does not matter.
+__device__ __forceinline__ float load_f(const float* p, int64_t i) { return p[i]; }
+__device__ __forceinline__ float load_f(const bf16* p, int64_t i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ float load_f(const __half* p, int64_t i) { return __half2float(p[i]); }
+
+// bitsandbytes' dQuantizeNF4 (the midpoints of NF4_CODE as float literals; NaN → code 0)
+__device__ __forceinline__ uint32_t quantize_nf4_dev(float x) {
+  if (x > 0.03979014977812767f) {
+    if (x > 0.3893125355243683f) {
+      if (x > 0.6427869200706482f) return x > 0.8614784181118011f ? 15 : 14;
+      return x > 0.5016634166240692f ? 13 : 12;
+    }
+    if (x > 0.2035212516784668f) return x > 0.2920137718319893f ? 11 : 10;
+    return x > 0.1202552504837513f ? 9 : 8;
+  }
+  if (x > -0.33967943489551544f) {
+    if (x > -0.13791173323988914f) return x > -0.045525018125772476f ? 7 : 6;
+    return x > -0.23460740596055984f ? 5 : 4;
+  }
+  if (x > -0.6106329262256622f) return x > -0.4599952697753906f ? 3 : 2;
+  return x > -0.8480964004993439f ? 1 : 0;
+}
+
+// bitsandbytes' dQuantize<0> over the sorted 256-entry dynamic code.
+__device__ __forceinline__ uint8_t quantize_dynamic_dev(const float* code, float x) {
+  int pivot = 127, upper_pivot = 255, lower_pivot = 0;
+  float lower = -1.0f, upper = 1.0f;
+  float val = code[pivot];
+  for (int i = 64; i > 0; i >>= 1) {
+    if (x > val) { lower_pivot = pivot; lower = val; pivot += i; }
+    else { upper_pivot = pivot; upper = val; pivot -= i; }
+    val = code[pivot];
+  }
+  if (upper_pivot == 255) upper = code[upper_pivot];
+  if (lower_pivot == 0) lower = code[lower_pivot];
+  if (x > val) {
+    const float midpoint = __fmul_rn(__fadd_rn(upper, val), 0.5f);
+    return (uint8_t)(x > midpoint ? upper_pivot : pivot);
+  }
+  const float midpoint = __fmul_rn(__fadd_rn(lower, val), 0.5f);
+  return (uint8_t)(x < midpoint ? lower_pivot : pivot);
+}
+
+// One warp per 64-block: lane j owns values 2j (high nibble) and 2j + 1 (low nibble) = byte j.
+template <class TI>
+__global__ void nf4_quant_blocks_kernel(uint8_t* __restrict__ packed, float* __restrict__ absmax,
+                                        const TI* __restrict__ w, int64_t blocks) {
+  const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  if (blk >= blocks) return;  // whole warps exit together
+  const int lane = threadIdx.x & 31;
+  const int64_t i = blk * 64 + 2 * lane;
+  const float a = load_f(w, i), b = load_f(w, i + 1);
+  const float amax = warp_max(fmaxf(fabsf(a), fabsf(b)));
+  const float inv = __fdiv_rn(1.0f, amax);
+  const uint32_t hi = quantize_nf4_dev(__fmul_rn(a, inv)), lo = quantize_nf4_dev(__fmul_rn(b, inv));
+  packed[blk * 32 + lane] = (uint8_t)((hi << 4) | lo);
+  if (lane == 0) absmax[blk] = amax;
+}
+
+// Partial double sums of absmax, one per CUDA block (fixed order within a block).
+__global__ void nf4_absmax_partial_kernel(double* __restrict__ part, const float* __restrict__ absmax, int64_t n) {
+  __shared__ double sh[256];
+  double s = 0;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    s += (double)absmax[i];
+  sh[threadIdx.x] = s;
+  __syncthreads();
+  for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+    if ((int)threadIdx.x < o) sh[threadIdx.x] += sh[threadIdx.x + o];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) part[blockIdx.x] = sh[0];
+}
+__global__ void nf4_offset_kernel(float* __restrict__ offset, const double* __restrict__ part, int n_part, int64_t blocks) {
+  double s = 0;
+  for (int i = 0; i < n_part; ++i) s += part[i];
+  *offset = (float)__ddiv_rn(s, (double)blocks);
+}
+
+// One CUDA block (256 threads) per 256 absmax values: absmax2 = max |absmax − offset|, then the
+// 8-bit dynamic code of (absmax − offset) / absmax2.
+__global__ void nf4_double_quant_kernel(uint8_t* __restrict__ am_u8, float* __restrict__ absmax2,
+                                        const float* __restrict__ absmax, const float* __restrict__ code2,
+                                        const float* __restrict__ offset_p, int64_t blocks) {
+  __shared__ float code[256];
+  __shared__ float red[256];
+  code[threadIdx.x] = code2[threadIdx.x];
+  const float offset = *offset_p;
+  const int64_t i = (int64_t)blockIdx.x * 256 + threadIdx.x;
+  const float d = i < blocks ? __fsub_rn(absmax[i], offset) : 0.f;
+  red[threadIdx.x] = fabsf(d);
+  __syncthreads();
+  for (int o = 128; o > 0; o >>= 1) {
+    if ((int)threadIdx.x < o) red[threadIdx.x] = fmaxf(red[threadIdx.x], red[threadIdx.x + o]);
+    __syncthreads();
+  }
+  const float amax2 = red[0];
+  if (threadIdx.x == 0) absmax2[blockIdx.x] = amax2;
+  if (i < blocks) am_u8[i] = quantize_dynamic_dev(code, __fmul_rn(d, __fdiv_rn(1.0f, amax2)));
+}
+
+// code2 (bitsandbytes' create_dynamic_map) as the CPU oracle builds it.
+const std::vector<float>& dynamic_code() {
+  static const std::vector<float> code = [] {
+    std::vector<float> w(64, 1.f);
+    return mimic::nf4_quantize(w.data(), 1, 64, true).code2;
+  }();
+  return code;
+}
+
 void ensure_code() {
   static bool done = false;
   if (done) return;
@@ -75,6 +199,49 @@ NF4Device nf4_upload(const mimic::NF4Weight& w) {
   } else {
     d.absmax = upload(w.absmax);
   }
+  return d;
+}
+
+NF4Device nf4_quantize_device(const void* src, mimic::DType dtype, int M, int K, bool double_quant) {
+  const int64_t n = (int64_t)M * K;
+  MIMIC_CHECK(M > 0 && K > 0 && n % 64 == 0, "ESHAPE", "NF4 weight ", M, "x", K,
+              " is not a whole number of 64-value blocks");
+  ensure_code();
+  cudaStream_t st = Context::get().stream;
+  const int64_t blocks = n / 64;
+  NF4Device d;
+  d.M = M;
+  d.K = K;
+  d.packed.alloc((size_t)n / 2);
+  d.absmax.alloc((size_t)blocks);
+  const int warps = 8;
+  const unsigned grid = (unsigned)((blocks + warps - 1) / warps);
+  switch (dtype) {
+    case mimic::DType::F32:
+      nf4_quant_blocks_kernel<<<grid, 32 * warps, 0, st>>>(d.packed.p, d.absmax.p, (const float*)src, blocks); break;
+    case mimic::DType::BF16:
+      nf4_quant_blocks_kernel<<<grid, 32 * warps, 0, st>>>(d.packed.p, d.absmax.p, (const bf16*)src, blocks); break;
+    case mimic::DType::F16:
+      nf4_quant_blocks_kernel<<<grid, 32 * warps, 0, st>>>(d.packed.p, d.absmax.p, (const __half*)src, blocks); break;
+  }
+  MIMIC_CUDA_LAUNCHED();
+  if (!double_quant) return d;
+  const int64_t blocks2 = (blocks + 255) / 256;
+  const int n_part = (int)std::min<int64_t>(256, (blocks + 255) / 256);
+  DevBuf<double> part((size_t)n_part);
+  DevBuf<float> off(1);
+  d.code2 = upload(dynamic_code());
+  d.absmax_u8.alloc((size_t)blocks);
+  d.absmax2.alloc((size_t)blocks2);
+  nf4_absmax_partial_kernel<<<n_part, 256, 0, st>>>(part.p, d.absmax.p, blocks);
+  nf4_offset_kernel<<<1, 1, 0, st>>>(off.p, part.p, n_part, blocks);
+  nf4_double_quant_kernel<<<(unsigned)blocks2, 256, 0, st>>>(d.absmax_u8.p, d.absmax2.p, d.absmax.p, d.code2.p, off.p,
+                                                              blocks);
+  MIMIC_CUDA_LAUNCHED();
+  MIMIC_CUDA_CHECK(cudaMemcpyAsync(&d.offset, off.p, sizeof(float), cudaMemcpyDeviceToHost, st));
+  Context::get().sync();
+  d.double_quant = true;
+  d.absmax.release();  // the double-quantized form is what the GEMMs read
   return d;
 }
 

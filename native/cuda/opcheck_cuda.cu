@@ -9,6 +9,7 @@
 // add_op_checks("cuda", ...) by whoever starts the CUDA backend (the addon, the check binary).
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -107,6 +108,57 @@ void check_nf4(std::vector<OpCheckRow>& out, int M, int K, bool dq) {
   nf4_matmul_backward_input<float>(dxd.p, dyd.p, d, N, scratch.p);
   out.push_back(row("nf4", "matmul fwd " + tag, host_f32(yd.p, y.size()), y, kBf16Tol));
   out.push_back(row("nf4", "matmul bwd dx " + tag, host_f32(dxd.p, dx.size()), dx, kBf16Tol));
+}
+
+// GPU quantization vs the CPU oracle, byte for byte (tol 0: the loader must store exactly what
+// nf4_quantize stores). Rows of different scales, an all-zero 64-block (bitsandbytes' NaN → code
+// 0 path), values on the code midpoints, and a last 256-group of double quantization that is
+// only partly filled. The error is the fraction of bytes/values that differ.
+void check_nf4_quantize(std::vector<OpCheckRow>& out, int M, int K, bool dq, bool from_bf16) {
+  const int64_t n = (int64_t)M * K;
+  auto w = rnd(n, 24, 1.f, true);  // bf16-representable, so both input dtypes hold the same values
+  for (int m = 0; m < M; ++m)
+    for (int k = 0; k < K; ++k) w[(size_t)m * K + k] *= 0.002f * (1 + m % 13);
+  for (int i = 0; i < 64; ++i) w[64 + i] = 0.f;  // an all-zero block
+  static const float mids[4] = {0.03979014977812767f, -0.33967943489551544f, 0.5016634166240692f, -0.8480964004993439f};
+  for (int i = 0; i < 4; ++i) { w[128 + i] = mids[i]; }
+  w[128 + 4] = 1.f;  // absmax 1: the midpoints land exactly on the thresholds
+  for (auto& x : w) x = __bfloat162float(__float2bfloat16(x));
+  NF4Weight q = nf4_quantize(w.data(), M, K, dq);
+  NF4Device d;
+  if (from_bf16) {
+    auto src = dev_bf16(w);
+    d = nf4_quantize_device(src.p, DType::BF16, M, K, dq);
+  } else {
+    auto src = upload(w);
+    d = nf4_quantize_device(src.p, DType::F32, M, K, dq);
+  }
+  Context::get().sync();
+  int64_t bad = 0, total = 0;
+  auto cmp = [&](const auto& host, const auto& dev) {
+    auto got = download(dev.p, dev.n);
+    total += (int64_t)host.size();
+    if (got.size() != host.size()) { bad += (int64_t)host.size(); return; }
+    for (size_t i = 0; i < host.size(); ++i) bad += std::memcmp(&got[i], &host[i], sizeof(got[i])) != 0;
+  };
+  cmp(q.packed, d.packed);
+  if (dq) {
+    cmp(q.absmax_u8, d.absmax_u8);
+    cmp(q.absmax2, d.absmax2);
+    cmp(q.code2, d.code2);
+    total += 1;
+    bad += std::memcmp(&q.offset, &d.offset, sizeof(float)) != 0 || !d.double_quant;
+  } else {
+    cmp(q.absmax, d.absmax);
+  }
+  OpCheckRow r;
+  r.op = "nf4";
+  r.check = std::string("quantize on GPU == CPU oracle, bytes (") + (from_bf16 ? "bf16" : "f32") + " in, " +
+            (dq ? "double-quant " : "plain ") + std::to_string(M) + "x" + std::to_string(K) + ")";
+  r.max_rel_err = total ? (double)bad / (double)total : 1.0;
+  r.tol = 0;
+  r.pass = bad == 0 && total > 0;
+  out.push_back(r);
 }
 
 void check_embedding(std::vector<OpCheckRow>& out) {
@@ -290,6 +342,9 @@ std::vector<OpCheckRow> cuda_op_checks() {
   check_matmul(out, 1, 3072, 1031, "decode 1x3072x1031");
   check_nf4(out, 96, 192, false);
   check_nf4(out, 160, 320, true);
+  check_nf4_quantize(out, 96, 200, true, true);      // 300 blocks: the second 256-group is partial
+  check_nf4_quantize(out, 1031, 64, true, false);
+  check_nf4_quantize(out, 37, 128, false, true);
   check_embedding(out);
   check_rmsnorm(out, 33, 3072);
   check_rmsnorm(out, 1, 67);

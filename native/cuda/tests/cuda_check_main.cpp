@@ -90,6 +90,36 @@ void model_checks(const std::string& ref) {
   auto ids = as<int32_t>(exp["input_ids"]), labels = as<int32_t>(exp["labels"]);
   const int B = (int)exp["input_ids"].shape[0], T = (int)exp["input_ids"].shape[1];
 
+  // the GPU loader (safetensors → GPU, NF4 quantized there) vs the CPU loader + upload
+  for (int quant = 0; quant < 2; ++quant) {
+    auto cpu = load_llama(dir, quant == 1);
+    auto up = cuda::upload_model(*cpu);
+    std::unique_ptr<LlamaModel> skel;
+    auto gl = cuda::load_model(dir, quant == 1, &skel);
+    int64_t bad = 0, total = 0;
+    for (size_t l = 0; l < up->layers.size(); ++l)
+      for (int i = 0; i < 7; ++i) {
+        const cuda::DLinear &a = up->layers[l].proj[i], &b = gl->layers[l].proj[i];
+        auto cmp = [&](const auto& x, const auto& y) {
+          auto hx = cuda::download(x.p, x.n), hy = cuda::download(y.p, y.n);
+          total += (int64_t)hx.size();
+          if (hx.size() != hy.size()) { bad += (int64_t)hx.size(); return; }
+          for (size_t k = 0; k < hx.size(); ++k) bad += std::memcmp(&hx[k], &hy[k], sizeof(hx[k])) != 0;
+        };
+        if (quant) {
+          cmp(a.nf4.packed, b.nf4.packed); cmp(a.nf4.absmax_u8, b.nf4.absmax_u8); cmp(a.nf4.absmax2, b.nf4.absmax2);
+          total += 1; bad += a.nf4.offset != b.nf4.offset;
+        } else {
+          cmp(a.W, b.W);
+        }
+      }
+    { auto x = cuda::download(up->embed.p, up->embed.n), y = cuda::download(gl->embed.p, gl->embed.n);
+      total += (int64_t)x.size(); for (size_t k = 0; k < x.size() && k < y.size(); ++k) bad += std::memcmp(&x[k], &y[k], 2) != 0; }
+    add(quant ? "load nf4" : "load bf16", std::string("GPU loader == CPU load_llama + upload, bytes") +
+        (quant ? " (NF4 quantized on the GPU)" : ""), total ? (double)bad / total : 1.0, 0.0);
+    bool shapes = skel->layers.size() == cpu->layers.size() && skel->final_norm == cpu->final_norm;
+    add(quant ? "load nf4" : "load bf16", "skeleton: config, norms and shapes as load_llama", shapes ? 0.0 : 1.0, 0.0);
+  }
   for (int quant = 0; quant < 2; ++quant) {
     auto cpu = load_llama(dir, quant == 1);
     auto gpu = cuda::upload_model(*cpu);
@@ -201,13 +231,17 @@ void bench(const std::string& dir, int steps, const std::string& out_dir) {
   std::printf("device: %s, %d SMs, %.1f GiB\n", ctx.name, ctx.sm_count, ctx.total_mem / 1073741824.0);
   const size_t base_used = cuda::device_memory_used();
   double t0 = now();
-  auto cpu = load_llama(dir, true);
+  std::unique_ptr<LlamaModel> cpu;
+  auto gpu = cuda::load_model(dir, true, &cpu);  // safetensors → GPU, NF4 quantized on the GPU
+  ctx.sync();
   double t1 = now();
-  auto gpu = cuda::upload_model(*cpu);
+  std::unique_ptr<LlamaModel> cpu2;
+  auto gpu2 = cuda::load_model(dir, true, &cpu2);
   ctx.sync();
   double t2 = now();
+  gpu2.reset();
   const size_t after_load = cuda::device_memory_used();
-  std::printf("BENCH load_cpu_nf4_s %.2f upload_s %.2f weights_GiB %.3f device_used_GiB %.3f\n", t1 - t0, t2 - t1,
+  std::printf("BENCH load_gpu_nf4_s %.2f (second %.2f) weights_GiB %.3f device_used_GiB %.3f\n", t1 - t0, t2 - t1,
               gpu->weight_bytes / 1073741824.0, (after_load - base_used) / 1073741824.0);
   const LlamaConfig& c = cpu->cfg;
   // logits of a fixed prompt, for the transformers comparison (make_3b.py --compare)
@@ -301,8 +335,8 @@ int main(int argc, char** argv) {
       model_checks(argc > 2 ? argv[2] : "test/fixtures/ref");
     } else if (mode == "logits3b") {
       // bf16 base (no NF4): logits of the fixed prompt for the transformers comparison
-      auto cpu = load_llama(argv[2], false);
-      auto gpu = cuda::upload_model(*cpu);
+      std::unique_ptr<LlamaModel> cpu;
+      auto gpu = cuda::load_model(argv[2], false, &cpu);
       std::vector<int32_t> prompt(32);
       for (int i = 0; i < 32; ++i) prompt[i] = (i * 7919 + 13) % 128000;
       const int64_t V = cpu->cfg.vocab_size;
