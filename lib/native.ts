@@ -140,6 +140,16 @@ export interface NativeModel {
   dispose(): void;
   /** Internal: logits(ids) computed through a fresh KV cache fed `chunk` tokens at a time. For tests. */
   _logitsCached(ids: Int32Array, chunk: number): Promise<Float32Array>;
+  /**
+   * One decoding step for several sessions of this model at once (continuous batching): session i
+   * appends `ids[i]` (its last token, or a chunk of prompt) and samples its next token with
+   * `sampling[i]` and `history[i]`, exactly as `sessions[i].next(ids[i], sampling[i], history[i])`
+   * would; the projections run once over all the rows, so the weights are read once per step.
+   * Resolves with one token per session, in order. Rejects EINVAL (arrays of unequal length, a
+   * session of another model or twice), EBUSY (a session is in a running call), ENOTSUP (a
+   * non-CPU model: step its sessions with next()). All four arrays have the same length ≥ 1.
+   */
+  nextBatch(sessions: NativeSession[], ids: Int32Array[], sampling: NativeSamplingOptions[], history: Int32Array[]): Promise<Int32Array>;
 }
 
 /** One row of the op-check harness (native/core/opcheck.h). */

@@ -11,7 +11,7 @@ const addonMembers: Record<keyof NativeAddon, string> = {
 const modelMembers: Record<keyof NativeModel, string> = {
   config: 'object', device: 'string', quant: 'string', logits: 'function', createSession: 'function',
   setLora: 'function', getLora: 'function', clearLora: 'function', createTrainer: 'function', dispose: 'function',
-  _logitsCached: 'function',
+  _logitsCached: 'function', nextBatch: 'function',
 };
 const sessionMembers: Record<keyof NativeSession, string> = {
   length: 'number', maxLength: 'number', next: 'function', reset: 'function',
