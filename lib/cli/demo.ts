@@ -13,7 +13,8 @@ import { Option } from 'commander';
 import { prepare } from '../data/index.ts';
 import { loadModel } from '../infer/index.ts';
 import type { TrainReport } from '../train/finetune.ts';
-import { formatTrainReport, intArg, trainWithProgress } from './train.ts';
+import { intArg } from './args.ts';
+import { formatTrainReport, trainWithProgress } from './train.ts';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 

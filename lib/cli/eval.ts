@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { Option } from 'commander';
 import { evaluate } from '../train/evaluate.ts';
-import { intArg } from './train.ts';
+import { intArg } from './args.ts';
 
 export function registerEval(program: Command): void {
   program

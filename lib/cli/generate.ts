@@ -3,23 +3,14 @@
  * Also the model and sampling options shared by `mimic serve` and `mimic chat`.
  */
 import type { Command } from 'commander';
-import { InvalidArgumentError, Option } from 'commander';
+import { Option } from 'commander';
+import { intArg, numArg } from './args.ts';
 import { loadModel, type LoadModelOptions, type Model } from '../infer/model.ts';
 import { GENERATE_DEFAULTS, type GenerateOptions } from '../infer/options.ts';
 
 /** The stops a mimic-trained model needs: its ' DONE' end marker, with or without the space. */
 export const TRAINED_STOPS = [' DONE', 'DONE'];
 
-export const intArg = (name: string, lo = 0) => (v: string) => {
-  const x = Number(v);
-  if (!Number.isInteger(x) || x < lo) throw new InvalidArgumentError(`${name} must be a whole number ≥ ${lo}`);
-  return x;
-};
-export const numArg = (name: string, ok: (x: number) => boolean, what: string) => (v: string) => {
-  const x = Number(v);
-  if (v.trim() === '' || !Number.isFinite(x) || !ok(x)) throw new InvalidArgumentError(`${name} must be ${what}`);
-  return x;
-};
 const collect = (v: string, prev: string[] | undefined) => [...(prev ?? []), v];
 
 /** --model, --adapter, --device, --quant, --threads */

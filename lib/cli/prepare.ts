@@ -1,20 +1,11 @@
 /** `mimic prepare SOURCE... --out train.jsonl [rules...]` */
 import type { Command } from 'commander'
-import { InvalidArgumentError } from 'commander'
+import { intArg, rangeArg } from './args.ts'
 import { prepare } from '../data/prepare.ts'
 import { formatReport } from '../data/report.ts'
 import { DEFAULTS } from '../data/options.ts'
 
-const intArg = (name: string) => (v: string) => {
-  const x = Number(v)
-  if (!Number.isInteger(x) || x < 0) throw new InvalidArgumentError(`${name} must be a whole number ≥ 0`)
-  return x
-}
-const numArg = (name: string, lo: number, hi: number) => (v: string) => {
-  const x = Number(v)
-  if (!Number.isFinite(x) || x < lo || x >= hi) throw new InvalidArgumentError(`${name} must be a number in [${lo}, ${hi})`)
-  return x
-}
+const numArg = (name: string, lo: number, hi: number) => rangeArg(name, lo, hi, true)
 
 export function registerPrepare(program: Command): void {
   program

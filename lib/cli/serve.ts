@@ -2,7 +2,8 @@
 import type { Command } from 'commander';
 import { Option } from 'commander';
 import { serve, type LogLevel } from '../serve/server.ts';
-import { addModelOptions, fail, intArg, modelOptionsFrom } from './generate.ts';
+import { intArg } from './args.ts';
+import { addModelOptions, fail, modelOptionsFrom } from './generate.ts';
 
 export function registerServe(program: Command): void {
   const cmd = program

@@ -1,20 +1,11 @@
 /** `mimic train --model DIR --data train.jsonl [--val val.jsonl] --out adapter/ [...]` and `mimic eval`'s shared flag parsers. */
 import type { Command } from 'commander';
 import { InvalidArgumentError, Option } from 'commander';
+import { intArg, rangeArg as numArg } from './args.ts';
 import { finetune, type FinetuneOptions, type TrainReport } from '../train/finetune.ts';
 import { ALL_TARGETS, type LoraTarget } from '../train/adapter.ts';
 import { ProgressBar, formatDuration, formatRate } from '../train/progress.ts';
 
-export const intArg = (name: string, min = 0) => (v: string) => {
-  const x = Number(v);
-  if (!Number.isInteger(x) || x < min) throw new InvalidArgumentError(`${name} must be a whole number ≥ ${min}`);
-  return x;
-};
-export const numArg = (name: string, lo = 0, hi = Infinity) => (v: string) => {
-  const x = Number(v);
-  if (!Number.isFinite(x) || x < lo || x > hi) throw new InvalidArgumentError(`${name} must be a number in [${lo}, ${hi}]`);
-  return x;
-};
 const targetsArg = (v: string) => {
   const list = v.split(',').map((s) => s.trim()).filter(Boolean);
   for (const t of list) if (!(ALL_TARGETS as readonly string[]).includes(t)) throw new InvalidArgumentError(`unknown target ${t}; choose among ${ALL_TARGETS.join(',')}`);
