@@ -36,7 +36,12 @@ if (hasCmake && env.MIMIC_USE_GYP !== '1') {
 }
 if (!ok) {
   const gyp = require.resolve('node-gyp/bin/node-gyp.js');
-  ok = run(process.execPath, [gyp, 'rebuild', `--jobs=${jobs}`]);
+  // Build against the running Node's own headers when they are installed beside it, so that
+  // node-gyp never needs to download them (npm passes its `nodedir` setting the same way).
+  const localNode = path.resolve(path.dirname(process.execPath), '..');
+  const nodedir = env.npm_config_nodedir ||
+    (existsSync(path.join(localNode, 'include', 'node', 'node_api.h')) ? localNode : undefined);
+  ok = run(process.execPath, [gyp, 'rebuild', `--jobs=${jobs}`, ...(nodedir ? [`--nodedir=${nodedir}`] : [])]);
 }
 if (!ok || !existsSync(path.join(root, 'build', 'Release', 'mimic.node'))) {
   console.error('mimic: could not build the native addon (see the compiler output above). ' +
