@@ -1,7 +1,9 @@
 /**
  * `loadModel(dir, options) → Model`: a checkpoint (and optionally a LoRA adapter) ready to
  * tokenize, score and generate. Generation runs on the native engine through the model's
- * scheduler, which interleaves concurrent generations token by token (see scheduler.ts).
+ * scheduler, which interleaves concurrent generations token by token (see scheduler.ts). On the
+ * CPU engine the steps that are pending together run as one batched native step
+ * (`nextBatch`: continuous batching — every weight is read once per step for all of them).
  */
 import { randomInt } from 'node:crypto';
 import { setMaxListeners } from 'node:events';
@@ -12,7 +14,7 @@ import { loadAdapter } from '../train/adapter.ts';
 import { PLAIN_ARROW, promptText } from '../tokenize/format.ts';
 import { InferError, invalid } from './errors.ts';
 import { resolveGenerateOptions, type GenerateOptions, type GenerateResult, type StopReason } from './options.ts';
-import { Scheduler } from './scheduler.ts';
+import { Scheduler, StepFailure } from './scheduler.ts';
 import { StopMatcher } from './stop.ts';
 import { StreamDecoder } from './stream-decode.ts';
 
@@ -31,6 +33,8 @@ export interface LoadModelOptions {
   maxSessions?: number;
   /** Prompt tokens fed per scheduler step, so a long prompt does not hold up other generations' tokens; 0 = the whole prompt at once. Default 256. */
   prefillChunk?: number;
+  /** Most generations decoded together in one batched step (CPU engine); 1 turns batching off. Default: maxSessions. */
+  maxBatch?: number;
 }
 
 /** One step of decoding, as the scheduler hands it to the engine. */
@@ -42,6 +46,9 @@ export interface StepRequest {
 }
 
 const GREEDY: NativeSamplingOptions = { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 };
+
+/** nextBatch errors raised before any session changed: the batch can be retried one by one. */
+const RETRYABLE = new Set(['EINVAL', 'ERANGE', 'EFULL', 'ESTALE', 'EBUSY']);
 
 export class Model {
   /** The checkpoint folder. */
@@ -59,7 +66,7 @@ export class Model {
 
   /** Wraps an already loaded native model (loadModel is the usual way in; tests pass a fake engine). */
   constructor(private readonly nativeModel: NativeModel, tokenizer: Tokenizer,
-    options: { dir: string; adapter?: string; maxSessions?: number; prefillChunk?: number }) {
+    options: { dir: string; adapter?: string; maxSessions?: number; prefillChunk?: number; maxBatch?: number }) {
     this.dir = options.dir;
     this.adapter = options.adapter;
     this.tokenizer = tokenizer;
@@ -69,11 +76,38 @@ export class Model {
     const chunk = options.prefillChunk ?? 256;
     if (!(Number.isInteger(chunk) && chunk >= 0)) throw invalid(`prefillChunk must be an integer ≥ 0 (got ${chunk})`);
     this.prefillChunk = chunk;
+    const maxActive = options.maxSessions ?? 8;
+    // Batched steps need the engine's nextBatch, which the CPU engine has; CUDA sessions step one by one.
+    const canBatch = nativeModel.device === 'cpu' && typeof nativeModel.nextBatch === 'function';
+    const maxBatch = canBatch ? (options.maxBatch ?? maxActive) : 1;
+    if (!(Number.isInteger(maxBatch) && maxBatch >= 1)) throw invalid(`maxBatch must be an integer ≥ 1 (got ${maxBatch})`);
     this.scheduler = new Scheduler<StepRequest, number>({
-      maxActive: options.maxSessions ?? 8,
-      maxBatch: 1,
-      run: async ([r]) => [await r.session.next(r.ids, r.sampling, r.history)],
+      maxActive,
+      maxBatch,
+      run: maxBatch > 1 ? (batch) => this.runBatch(batch) : async ([r]) => [await r.session.next(r.ids, r.sampling, r.history)],
     });
+  }
+
+  /**
+   * One batched native step. When the engine refuses the batch for one request's sake (a bad
+   * argument, a full cache: refused before anything ran), the others must not fail with it, so
+   * each is retried alone and only the culprit's step rejects.
+   */
+  private async runBatch(batch: StepRequest[]): Promise<(number | StepFailure)[]> {
+    const nm = this.nativeModel;
+    const one = (r: StepRequest) => nm.nextBatch([r.session], [r.ids], [r.sampling], [r.history]);
+    try {
+      if (batch.length === 1) return [(await one(batch[0]))[0]];
+      return Array.from(await nm.nextBatch(batch.map((r) => r.session), batch.map((r) => r.ids),
+        batch.map((r) => r.sampling), batch.map((r) => r.history)));
+    } catch (e) {
+      if (batch.length === 1 || !RETRYABLE.has((e as { code?: string }).code ?? '')) throw e;
+    }
+    const out: (number | StepFailure)[] = [];
+    for (const r of batch) {
+      try { out.push((await one(r))[0]); } catch (e) { out.push(new StepFailure(e)); }
+    }
+    return out;
   }
 
   get config(): NativeModelConfig { return this.nativeModel.config; }
@@ -270,7 +304,7 @@ export class Model {
 export async function loadModel(dir: string, options: LoadModelOptions = {}): Promise<Model> {
   if (typeof dir !== 'string' || dir.length === 0) throw invalid('loadModel needs the path of a model folder');
   if (options === null || typeof options !== 'object') throw invalid('loadModel options must be an object');
-  const { device = 'auto', quant = 'nf4', adapter, threads = 0, maxSessions = 8, prefillChunk = 256 } = options;
+  const { device = 'auto', quant = 'nf4', adapter, threads = 0, maxSessions = 8, prefillChunk = 256, maxBatch } = options;
   if (!['auto', 'cpu', 'cuda'].includes(device)) throw invalid(`device must be 'auto', 'cpu' or 'cuda' (got ${JSON.stringify(device)})`);
   if (!['nf4', 'none'].includes(quant)) throw invalid(`quant must be 'nf4' or 'none' (got ${JSON.stringify(quant)})`);
   if (!(Number.isInteger(threads) && threads >= 0)) throw invalid(`threads must be an integer ≥ 0 (got ${JSON.stringify(threads)})`);
@@ -292,7 +326,7 @@ export async function loadModel(dir: string, options: LoadModelOptions = {}): Pr
       });
       nm.setLora({ r: a.spec.r, alpha: a.spec.alpha, targets: a.spec.targets }, a.tensors);
     }
-    return new Model(nm, tokenizer, { dir, adapter, maxSessions, prefillChunk });
+    return new Model(nm, tokenizer, { dir, adapter, maxSessions, prefillChunk, maxBatch });
   } catch (e) {
     nm.dispose();
     throw e;

@@ -11,19 +11,29 @@
  *   one finished, FIFO service is round-robin at token granularity: a long request cannot starve
  *   the others, and a new request's prefill runs at the next step.
  *
- * On the CPU `maxBatch` is 1 and `run` calls `session.next` for one sequence. A batched backend
- * (continuous batching on the GPU) passes `maxBatch > 1` and a `run` that decodes every request
- * of the batch in one native call: whatever requests are pending at a step join it.
+ * A batched backend (continuous batching: `model.nextBatch` on the CPU engine) passes
+ * `maxBatch > 1` and a `run` that decodes every request of the batch in one native call: whatever
+ * requests are pending when a step starts join it. With `maxBatch > 1` a step starts one event-loop
+ * turn (setImmediate) after the previous one ended, so that every generation of the batch that
+ * just finished has re-queued its next step, and new requests that arrived meanwhile have queued
+ * their first, before the batch is cut — otherwise the first generation to re-queue would run
+ * alone and the batch would fragment. `maxBatch = 1` (a backend without batching) runs each step
+ * as soon as the previous one ends.
  */
 import { InferError } from './errors.ts';
+
+/** A result of `run` that fails one request of the batch alone (its step rejects with `error`). */
+export class StepFailure {
+  constructor(readonly error: unknown) {}
+}
 
 export interface SchedulerOptions<Req, Res> {
   /** Generations admitted at once (each holds a KV cache). Default 8. */
   maxActive?: number;
   /** Step requests run together in one `run` call. Default 1 (the CPU backend). */
   maxBatch?: number;
-  /** Runs one batch of step requests; resolves with one result per request, in order. */
-  run: (batch: Req[]) => Promise<Res[]>;
+  /** Runs one batch of step requests; resolves with one result per request, in order (a StepFailure rejects that request only). */
+  run: (batch: Req[]) => Promise<(Res | StepFailure)[]>;
 }
 
 export interface AcquireOptions {
@@ -51,11 +61,12 @@ const abortError = () => Object.assign(new Error('The operation was aborted'), {
 export class Scheduler<Req, Res> {
   readonly maxActive: number;
   readonly maxBatch: number;
-  private readonly run: (batch: Req[]) => Promise<Res[]>;
+  private readonly run: (batch: Req[]) => Promise<(Res | StepFailure)[]>;
   private activeCount = 0;
   private readonly waiters: Waiter<Req, Res>[] = [];
   private readonly pending: Pending<Req, Res>[] = [];
   private running = false;
+  private scheduled = false;
   private stepsRun = 0;
   private idleResolvers: (() => void)[] = [];
 
@@ -104,7 +115,7 @@ export class Scheduler<Req, Res> {
 
   /** Resolves when nothing is running or queued (for an orderly dispose). */
   idle(): Promise<void> {
-    if (!this.running && this.pending.length === 0 && this.activeCount === 0) return Promise.resolve();
+    if (!this.running && !this.scheduled && this.pending.length === 0 && this.activeCount === 0) return Promise.resolve();
     return new Promise((r) => this.idleResolvers.push(r));
   }
 
@@ -147,11 +158,21 @@ export class Scheduler<Req, Res> {
   }
 
   private pump(): void {
-    if (this.running || this.pending.length === 0) return;
+    if (this.running || this.scheduled || this.pending.length === 0) return;
+    if (this.maxBatch === 1) { this.startStep(); return; }
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.startStep();
+    });
+  }
+
+  private startStep(): void {
+    if (this.running || this.pending.length === 0) { this.checkIdle(); return; }
     this.running = true;
     const batch = this.pending.splice(0, this.maxBatch);
     for (const p of batch) if (p.onAbort) p.signal?.removeEventListener('abort', p.onAbort);
-    let results: Promise<Res[]>;
+    let results: Promise<(Res | StepFailure)[]>;
     try {
       results = this.run(batch.map((p) => p.req));
     } catch (e) {
@@ -163,7 +184,10 @@ export class Scheduler<Req, Res> {
           const err = new Error(`mimic: scheduler run() returned ${Array.isArray(res) ? res.length : typeof res} results for ${batch.length} requests`);
           for (const p of batch) p.reject(err);
         } else {
-          batch.forEach((p, i) => p.resolve(res[i]));
+          batch.forEach((p, i) => {
+            const r = res[i];
+            if (r instanceof StepFailure) p.reject(r.error); else p.resolve(r);
+          });
         }
       },
       (err) => { for (const p of batch) p.reject(err); },
@@ -176,7 +200,7 @@ export class Scheduler<Req, Res> {
   }
 
   private checkIdle(): void {
-    if (this.running || this.pending.length > 0 || this.activeCount > 0) return;
+    if (this.running || this.scheduled || this.pending.length > 0 || this.activeCount > 0) return;
     const rs = this.idleResolvers;
     this.idleResolvers = [];
     for (const r of rs) r();

@@ -19,6 +19,8 @@ export interface FakeOptions {
   /** ms each step takes (default: one setImmediate). */
   stepMs?: number;
   config?: Partial<NativeModelConfig>;
+  /** A batch holding a session for which this returns a code is refused with that code (before any step, as the engine's argument checks). */
+  failIf?: (tag: string, ids: number[]) => string | undefined;
 }
 
 export class FakeEngine implements NativeModel {
@@ -30,7 +32,12 @@ export class FakeEngine implements NativeModel {
   disposed = false;
   running = 0;
   maxRunning = 0;
+  /** Sizes of the nextBatch calls, in order. */
+  readonly batches: number[] = [];
   private tagOf = new Map<number, string>();
+  /** Each session's synchronous part of a step: checks, appends, logs, returns the token. */
+  private tags = new WeakMap<NativeSession, string>();
+  private steps = new WeakMap<NativeSession, (ids: Int32Array, sampling: NativeSamplingOptions, history: Int32Array) => number>();
   constructor(private readonly o: FakeOptions) { this.config = { ...tinyConfig, ...o.config }; }
 
   async logits(ids: Int32Array): Promise<Float32Array> { return new Float32Array(ids.length * this.config.vocabSize); }
@@ -39,25 +46,44 @@ export class FakeEngine implements NativeModel {
     const engine = this;
     const tag = `s${this.sessions++}`;
     void seed;
-    return {
+    const stepSync = (ids: Int32Array, sampling: NativeSamplingOptions, history: Int32Array) => {
+      if (seq.length + ids.length > maxLength) throw Object.assign(new Error(`fake: cache overflow ${seq.length}+${ids.length} > ${maxLength}`), { code: 'EFULL' });
+      seq.push(...ids);
+      engine.log.push({ tag, ids: [...ids], sampling, historyLength: history.length });
+      return engine.o.next(seq, tag);
+    };
+    const session: NativeSession = {
       get length() { return seq.length; },
       maxLength,
       async next(ids: Int32Array, sampling: NativeSamplingOptions, history: Int32Array) {
-        engine.running++;
-        engine.maxRunning = Math.max(engine.maxRunning, engine.running);
-        try {
-          if (seq.length + ids.length > maxLength) throw new Error(`fake: cache overflow ${seq.length}+${ids.length} > ${maxLength}`);
-          seq.push(...ids);
-          engine.log.push({ tag, ids: [...ids], sampling, historyLength: history.length });
-          if (engine.o.stepMs) await new Promise((r) => setTimeout(r, engine.o.stepMs));
-          else await new Promise((r) => setImmediate(r));
-          return engine.o.next(seq, tag);
-        } finally {
-          engine.running--;
-        }
+        return (await engine.nextBatch([session], [ids], [sampling], [history]))[0];
       },
       reset() { seq.length = 0; },
     };
+    this.steps.set(session, stepSync);
+    this.tags.set(session, tag);
+    return session;
+  }
+  /** One native call at a time, like the engine's per-model lock: validates all, then steps all. */
+  async nextBatch(sessions: NativeSession[], ids: Int32Array[], sampling: NativeSamplingOptions[], history: Int32Array[]): Promise<Int32Array> {
+    this.running++;
+    this.maxRunning = Math.max(this.maxRunning, this.running);
+    try {
+      this.batches.push(sessions.length);
+      for (let i = 0; i < sessions.length; i++) {
+        const code = this.o.failIf?.(this.tags.get(sessions[i])!, [...ids[i]]);
+        if (code) throw Object.assign(new Error(`fake: refused ${this.tags.get(sessions[i])} (${code})`), { code });
+      }
+      for (let i = 0; i < sessions.length; i++) {
+        const s = sessions[i];
+        if (s.length + ids[i].length > s.maxLength) throw Object.assign(new Error(`fake: cache overflow ${s.length}+${ids[i].length} > ${s.maxLength}`), { code: 'EFULL' });
+      }
+      if (this.o.stepMs) await new Promise((r) => setTimeout(r, this.o.stepMs));
+      else await new Promise((r) => setImmediate(r));
+      return Int32Array.from(sessions.map((s, i) => this.steps.get(s)!(ids[i], sampling[i], history[i])));
+    } finally {
+      this.running--;
+    }
   }
   setLora(): void {}
   getLora() { return {}; }
@@ -78,11 +104,12 @@ export async function fixtureTokenizer(): Promise<Tokenizer> {
  * prompt is one call) or a function of the cache contents.
  */
 export async function scriptedModel(output: number[] | ((seq: number[], tag: string) => number),
-  opts: { after?: number; stepMs?: number; maxSessions?: number; prefillChunk?: number; config?: Partial<NativeModelConfig> } = {}) {
+  opts: { after?: number; stepMs?: number; maxSessions?: number; prefillChunk?: number; maxBatch?: number; config?: Partial<NativeModelConfig>; failIf?: FakeOptions['failIf'] } = {}) {
   const calls = new Map<string, number>();
   const engine = new FakeEngine({
     stepMs: opts.stepMs,
     config: opts.config,
+    failIf: opts.failIf,
     next: (seq, tag) => {
       if (typeof output === 'function') return output(seq, tag);
       const k = calls.get(tag) ?? 0;
@@ -91,7 +118,7 @@ export async function scriptedModel(output: number[] | ((seq: number[], tag: str
     },
   });
   const model = new Model(engine, await fixtureTokenizer(), {
-    dir: fixtureDir, maxSessions: opts.maxSessions, prefillChunk: opts.prefillChunk ?? 0,
+    dir: fixtureDir, maxSessions: opts.maxSessions, prefillChunk: opts.prefillChunk ?? 0, maxBatch: opts.maxBatch,
   });
   return { model, engine };
 }

@@ -188,3 +188,50 @@ t.test('special tokens generated mid-reply are left out of the text unless asked
   const b = await (await scriptedModel(out, { after: 4 })).model.generate(prompt, { skipSpecialTokens: false });
   t.equal(b.text, 'hi<|start_header_id|> there');
 });
+
+t.test('continuous batching: concurrent generations step together, one native call at a time', async (t) => {
+  const { model, engine } = await scriptedModel(() => 5, { maxSessions: 8 });
+  const n = 6;
+  const res = await Promise.all(Array.from({ length: n }, (_, i) => model.generate(prompt, { maxTokens: 10 + i, stop: [] })));
+  res.forEach((r, i) => t.equal(r.tokens.length, 10 + i));
+  t.equal(engine.maxRunning, 1, 'one native step at a time');
+  t.equal(Math.max(...engine.batches), n, `all ${n} generations decoded in one step`);
+  t.ok(engine.batches.length <= 10 + n + 2, `${engine.batches.length} native steps for ${res.reduce((s, r) => s + r.usage.completionTokens, 0)} tokens`);
+  const { engine: e1, model: m1 } = await scriptedModel(() => 5, { maxSessions: 8, maxBatch: 1 });
+  await Promise.all([m1.generate(prompt, { maxTokens: 5, stop: [] }), m1.generate(prompt, { maxTokens: 5, stop: [] })]);
+  t.ok(e1.batches.every((b) => b === 1), 'maxBatch 1 steps one session at a time');
+});
+
+t.test('continuous batching: a newcomer joins the running batch; a long prompt is chunked; an abort leaves at once', async (t) => {
+  const { model, engine } = await scriptedModel(() => 5, { maxSessions: 8, prefillChunk: 4, stepMs: 2 });
+  const ac = new AbortController();
+  const a = model.generate(prompt, { maxTokens: 40, stop: [] });
+  const b = model.generate(prompt, { maxTokens: 40, stop: [], signal: ac.signal });
+  await new Promise((r) => setTimeout(r, 20));
+  const before = engine.log.length;
+  const longPrompt = Array.from({ length: 20 }, (_, i) => 10 + i);
+  const c = model.generate(longPrompt, { maxTokens: 3, stop: [] });
+  const cRes = await c;
+  t.equal(cRes.tokens.length, 3);
+  const cSteps = engine.log.slice(before).filter((l) => l.tag === 's2');
+  t.same(cSteps.map((l) => l.ids.length), [4, 4, 4, 4, 4, 1, 1], 'the 20-token prompt went in 5 chunks of 4');
+  const idx = engine.log.findIndex((l) => l.tag === 's2');
+  t.ok(engine.log.slice(idx, idx + 3).some((l) => l.tag !== 's2'), 'the others kept decoding while c prefilled (same steps)');
+  ac.abort();
+  const at = engine.log.length;
+  t.equal((await b).stopReason, 'abort');
+  const bAfter = engine.log.slice(at).filter((l) => l.tag === 's1').length;
+  t.ok(bAfter <= 1, `the aborted generation took ${bAfter} more step(s) (at most the one already running)`);
+  t.equal((await a).tokens.length, 40);
+});
+
+t.test('continuous batching: a request the engine refuses fails alone, the rest of its batch goes on', async (t) => {
+  const { model } = await scriptedModel(() => 5, { maxSessions: 8, failIf: (tag, ids) => (tag === 's1' && ids.length === 1 ? 'EFULL' : undefined) });
+  const [a, b, c] = await Promise.allSettled([0, 1, 2].map(() => model.generate(prompt, { maxTokens: 6, stop: [] })));
+  t.equal(a.status, 'fulfilled');
+  t.equal(c.status, 'fulfilled');
+  t.equal(a.status === 'fulfilled' && a.value.tokens.length, 6);
+  t.equal(b.status, 'rejected');
+  t.match(b.status === 'rejected' && b.reason, { code: 'EFULL' });
+  t.equal(model.scheduler.active, 0);
+});

@@ -1,6 +1,6 @@
 // The scheduler: round-robin steps, bounded admission, aborts, batching.
 import t from 'tap';
-import { Scheduler } from '../../../lib/infer/scheduler.ts';
+import { Scheduler, StepFailure } from '../../../lib/infer/scheduler.ts';
 
 const tick = () => new Promise((r) => setImmediate(r));
 
@@ -95,8 +95,8 @@ t.test('maxBatch > 1: pending steps run together (continuous batching shape)', a
   };
   const res = await Promise.all([job('a', 3), job('b', 3), job('c', 1)]);
   t.same(res, [['A', 'A', 'A'], ['B', 'B', 'B'], ['C']]);
-  t.same(batches[0], ['a']);
-  t.ok(batches.some((b) => b.length >= 2), 'later steps were batched');
+  t.same(batches[0], ['a', 'b', 'c'], 'steps queued in the same turn start together');
+  t.same(batches.slice(1), [['a', 'b'], ['a', 'b']], 'each step re-queued after a batch joins the next one whole (no fragmentation)');
   t.ok(batches.every((b) => b.length <= 4));
 });
 
@@ -108,4 +108,26 @@ t.test('run errors reject the step; wrong result counts are caught', async (t) =
   l.release();
   await s.idle();
   t.throws(() => new Scheduler({ maxActive: 0, run: async (b) => b }), /maxActive/);
+});
+
+t.test('maxBatch > 1: a newcomer joins at the next step; a StepFailure fails its request alone', async (t) => {
+  const batches: string[][] = [];
+  const s = new Scheduler<string, string | StepFailure>({
+    maxActive: 8, maxBatch: 8,
+    run: async (b) => { batches.push(b); await tick(); return b.map((x) => (x === 'bad' ? new StepFailure(new Error('bad step')) : x.toUpperCase())); },
+  });
+  const la = (await s.acquire())!;
+  const long = (async () => { const out = []; for (let i = 0; i < 4; i++) out.push(await la.step('a')); return out; })();
+  await tick(); await tick();
+  const lb = (await s.acquire())!;
+  const pb = lb.step('b');
+  const lc = (await s.acquire())!;
+  const pc = lc.step('bad');
+  t.equal(await pb, 'B');
+  await t.rejects(pc, /bad step/);
+  t.same(await long, ['A', 'A', 'A', 'A']);
+  const joined = batches.findIndex((b) => b.includes('b'));
+  t.ok(joined >= 1 && batches[joined].includes('a') && batches[joined].includes('bad'), `b and bad joined a's batch at step ${joined}: ${JSON.stringify(batches)}`);
+  la.release(); lb.release(); lc.release();
+  await s.idle();
 });
