@@ -21,6 +21,7 @@
 #include "addon/errors.h"
 #include "addon/model.h"
 #include "core/error.h"
+#include "dist/nccl_comm.h"
 #include "engine/train.h"
 #include "ops/cross_entropy.h"
 #include "ops/nf4.h"
@@ -103,7 +104,12 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
                         InstanceMethod<&TrainerWrap::GetState>("getState"),
                         InstanceMethod<&TrainerWrap::SetState>("setState"),
                         InstanceMethod<&TrainerWrap::Adapter>("adapter"),
-                        InstanceMethod<&TrainerWrap::Dispose>("dispose")});
+                        InstanceMethod<&TrainerWrap::Dispose>("dispose"),
+                        // data-parallel training (lib/train/distributed/)
+                        InstanceMethod<&TrainerWrap::SetGradients>("setGradients"),
+                        InstanceMethod<&TrainerWrap::NcclInit>("ncclInit"),
+                        InstanceMethod<&TrainerWrap::NcclAllReduce>("ncclAllReduce"),
+                        InstanceMethod<&TrainerWrap::NcclAbort>("ncclAbort")});
   }
 
   explicit TrainerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TrainerWrap>(info) {
@@ -169,6 +175,9 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
   }
   std::atomic<bool> busy_{false};
   bool registered_ = true;  // MakeTrainer registered this model for us
+  // Data-parallel training on the GPU: this rank's NCCL communicator (set by ncclInit; shared
+  // with the worker threads so that ncclAbort from the JS thread reaches a call in flight).
+  std::shared_ptr<dist::NcclComm> nccl_;
 
  private:
   void unregister() {
@@ -182,6 +191,42 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
   Napi::Value Evaluate(const Napi::CallbackInfo& info) { return Batch(info, true); }
   Napi::Value Batch(const Napi::CallbackInfo& info, bool eval);
   Napi::Value Step(const Napi::CallbackInfo& info);
+  Napi::Value NcclInit(const Napi::CallbackInfo& info);
+  Napi::Value NcclAllReduce(const Napi::CallbackInfo& info);
+
+  // setGradients(tensors): replaces the accumulated gradients (every tensor under its PEFT name,
+  // as gradients() returns them): the CPU all-reduce of data-parallel training writes the global
+  // sum back through it. All are checked before any is written.
+  Napi::Value SetGradients(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    return sync(env, [&](Trainer& t) -> Napi::Value {
+      t.check_attached();
+      MIMIC_CHECK(!on_gpu(), "ENOTSUP",
+                  "setGradients is the CPU path; on the GPU the gradients are all-reduced in place (ncclAllReduce)");
+      MIMIC_CHECK(info.Length() >= 1 && info[0].IsObject(), "EINVAL",
+                  "setGradients(tensors) needs an object of Float32Arrays under PEFT names (as gradients() returns)");
+      Napi::Object ts = info[0].As<Napi::Object>();
+      MIMIC_CHECK(ts.GetPropertyNames().Length() == t.params().size(), "EINVAL", "setGradients got ",
+                  ts.GetPropertyNames().Length(), " tensors; this trainer has ", t.params().size());
+      std::vector<std::vector<float>> vals;
+      for (auto& p : t.params()) {
+        MIMIC_CHECK(ts.Has(p.name), "EINVAL", "setGradients: no tensor \"", p.name, "\"");
+        vals.push_back(f32_copy(ts.Get(p.name), "tensors[\"" + p.name + "\"]"));
+        MIMIC_CHECK(vals.back().size() == p.p->size(), "ESHAPE", "tensors[\"", p.name, "\"] has ", vals.back().size(),
+                    " values, the parameter has ", p.p->size());
+      }
+      for (size_t i = 0; i < t.params().size(); ++i) *t.params()[i].g = std::move(vals[i]);
+      return env.Undefined();
+    });
+  }
+
+  // ncclAbort(): never blocks, works while a call is in flight (it then rejects EABORTED).
+  Napi::Value NcclAbort(const Napi::CallbackInfo& info) {
+    return Guard(info.Env(), [&]() -> Napi::Value {
+      if (nccl_) nccl_->abort();
+      return info.Env().Undefined();
+    });
+  }
 
   Napi::Value Gradients(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
@@ -450,6 +495,66 @@ class StepWorker : public Worker {
   double norm_ = 0.0;
 };
 
+// ncclInit(id, rank, worldSize, timeoutMs): joins the communicator; never takes the model's mutex.
+class NcclInitWorker : public Worker {
+ public:
+  NcclInitWorker(Napi::Env env, Napi::Object self, TrainerWrap* t, std::shared_ptr<dist::NcclComm> c,
+                 std::vector<uint8_t> id, int64_t timeout_ms)
+      : Worker(env, "mimic.Trainer.ncclInit"), t_(t), c_(std::move(c)), id_(std::move(id)), timeout_ms_(timeout_ms) {
+    self_ = Napi::Persistent(self);
+  }
+
+ protected:
+  void Run() override { c_->init(id_.data(), timeout_ms_); }
+  Napi::Value Resolve(Napi::Env env) override { return env.Undefined(); }
+  void Finally() override {
+    t_->busy_ = false;
+    if (t_->dispose_requested_) t_->finish_dispose();
+    self_.Reset();
+  }
+
+ private:
+  TrainerWrap* t_;
+  Napi::ObjectReference self_;
+  std::shared_ptr<dist::NcclComm> c_;
+  std::vector<uint8_t> id_;
+  int64_t timeout_ms_;
+};
+
+// ncclAllReduce(bucketElems, timeoutMs): the device gradient arena summed over ranks, in place.
+class NcclAllReduceWorker : public Worker {
+ public:
+  NcclAllReduceWorker(Napi::Env env, Napi::Object self, TrainerWrap* t, size_t bucket, int64_t timeout_ms)
+      : Worker(env, "mimic.Trainer.ncclAllReduce"), t_(t), bucket_(bucket), timeout_ms_(timeout_ms) {
+    self_ = Napi::Persistent(self);
+  }
+
+ protected:
+  void Run() override {
+#ifdef MIMIC_CUDA
+    t_->run_locked([&](Trainer& tr) {
+      tr.check_attached();
+      cuda::DeviceModel& d = *t_->state_->gpu;
+      t_->nccl_->all_reduce_sum(d.lg.p, (size_t)d.lora_n, cuda::Context::get().stream, bucket_, timeout_ms_);
+    });
+#else
+    fail("ENOTSUP", "ncclAllReduce needs the CUDA backend");
+#endif
+  }
+  Napi::Value Resolve(Napi::Env env) override { return env.Undefined(); }
+  void Finally() override {
+    t_->busy_ = false;
+    if (t_->dispose_requested_) t_->finish_dispose();
+    self_.Reset();
+  }
+
+ private:
+  TrainerWrap* t_;
+  Napi::ObjectReference self_;
+  size_t bucket_;
+  int64_t timeout_ms_;
+};
+
 // Starts `make()`'s worker unless the trainer is disposed or busy; argument errors reject.
 template <class F>
 Napi::Value start(Napi::Env env, TrainerWrap* t, F&& make) {
@@ -505,6 +610,39 @@ Napi::Value TrainerWrap::Step(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value TrainerWrap::NcclInit(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return start(env, this, [&]() -> Worker* {
+    MIMIC_CHECK(dist::nccl_built(), "ENOTSUP", "this build of mimic has no NCCL: multi-GPU training needs the addon built ",
+                "on a machine with CUDA and NCCL (see docs/distributed.md); CPU data parallel (workers) needs none");
+    MIMIC_CHECK(on_gpu(), "ENOTSUP", "the NCCL all-reduce needs a trainer on device 'cuda'");
+    MIMIC_CHECK(!nccl_, "EINVAL", "ncclInit was already called on this trainer");
+    MIMIC_CHECK(info.Length() >= 4, "EINVAL", "ncclInit(id, rank, worldSize, timeoutMs) needs 4 arguments");
+    MIMIC_CHECK(info[0].IsTypedArray() && info[0].As<Napi::TypedArray>().TypedArrayType() == napi_uint8_array &&
+                    info[0].As<Napi::TypedArray>().ElementLength() == (size_t)dist::kNcclIdBytes,
+                "EINVAL", "ncclInit: id must be the Uint8Array of ", dist::kNcclIdBytes, " bytes _ncclUniqueId() made");
+    Napi::Uint8Array a = info[0].As<Napi::Uint8Array>();
+    std::vector<uint8_t> id(a.Data(), a.Data() + a.ElementLength());
+    const int world = int_arg(info[2], "worldSize", 1);
+    const int rank = int_arg(info[1], "rank", 0);
+    MIMIC_CHECK(rank < world, "EINVAL", "rank ", rank, " must be < worldSize ", world);
+    const int64_t timeout = int_arg(info[3], "timeoutMs", 0);
+    nccl_ = std::make_shared<dist::NcclComm>(rank, world);
+    return new NcclInitWorker(env, Value(), this, nccl_, std::move(id), timeout);
+  });
+}
+
+Napi::Value TrainerWrap::NcclAllReduce(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return start(env, this, [&]() -> Worker* {
+    MIMIC_CHECK(nccl_, "EINVAL", "ncclAllReduce before ncclInit");
+    MIMIC_CHECK(info.Length() >= 2, "EINVAL", "ncclAllReduce(bucketElems, timeoutMs) needs 2 arguments");
+    const size_t bucket = (size_t)int_arg(info[0], "bucketElems", 0);
+    const int64_t timeout = int_arg(info[1], "timeoutMs", 0);
+    return new NcclAllReduceWorker(env, Value(), this, bucket, timeout);
+  });
+}
+
 // ---- NF4 test hooks ---------------------------------------------------------------------------
 
 NF4Weight quantize_arg(const Napi::CallbackInfo& info, int first) {
@@ -556,6 +694,22 @@ Napi::Value Nf4Matmul(const Napi::CallbackInfo& info) {
     o.Set("dx", to_js(env, dx));
     return o;
   });
+}
+
+// _ncclAvailable() → true when this build has NCCL and the CUDA backend sees a device.
+Napi::Value NcclAvailable(const Napi::CallbackInfo& info) {
+#ifdef MIMIC_CUDA
+  const bool ok = dist::nccl_built() && cuda::available();
+#else
+  const bool ok = false;
+#endif
+  return Napi::Boolean::New(info.Env(), ok);
+}
+
+// _ncclUniqueId() → Uint8Array(128): rank 0's NCCL id for the rendezvous (ENOTSUP without NCCL).
+Napi::Value NcclUniqueId(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return Guard(env, [&]() -> Napi::Value { return to_js(env, dist::nccl_unique_id()); });
 }
 
 // _crossEntropy(logits, target, N, V, scale, inPlace) → { lossSum, dlogits }
@@ -680,6 +834,9 @@ Napi::Object InitTrainer(Napi::Env env, Napi::Object exports) {
   exports.Set("_nf4Quantize", Napi::Function::New(env, Nf4Quantize, "_nf4Quantize"));
   exports.Set("_nf4Matmul", Napi::Function::New(env, Nf4Matmul, "_nf4Matmul"));
   exports.Set("_crossEntropy", Napi::Function::New(env, CrossEntropy, "_crossEntropy"));
+  // Data-parallel training's NCCL hooks (lib/train/distributed/nccl.ts).
+  exports.Set("_ncclAvailable", Napi::Function::New(env, NcclAvailable, "_ncclAvailable"));
+  exports.Set("_ncclUniqueId", Napi::Function::New(env, NcclUniqueId, "_ncclUniqueId"));
   return exports;
 }
 
