@@ -97,7 +97,7 @@ export class Model {
     const nm = this.nativeModel;
     const one = (r: StepRequest) => nm.nextBatch([r.session], [r.ids], [r.sampling], [r.history]);
     try {
-      if (batch.length === 1) return [(await one(batch[0]))[0]];
+      if (batch.length === 1) { const r = batch[0]; return [await r.session.next(r.ids, r.sampling, r.history)]; }
       return Array.from(await nm.nextBatch(batch.map((r) => r.session), batch.map((r) => r.ids),
         batch.map((r) => r.sampling), batch.map((r) => r.history)));
     } catch (e) {

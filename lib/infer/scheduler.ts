@@ -16,7 +16,7 @@
  * requests are pending when a step starts join it. With `maxBatch > 1` a step starts one event-loop
  * turn (setImmediate) after the previous one ended, so that every generation of the batch that
  * just finished has re-queued its next step, and new requests that arrived meanwhile have queued
- * their first, before the batch is cut — otherwise the first generation to re-queue would run
+ * their first, before the batch is cut (unless every admitted generation has already queued) — otherwise the first generation to re-queue would run
  * alone and the batch would fragment. `maxBatch = 1` (a backend without batching) runs each step
  * as soon as the previous one ends.
  */
@@ -159,7 +159,9 @@ export class Scheduler<Req, Res> {
 
   private pump(): void {
     if (this.running || this.scheduled || this.pending.length === 0) return;
-    if (this.maxBatch === 1) { this.startStep(); return; }
+    // Start now when waiting cannot grow the batch: no batching, a full batch, or every admitted
+    // generation already queued (a lone client pays no extra event-loop turn per token).
+    if (this.maxBatch === 1 || this.pending.length >= Math.min(this.maxBatch, this.activeCount)) { this.startStep(); return; }
     this.scheduled = true;
     setImmediate(() => {
       this.scheduled = false;
