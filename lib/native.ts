@@ -121,6 +121,38 @@ export interface NativeTrainer {
   dispose(): void;
 }
 
+/**
+ * The trainer's data-parallel members (lib/train/distributed/). Every Trainer the addon makes has
+ * them; they are typed apart from NativeTrainer so that stand-ins of the single-device contract
+ * need not implement them.
+ */
+export interface NativeTrainerDistributed extends NativeTrainer {
+  /**
+   * Replaces the accumulated gradients with `tensors` (every tensor under its PEFT name, sizes as
+   * gradients() returns): the CPU all-reduce writes the global sum back through it. Throws
+   * EINVAL/ESHAPE (nothing written) on a missing or mis-sized tensor, ENOTSUP on the GPU.
+   */
+  setGradients(tensors: Record<string, Float32Array>): void;
+  /**
+   * Joins this rank's NCCL communicator (id from rank 0's `_ncclUniqueId()`, handed over by the
+   * rendezvous). Rejects ENOTSUP without NCCL or off the GPU, ETIMEDOUT when the others do not
+   * join within timeoutMs, ENCCL.
+   */
+  ncclInit(id: Uint8Array, rank: number, worldSize: number, timeoutMs: number): Promise<void>;
+  /** Sums the device gradients over the ranks in place, in buckets of bucketElems floats. Rejects ETIMEDOUT, ENCCL, EABORTED. */
+  ncclAllReduce(bucketElems: number, timeoutMs: number): Promise<void>;
+  /** Aborts the communicator now (also while ncclAllReduce waits: it then rejects EABORTED). Never blocks. */
+  ncclAbort(): void;
+}
+
+/** The addon's data-parallel hooks (internal). */
+export interface NativeAddonDistributed extends NativeAddon {
+  /** True when the addon was built with NCCL and a CUDA device is present. */
+  _ncclAvailable(): boolean;
+  /** A fresh 128-byte NCCL unique id (rank 0). Throws ENOTSUP without NCCL. */
+  _ncclUniqueId(): Uint8Array;
+}
+
 export interface NativeModel {
   readonly config: NativeModelConfig;
   readonly device: Device;

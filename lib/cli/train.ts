@@ -64,6 +64,16 @@ export async function trainWithProgress(options: FinetuneOptions, stream: NodeJS
   }
 }
 
+/** --gpus / --workers / --rendezvous → finetune's devices / workers (at most one of them). */
+export function distributedFlags(f: Record<string, unknown>): Pick<FinetuneOptions, 'devices' | 'workers'> {
+  const given = ['gpus', 'workers', 'rendezvous'].filter((k) => f[k] !== undefined);
+  if (given.length > 1) throw new InvalidArgumentError(`--${given.join(' and --')} cannot be combined: pick one`);
+  if (f.gpus !== undefined) return { devices: [...Array(f.gpus as number).keys()] };
+  if (f.workers !== undefined) return { workers: f.workers as number };
+  if (f.rendezvous) return { devices: {} };
+  return {};
+}
+
 export function registerTrain(program: Command): void {
   program
     .command('train')
@@ -95,6 +105,9 @@ export function registerTrain(program: Command): void {
     .option('--stop-marker <text>', 'appended to every answer', ' DONE')
     .addOption(new Option('--format <f>', 'training format').choices(['auto', 'chat', 'plain']).default('auto'))
     .option('--threads <n>', 'CPU threads (0 = all cores)', intArg('--threads', 0), 0)
+    .option('--gpus <n>', 'data parallel on the first n GPUs, one worker process each (docs/distributed.md)', intArg('--gpus', 1))
+    .option('--workers <n>', 'data parallel on the CPU with n worker processes', intArg('--workers', 1))
+    .option('--rendezvous', 'run as one rank of a multi-host job: MIMIC_WORLD_SIZE, MIMIC_RANK, MIMIC_MASTER_ADDR, MIMIC_MASTER_PORT')
     .option('--json', 'print the report as JSON on the last line')
     .action(async (f: Record<string, unknown>) => {
       try {
@@ -107,6 +120,7 @@ export function registerTrain(program: Command): void {
           warmupRatio: f.warmupRatio as number, schedule: f.schedule as 'cosine', weightDecay: f.weightDecay as number,
           maxGradNorm: f.maxGradNorm as number, seed: f.seed as number, evalEvery: f.evalEvery as number,
           checkpointEvery: f.checkpointEvery as number, stopMarker: f.stopMarker as string, format: f.format as 'auto', threads: f.threads as number,
+          ...distributedFlags(f),
         });
         console.log(formatTrainReport(report));
         if (f.json) console.log(JSON.stringify(report));

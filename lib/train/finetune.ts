@@ -27,6 +27,9 @@ import { MetricsLog, type TrainRecord, type ValRecord } from './metrics.ts';
 import { lossSvg } from './plot.ts';
 import { learningRate, warmupSteps as resolveWarmup, type ScheduleKind } from './schedule.ts';
 import { nodeFs, writeFileAtomic, type WriteFs } from './atomic.ts';
+import { decodeJsonAndTensors, encodeJsonAndTensors, type DistContext } from './distributed/context.ts';
+import { shardStep } from './distributed/shard.ts';
+import { runDistributed, type DistributedOptions } from './distributed/launch.ts';
 
 export interface LoraOptions {
   /** Rank. Default 16. */
@@ -106,6 +109,17 @@ export interface FinetuneOptions {
   cacheDir?: string | null;
   /** File system for every write (tests inject failures). Default node:fs/promises. */
   fs?: WriteFs;
+  /**
+   * Data-parallel training (docs/distributed.md): 'all' (every visible GPU) or a list of CUDA
+   * device indices, one worker process each; or this process as one rank of a multi-host job,
+   * `{ worldSize, rank, masterAddr, masterPort }` (a missing field is read from MIMIC_WORLD_SIZE,
+   * MIMIC_RANK, MIMIC_MASTER_ADDR, MIMIC_MASTER_PORT). Each optimizer step's micro-batches are
+   * split across the ranks, so the global batch — and the result — stay those of one device.
+   * Default none: one device, this process.
+   */
+  devices?: 'all' | number[] | DistributedOptions;
+  /** Data parallel on the CPU with this many worker processes (threads split among them). Default none. */
+  workers?: number;
 }
 
 export interface TrainProgress {
@@ -154,11 +168,13 @@ export interface TrainReport {
   device: Device;
   quant: 'nf4' | 'none';
   format: 'chat' | 'plain';
+  /** Ranks that trained (1 without data parallelism). */
+  worldSize: number;
   paths: { out: string; adapter: string; best: string | null; checkpoint: string; metrics: string; plot: string };
 }
 
 /** Resolved options with every default applied. */
-type Resolved = Required<Omit<FinetuneOptions, 'val' | 'onProgress' | 'warmupSteps' | 'signal' | 'stopAfterSteps' | 'recompute' | 'lora' | 'device' | 'fs'>> & {
+type Resolved = Required<Omit<FinetuneOptions, 'val' | 'onProgress' | 'warmupSteps' | 'signal' | 'stopAfterSteps' | 'recompute' | 'lora' | 'device' | 'fs' | 'devices' | 'workers'>> & {
   val?: string; onProgress?: FinetuneOptions['onProgress']; warmupSteps?: number; signal?: AbortSignal; stopAfterSteps?: number;
   recompute?: boolean; device: FinetuneOptions['device'] & string; lora: Required<LoraOptions>; fs: WriteFs;
 };
@@ -216,6 +232,8 @@ export interface FinetuneDeps {
   loadModel?: ModelLoader;
   /** Whether CUDA can be used (device 'auto'). */
   cudaAvailable?: () => boolean;
+  /** Run as one rank of a data-parallel job (lib/train/distributed/). */
+  dist?: DistContext;
 }
 
 async function hashFile(file: string | undefined): Promise<string | null> {
@@ -247,20 +265,27 @@ class AbortError extends Error {
 }
 
 /** Token-weighted masked loss of a dataset under the trainer's current adapter (no dropout). */
-export async function evaluateLoss(trainer: NativeTrainer, ds: Dataset, batchTokens: number, padId: number): Promise<{ loss: number; tokens: number }> {
+export async function evaluateLoss(trainer: NativeTrainer, ds: Dataset, batchTokens: number, padId: number, dist?: DistContext): Promise<{ loss: number; tokens: number }> {
   const plan = planBatches(ds.examples.map((e) => e.ids.length), { batchTokens, shuffle: false });
   let sum = 0, tokens = 0;
-  for (const idx of plan) {
-    const b = collate(ds.examples, idx, padId);
+  for (let i = 0; i < plan.length; i++) {
+    if (dist && i % dist.worldSize !== dist.rank) continue; // data parallel: every rank a share, summed below
+    const b = collate(ds.examples, plan[i], padId);
     const r = await trainer.evaluate(b.ids, b.labels, b.batch, b.seqLen);
     sum += r.lossSum;
     tokens += r.tokens;
+  }
+  if (dist) {
+    const s = Float64Array.of(sum, tokens);
+    await dist.comm.allReduceSum([s]);
+    [sum, tokens] = s;
   }
   return { loss: tokens > 0 ? sum / tokens : NaN, tokens };
 }
 
 /** Fine-tunes `model` on `data`; see FinetuneOptions. Resolves with a TrainReport. */
 export function finetune(options: FinetuneOptions): Promise<TrainReport> {
+  if (options?.devices !== undefined || options?.workers !== undefined) return runDistributed(options);
   return finetuneWith(options, {});
 }
 
@@ -276,10 +301,14 @@ export async function finetuneWith(options: FinetuneOptions, deps: FinetuneDeps)
   const tok = await Tokenizer.load(o.model, special.eos);
   const format = resolveFormat(tok, o.format);
   const dsOpts = { format, stopMarker: o.stopMarker, maxSeqLen: o.maxSeqLen, cacheDir: o.cacheDir, modelDir: o.model };
+  const dist = deps.dist;
+  const writer = !dist || dist.rank === 0; // rank 0 alone writes checkpoints, metrics, plot and adapters
+  if (dist && dist.rank > 0) await dist.comm.barrier(); // rank 0 tokenizes first and fills the cache
   const train = await loadDataset(o.data, tok, dsOpts);
   if (train.examples.length === 0) throw emptyDataError(train, o.maxSeqLen);
   const val = o.val ? await loadDataset(o.val, tok, dsOpts) : undefined;
   if (val && val.examples.length === 0) throw emptyDataError(val, o.maxSeqLen);
+  if (dist && dist.rank === 0) await dist.comm.barrier();
 
   const lengths = train.examples.map((e) => e.ids.length);
   const plans: number[][][] = [];
@@ -302,7 +331,22 @@ export async function finetuneWith(options: FinetuneOptions, deps: FinetuneDeps)
     out: o.out, adapter: o.out, best: o.val ? path.join(o.out, 'best') : null, checkpoint: path.join(o.out, 'checkpoint'),
     metrics: path.join(o.out, 'metrics.jsonl'), plot: path.join(o.out, 'loss.svg'),
   };
-  const ckpt = o.resume ? await readCheckpoint(paths.checkpoint) : undefined;
+  let ckpt = o.resume && writer ? await readCheckpoint(paths.checkpoint) : undefined;
+  if (dist) {
+    // Rank 0's settings and checkpoint are everyone's: the same data and options everywhere, and
+    // no shared file system needed for resume.
+    const bytes = await dist.comm.broadcast(writer
+      ? encodeJsonAndTensors({ settings, ckpt: ckpt ? { dir: ckpt.dir, meta: ckpt.meta, step: ckpt.state.step, rng: Array.from(ckpt.state.rng) } : null }, ckpt?.state.tensors)
+      : undefined);
+    type Head = { settings: ResumeSettings; ckpt: { dir: string; meta: CheckpointMeta; step: number; rng: number[] } | null };
+    const got = decodeJsonAndTensors<Head>(bytes);
+    const diff = settingsDiff(got.json.settings, { ...settings, model: got.json.settings.model });
+    if (diff.length) throw new Error(`mimic: rank ${dist.rank} does not train what rank 0 trains: ${diff.join('; ')}. Every rank needs the same data files and options.`);
+    if (!writer && got.json.ckpt) {
+      const c = got.json.ckpt;
+      ckpt = { dir: c.dir, meta: c.meta, state: { step: c.step, rng: Uint32Array.from(c.rng), tensors: got.tensors } } as typeof ckpt;
+    }
+  }
   if (ckpt) {
     const diff = settingsDiff(ckpt.meta.settings, settings);
     if (diff.length) {
@@ -319,6 +363,7 @@ export async function finetuneWith(options: FinetuneOptions, deps: FinetuneDeps)
   try {
     trainer = model.createTrainer({ lora: { ...lora, dropout: o.lora.dropout }, seed: o.seed, recompute: o.recompute ?? device === 'cuda' });
     const t = trainer;
+    if (dist?.attach) await dist.attach(t);
     const metrics = new MetricsLog(o.out, fs);
     const baseModel = path.basename(path.resolve(o.model));
     const spec = { ...lora, dropout: o.lora.dropout };
@@ -328,12 +373,13 @@ export async function finetuneWith(options: FinetuneOptions, deps: FinetuneDeps)
       train: [], val: [], best: null, finished: false,
     };
     if (ckpt) t.setState(ckpt.state);
-    else await rm(paths.best ?? path.join(o.out, 'best'), { recursive: true, force: true }); // a stale best/ of an earlier run
-    await metrics.reset([...meta.train, ...meta.val].sort((a, b) => a.step - b.step || (a.type === 'train' ? -1 : 1)));
+    else if (writer) await rm(paths.best ?? path.join(o.out, 'best'), { recursive: true, force: true }); // a stale best/ of an earlier run
+    if (writer) await metrics.reset([...meta.train, ...meta.val].sort((a, b) => a.step - b.step || (a.type === 'train' ? -1 : 1)));
 
     const epochAt = (step: number) => step / stepsPerEpoch;
-    const drawPlot = () => writeFileAtomic(paths.plot, lossSvg(meta.train, meta.val, { stepsPerEpoch, title: `loss — ${baseModel}` }), fs);
+    const drawPlot = async () => { if (writer) await writeFileAtomic(paths.plot, lossSvg(meta.train, meta.val, { stepsPerEpoch, title: `loss — ${baseModel}` }), fs); };
     const saveCheckpoint = async () => {
+      if (!writer) return;
       const state = t.getState();
       await writeCheckpoint(paths.checkpoint, meta, state, { spec, tensors: t.adapter(), dims, baseModel }, fs);
     };
@@ -344,15 +390,15 @@ export async function finetuneWith(options: FinetuneOptions, deps: FinetuneDeps)
 
     const validate = async () => {
       if (!val) return;
-      const r = await evaluateLoss(t, val, o.batchTokens, special.pad);
+      const r = await evaluateLoss(t, val, o.batchTokens, special.pad, dist);
       const rec: ValRecord = { type: 'val', step: meta.step, epoch: epochAt(meta.step), loss: r.loss, tokens: r.tokens };
       meta.val.push(rec);
-      await metrics.append(rec);
+      if (writer) await metrics.append(rec);
       if (meta.step > 0 && (meta.best === null || r.loss < meta.best.loss)) {
         meta.best = { loss: r.loss, step: meta.step, epoch: rec.epoch };
-        await saveAdapter(paths.best!, spec, t.adapter(), dims, { baseModel, fs });
+        if (writer) await saveAdapter(paths.best!, spec, t.adapter(), dims, { baseModel, fs });
       }
-      o.onProgress?.({ phase: 'val', step: meta.step, totalSteps, epoch: rec.epoch, epochs: o.epochs, loss: r.loss,
+      if (writer) o.onProgress?.({ phase: 'val', step: meta.step, totalSteps, epoch: rec.epoch, epochs: o.epochs, loss: r.loss,
         lr: learningRate(Math.max(0, meta.step - 1), { lr: o.lr, totalSteps, warmupSteps: warmup, schedule: o.schedule }),
         tokensPerSec: trainSeconds > 0 ? meta.tokens / (secondsBefore + trainSeconds) : 0,
         elapsedSeconds: (Date.now() - started) / 1000, etaSeconds: eta() });
@@ -362,12 +408,13 @@ export async function finetuneWith(options: FinetuneOptions, deps: FinetuneDeps)
     if (!ckpt && val) await validate(); // the untrained model's loss: where the curve starts
     const resumedFrom = ckpt ? ckpt.meta.step : null;
     let stopped: TrainReport['stopped'] = null;
+    let stopAgreed = false; // data parallel: every rank stops at the same step boundary (see reduceStep)
 
     outer:
     while (!meta.finished && meta.epoch < o.epochs) {
       const plan = planFor(meta.epoch);
       while (meta.batchInEpoch < plan.length) {
-        if (o.signal?.aborted) {
+        if (dist ? stopAgreed : o.signal?.aborted) {
           await saveCheckpoint();
           throw new AbortError(`mimic: training stopped at step ${meta.step}/${totalSteps}; the checkpoint in ${paths.checkpoint} continues it (resume: true / --resume)`);
         }
@@ -379,12 +426,17 @@ export async function finetuneWith(options: FinetuneOptions, deps: FinetuneDeps)
         const t0 = performance.now();
         const micro = plan.slice(meta.batchInEpoch, meta.batchInEpoch + o.gradAccum);
         let lossSum = 0, targets = 0, tokens = 0;
-        for (const idx of micro) {
+        for (const idx of dist ? shardStep(micro, lengths, dist.worldSize)[dist.rank] : micro) {
           const b = collate(train.examples, idx, special.pad);
           const r = await t.accumulate(b.ids, b.labels, b.batch, b.seqLen);
           lossSum += r.lossSum;
           targets += r.tokens;
           for (const i of idx) tokens += train.examples[i].ids.length;
+        }
+        if (dist) { // the gradients and the sums become global: gradScale below is 1 / (all ranks' targets)
+          const g = await dist.reduceStep(t, { lossSum, targets, tokens, stop: o.signal?.aborted ? 1 : 0 });
+          ({ lossSum, targets, tokens } = g);
+          stopAgreed = g.stop > 0;
         }
         const lr = learningRate(meta.step, { lr: o.lr, totalSteps, warmupSteps: warmup, schedule: o.schedule });
         const { gradNorm } = await t.step({ lr, beta1: o.beta1, beta2: o.beta2, eps: o.eps, weightDecay: o.weightDecay,
@@ -404,8 +456,8 @@ export async function finetuneWith(options: FinetuneOptions, deps: FinetuneDeps)
         const rec: TrainRecord = { type: 'train', step: meta.step, epoch: epochAt(meta.step), loss, lr, gradNorm, tokens: targets,
           tokensPerSec: tokens / dt, time: (Date.now() - started) / 1000 };
         meta.train.push(rec);
-        await metrics.append(rec);
-        o.onProgress?.({ phase: 'train', step: meta.step, totalSteps, epoch: rec.epoch, epochs: o.epochs, loss, lr,
+        if (writer) await metrics.append(rec);
+        if (writer) o.onProgress?.({ phase: 'train', step: meta.step, totalSteps, epoch: rec.epoch, epochs: o.epochs, loss, lr,
           tokensPerSec: meta.tokens / meta.seconds, elapsedSeconds: (Date.now() - started) / 1000, etaSeconds: eta() });
         const epochEnd = meta.batchInEpoch >= plan.length;
         if (!epochEnd && o.evalEvery > 0 && meta.step % o.evalEvery === 0) { await validate(); await drawPlot(); }
@@ -423,7 +475,7 @@ export async function finetuneWith(options: FinetuneOptions, deps: FinetuneDeps)
       }
     }
 
-    if (!stopped) {
+    if (!stopped && writer) {
       await saveAdapter(o.out, spec, t.adapter(), dims, { baseModel, fs });
     }
     await drawPlot();
@@ -436,7 +488,7 @@ export async function finetuneWith(options: FinetuneOptions, deps: FinetuneDeps)
       bestEpoch: meta.best?.epoch ?? null, bestValLoss: meta.best?.loss ?? null,
       data: val ? { train: train.stats, val: val.stats } : { train: train.stats },
       skipped: Object.values(train.stats.skipped).reduce((a, b) => a + b, 0),
-      resumedFrom, stopped, device, quant: o.quant, format,
+      resumedFrom, stopped, device, quant: o.quant, format, worldSize: dist?.worldSize ?? 1,
       paths: { ...paths, best: meta.best ? paths.best : null },
     };
   } finally {

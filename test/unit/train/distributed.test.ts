@@ -1,0 +1,130 @@
+// The data-parallel plumbing without the addon: the TCP communicator (rendezvous, collectives,
+// determinism, failures, timeouts), the step sharding and the CLI flags.
+import t from 'tap';
+import net from 'node:net';
+import { rendezvous, type TcpCommunicator } from '../../../lib/train/distributed/comm.ts';
+import { shardStep } from '../../../lib/train/distributed/shard.ts';
+import { decodeJsonAndTensors, encodeJsonAndTensors } from '../../../lib/train/distributed/context.ts';
+import { freePort, resolveDistributed } from '../../../lib/train/distributed/launch.ts';
+import { distributedFlags } from '../../../lib/cli/train.ts';
+import { Rng } from '../../../lib/train/rng.ts';
+
+async function group(world: number, extra: { timeoutMs?: number; joinTimeoutMs?: number } = {}): Promise<TcpCommunicator[]> {
+  const port = await freePort();
+  return Promise.all([...Array(world).keys()].map((rank) => rendezvous({ rank, worldSize: world, masterPort: port, joinTimeoutMs: 5000, timeoutMs: 5000, ...extra })));
+}
+
+t.test('allReduceSum: every rank gets the same bits, the fp32 sum in rank order', async (t) => {
+  const world = 3;
+  const comms = await group(world);
+  const rng = new Rng(5);
+  const n = 1001;
+  const inputs = comms.map(() => new Float32Array(n).map(() => (rng.next() - 0.5) * 10 ** Math.floor(rng.next() * 8 - 4)));
+  const scal = comms.map((_, r) => Float64Array.of(r + 0.1, 1e-17 * r));
+  const bufs = inputs.map((x) => x.slice());
+  await Promise.all(comms.map((c, r) => c.allReduceSum([bufs[r], scal[r]])));
+  const want = new Float32Array(n);
+  for (let i = 0; i < n; i++) want[i] = Math.fround(Math.fround(inputs[0][i] + inputs[1][i]) + inputs[2][i]);
+  for (let r = 0; r < world; r++) {
+    t.same(Buffer.from(bufs[r].buffer), Buffer.from(want.buffer), `rank ${r}: bit-identical to ((x0 + x1) + x2)`);
+    t.same(Array.from(scal[r]), [(0.1 + 1.1) + 2.1, (0 + 1e-17) + 2e-17], `rank ${r}: fp64 scalars`);
+  }
+  const g = await Promise.all(comms.map((c, r) => c.allGather(Uint8Array.of(r, r))));
+  for (const parts of g) t.same(parts.map((p) => Array.from(p)), [[0, 0], [1, 1], [2, 2]], 'allGather in rank order');
+  const b = await Promise.all(comms.map((c) => c.broadcast(c.rank === 0 ? Uint8Array.of(7, 8, 9) : undefined)));
+  for (const x of b) t.same(Array.from(x), [7, 8, 9], 'broadcast from rank 0');
+  await Promise.all(comms.map((c) => c.barrier()));
+  await Promise.all(comms.map((c) => c.close()));
+});
+
+t.test('a big buffer crosses in pieces', async (t) => {
+  const comms = await group(2);
+  const a = new Float32Array(3_000_000).fill(1), b = new Float32Array(3_000_000).fill(2);
+  await Promise.all([comms[0].allReduceSum([a]), comms[1].allReduceSum([b])]);
+  t.ok(a.every((x) => x === 3) && b.every((x) => x === 3), '12 MB summed on both ranks');
+  await Promise.all(comms.map((c) => c.close()));
+});
+
+t.test('rendezvous errors are clear', async (t) => {
+  const busy = net.createServer();
+  await new Promise<void>((r) => busy.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => busy.close());
+  const busyPort = (busy.address() as net.AddressInfo).port;
+  await t.rejects(rendezvous({ rank: 0, worldSize: 2, masterPort: busyPort, joinTimeoutMs: 500 }), { code: 'ERENDEZVOUS', message: /in use/ }, 'port in use');
+  await t.rejects(rendezvous({ rank: 0, worldSize: 2, masterPort: 70000 }), { code: 'EINVAL', message: /MIMIC_MASTER_PORT/ }, 'port out of range');
+  await t.rejects(rendezvous({ rank: 2, worldSize: 2, masterPort: 1234 }), { code: 'EINVAL', message: /MIMIC_RANK/ }, 'rank out of range');
+  const port = await freePort();
+  let t0 = Date.now();
+  await t.rejects(rendezvous({ rank: 1, worldSize: 2, masterPort: port, joinTimeoutMs: 400 }), { code: 'ETIMEDOUT', message: /could not reach rank 0 at 127\.0\.0\.1:\d+ within 400 ms/ }, 'no master');
+  t.ok(Date.now() - t0 < 3000, 'within the timeout');
+  t0 = Date.now();
+  await t.rejects(rendezvous({ rank: 0, worldSize: 3, masterPort: port, joinTimeoutMs: 400 }), { code: 'ETIMEDOUT', message: /only 0 of 2 workers joined.*missing rank 1, 2/ }, 'missing workers');
+  t.ok(Date.now() - t0 < 3000, 'within the timeout');
+  const port2 = await freePort();
+  const [r0, r1] = await Promise.allSettled([
+    rendezvous({ rank: 0, worldSize: 2, masterPort: port2, joinTimeoutMs: 800 }),
+    rendezvous({ rank: 1, worldSize: 3, masterPort: port2, joinTimeoutMs: 800 }),
+  ]);
+  t.equal(r1.status, 'rejected');
+  t.match((r1 as PromiseRejectedResult).reason.message, /refused rank 1: world size mismatch: rank 0 has 2, rank 1 has 3/, 'a mismatched world size is refused');
+  t.equal(r0.status, 'rejected', 'and rank 0 times out without it');
+});
+
+t.test('failures reach every rank: abort, a dead peer, a collective timeout', async (t) => {
+  let comms = await group(3);
+  let p = comms.slice(0, 2).map((c) => c.allReduceSum([new Float32Array(4)]));
+  comms[2].abort('rank 2 ran out of memory');
+  for (const [i, x] of p.entries()) await t.rejects(x, { code: 'EDISTABORT', message: /rank 2 ran out of memory/ }, `rank ${i} stops with rank 2's reason`);
+  await t.rejects(comms[0].barrier(), { message: /stopped/ }, 'later calls fail too');
+
+  comms = await group(3);
+  p = [comms[0].barrier(), comms[2].barrier()];
+  const t0 = Date.now();
+  (comms[1] as unknown as { peers: { socket: net.Socket }[] }).peers[0].socket.destroy(); // as if rank 1 were killed
+  await t.rejects(p[0], { message: /worker rank 1 disconnected/ }, 'rank 0 sees rank 1 go');
+  await t.rejects(p[1], { message: /worker rank 1 disconnected/ }, 'rank 2 hears it from rank 0');
+  t.ok(Date.now() - t0 < 2000, `within ${Date.now() - t0} ms`);
+
+  comms = await group(2, { timeoutMs: 300 });
+  await t.rejects(comms[0].barrier(), { message: /barrier \(#1\) waiting for worker rank 1: no answer within 300 ms/ }, 'a stuck peer times out');
+  await t.rejects(comms[1].barrier(), { message: /stopped/ }, 'and the stuck rank learns of it');
+});
+
+t.test('shardStep: every example once, balanced, deterministic', async (t) => {
+  const lengths = [5, 9, 3, 7, 7, 2, 8, 4, 6, 1];
+  const micro = [[0, 2], [1], [3, 4], [5, 9], [6], [7, 8]];
+  for (const world of [1, 2, 3, 4, 6, 8]) {
+    const s = shardStep(micro, lengths, world);
+    t.equal(s.length, world);
+    t.same(s.flat(2).sort((a, b) => a - b), micro.flat().sort((a, b) => a - b), `world ${world}: the union is the step's examples`);
+    t.same(s, shardStep(micro, lengths, world), 'the same on every call');
+  }
+  const s2 = shardStep(micro, lengths, 2).map((m) => m.reduce((n, b) => n + b.length * Math.max(...b.map((i) => lengths[i])), 0));
+  t.ok(Math.abs(s2[0] - s2[1]) <= 9, `balanced padded tokens ${s2.join(' / ')}`);
+  t.same(shardStep([[4, 5, 6, 7, 8]], lengths, 2), [[[4, 5, 6]], [[7, 8]]], 'fewer micro-batches than ranks: rows split');
+  t.same(shardStep([[4]], lengths, 3), [[[4]], [], []], 'a one-row step leaves the others idle');
+});
+
+t.test('state over the wire; options from the environment; CLI flags', async (t) => {
+  const bytes = encodeJsonAndTensors({ a: 1, s: 'x' }, { w: Float32Array.of(1, 2, 3), v: Float32Array.of(-0) });
+  const d = decodeJsonAndTensors<{ a: number; s: string }>(bytes.subarray(0));
+  t.same(d.json, { a: 1, s: 'x' });
+  t.same(Array.from(d.tensors.w), [1, 2, 3]);
+  t.equal(Object.is(d.tensors.v[0], -0), true);
+
+  const saved = { ...process.env };
+  t.teardown(() => { process.env = saved; });
+  process.env.MIMIC_WORLD_SIZE = '4'; process.env.MIMIC_RANK = '3'; process.env.MIMIC_MASTER_ADDR = '10.0.0.1'; process.env.MIMIC_MASTER_PORT = '4000';
+  t.match(resolveDistributed({}), { worldSize: 4, rank: 3, masterAddr: '10.0.0.1', masterPort: 4000 });
+  t.match(resolveDistributed({ rank: 1, masterPort: 5 }), { worldSize: 4, rank: 1, masterPort: 5 }, 'options win over the environment');
+  delete process.env.MIMIC_RANK;
+  t.throws(() => resolveDistributed({}), /MIMIC_RANK/);
+  process.env.MIMIC_RANK = 'x';
+  t.throws(() => resolveDistributed({}), /MIMIC_RANK must be a whole number/);
+
+  t.same(distributedFlags({ gpus: 2 }), { devices: [0, 1] });
+  t.same(distributedFlags({ workers: 3 }), { workers: 3 });
+  t.same(distributedFlags({ rendezvous: true }), { devices: {} });
+  t.same(distributedFlags({}), {});
+  t.throws(() => distributedFlags({ gpus: 2, workers: 2 }), /cannot be combined/);
+});
