@@ -166,7 +166,7 @@ export async function runDistributed(options: FinetuneOptions, hooks: LaunchHook
 
   return new Promise<TrainReport>((resolve, reject) => {
     const finish = () => {
-      if (ends.some((e) => !e)) return;
+      if (ends.filter(Boolean).length < world) return; // (a sparse array: some() would skip the holes)
       clearTimeout(killTimer);
       signal?.removeEventListener('abort', onAbort);
       const bad = ends.filter((e) => e!.code !== 0);
