@@ -7,6 +7,7 @@
 #     source .device-node/activate.sh && bash bench/gpu/check.sh [cpp-steps] [js-steps]
 # .gpu-carry/ (git-ignored) holds node_modules/{node-addon-api,@huggingface,apache-arrow,flatbuffers,
 # tslib,json-with-bigint} and tok/ (the Llama-3 tokenizer.json + tokenizer_config.json).
+# Last: bench/gpu/round3.mjs prints the round table and writes $OUT/<card>-round3.json.
 # ROUND=checks: only the build, the op/model tables and the JS parity phase (no 3B, no peer).
 # Every step runs under a deadline (DEADLINE_S, default 570 s from the start) so that the summary
 # always prints inside a 10-minute device command; steps that no longer fit are skipped.
@@ -55,3 +56,5 @@ grep -h '^ROW' "$OUT"/*.log 2>/dev/null | grep -c ' PASS$' | sed 's/^/C++ rows p
 grep -h '^BENCH' "$OUT"/*.log /tmp/logits3b.log 2>/dev/null
 grep -h '^CHECK FAIL\|^PHASE .* FAILED\|^RESULT\|^JS ROUND' "$OUT/js.log" 2>/dev/null
 cat "$OUT/peer.log" 2>/dev/null
+# round 3+: the table mimic vs peer (ratios, ceilings, card) and <card>-round3.json in $OUT
+command -v node > /dev/null && node bench/gpu/round3.mjs "$OUT" 2>&1 | tail -20

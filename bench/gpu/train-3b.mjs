@@ -188,11 +188,20 @@ if (phases.includes('bench') && ckpt) await phase('bench', async () => {
     for (const P of [512, 100]) {
       const sp = m.createSession(P + 8, 1);
       const ids = Int32Array.from({ length: P }, (_, i) => (i * 17 + 3) % 128000);
+      // first call on a fresh session (KV rows allocated inside), then the best of 3 on the same
+      // session after reset() (warm: what a server that reuses sessions sees)
       t = performance.now();
       await sp.next(ids, GREEDY);
       const sec = (performance.now() - t) / 1000;
-      if (P === 512) r.prefill512_tok_s = result('prefill512_tok_s', P / sec);
-      else r.ttft100_ms = result('ttft_100_token_prompt_ms', sec * 1000);
+      let best = Infinity;
+      for (let rep = 0; rep < 3; rep++) {
+        sp.reset();
+        t = performance.now();
+        await sp.next(ids, GREEDY);
+        best = Math.min(best, (performance.now() - t) / 1000);
+      }
+      if (P === 512) { r.prefill512_tok_s = result('prefill512_tok_s', P / best); r.prefill512_cold_tok_s = result('prefill512_cold_tok_s', P / sec) }
+      else { r.ttft100_ms = result('ttft_100_token_prompt_ms', best * 1000); r.ttft100_cold_ms = result('ttft_100_token_prompt_cold_ms', sec * 1000) }
     }
   }
   const train = async (B, T, n, recompute, label) => {

@@ -89,6 +89,39 @@ template <class TO>
 void nf4_matmul_backward_input(TO* dx, const bf16* dout, const NF4Device& W, int64_t N, bf16* scratch,
                                float alpha = 1.f, float beta = 1.f);
 
+// ---- gemv (native/cuda/gemv.cu): fused small-N products for decode, weights read once -----
+// out[n, m] = res[n, m] + alpha·(Σ_k x[n, k]·W[m, k] + scale·Σ_j h[n, j]·B[m, j]) + beta·out[n, m]
+// W NF4 (packed != null; dequantized in registers) or bf16 (W != null). Up to kGemvMaxJobs
+// independent products in one launch (q/k/v, gate/up, LoRA A's), N <= kGemvMaxN rows each.
+struct GemvJob {
+  const uint8_t* packed = nullptr;  // NF4 weight (cuda_ops.h NF4Device layout)
+  const float* absmax = nullptr;    //   plain absmax, or null when double-quantized:
+  const uint8_t* am_u8 = nullptr;   //   absmax_b = code2[am_u8[b]]·absmax2[b/256] + offset
+  const float* absmax2 = nullptr;
+  const float* code2 = nullptr;
+  float offset = 0.f;
+  const bf16* W = nullptr;          // bf16 weight [M, K] (when packed is null)
+  int M = 0, K = 0;
+  const bf16* x = nullptr;          // [N, K]
+  void* out = nullptr;              // [N, M], bf16 or fp32 (out_f32)
+  bool out_f32 = false;
+  const float* res = nullptr;       // fp32 [N, M] added to the result (residual), or null
+  float alpha = 1.f, beta = 0.f;    // beta == 0: out is not read
+  const bf16* lora_B = nullptr;     // LoRA B [M, r] (bf16), h = x·Aᵀ fp32 [N, r]
+  const float* lora_h = nullptr;
+  int r = 0;
+  float scale = 0.f;
+  bool fast = false;                // set by gemv(): 16-byte path usable
+};
+constexpr int kGemvMaxJobs = 4, kGemvMaxN = 16;
+void gemv(const GemvJob* jobs, int n_jobs, int64_t N);
+// out(gate.out, bf16) = silu(gate)·up with gate and up two products of one shape and input (the
+// MLP of decode in one launch: each warp computes a row of both). up.out is not written.
+void gemv_glu(const GemvJob& gate, const GemvJob& up, int64_t N);
+GemvJob gemv_job_nf4(const NF4Device& W);   // the weight fields of a job
+// False when the environment sets MIMIC_NF4_GEMV=0 (then NF4 products dequantize + cuBLAS, as before).
+bool gemv_enabled();
+
 // ---- embedding (native/cuda/embedding.cu) ---------------------------------------------------
 // out[n, :] = table[ids[n], :]  (fp32 residual stream from a bf16 table)
 void embedding_forward(float* out, const int32_t* ids, const bf16* table, int64_t N, int C);

@@ -324,6 +324,7 @@ void sync_lora_to_device(DeviceModel& d, const LlamaModel& m) {
       }
     }
   d.lora_n = n;
+  ++d.lora_version;
   if (n == 0) return;
   std::vector<float> host((size_t)n), grads((size_t)n, 0.f);
   for (int l = 0; l < d.cfg.num_layers; ++l)
@@ -368,6 +369,7 @@ void sync_lora_to_host(DeviceModel& d, LlamaModel& m, bool grads) {
 void DeviceKV::init(const LlamaConfig& c, int max_len_) {
   max_len = max_len_;
   len = 0;
+  graph.reset();
   k.clear(); v.clear();
   k.resize(c.num_layers); v.resize(c.num_layers);
   const size_t row = (size_t)c.num_kv_heads * c.head_dim;
@@ -387,6 +389,14 @@ float* llama_forward(DeviceModel& d, const int32_t* ids, int T, DeviceKV* cache,
     MIMIC_CHECK(start + T <= cache->max_len, "EFULL", "the KV cache holds ", cache->max_len, " tokens; ", start,
                 " are used and ", T, " more do not fit. Create the session with a larger maxLength.");
   n_logits = std::max(1, std::min(n_logits, T));
+  if (T == 1 && cache) {
+    if (float* row = decode_step(d, ids[0], *cache)) {
+      if (!logits) return row;
+      MIMIC_CUDA_CHECK(cudaMemcpyAsync(logits, row, sizeof(float) * c.vocab_size, cudaMemcpyDeviceToHost, stream()));
+      Context::get().sync();
+      return nullptr;
+    }
+  }
   ensure_ws(d, T, 1, 1, false);
   Workspace& w = *d.ws;
   if (w.xs.size() < 2) w.xs.resize(2);

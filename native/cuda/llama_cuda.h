@@ -14,6 +14,7 @@
 // CPU's sequential Rng stream: same distribution, different draws.
 #pragma once
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -53,6 +54,9 @@ struct DeviceModel {
   DevBuf<bf16> lb;                   // bf16 copy of lp for the GEMMs
   bool has_lora() const { return lora_n > 0; }
   size_t weight_bytes = 0;           // base weights on the GPU
+  uint64_t lora_version = 0;         // bumped by sync_lora_to_device (the adapter layout may have changed)
+  uint64_t uid = next_uid();         // tells captured decode graphs which model they belong to
+  static uint64_t next_uid() { static std::atomic<uint64_t> n{0}; return ++n; }
   std::shared_ptr<struct Workspace> ws;  // grow-only activation/scratch buffers (no cudaMalloc per step once warm)
   const bf16* head() const { return lm_head.n ? lm_head.p : embed.p; }
 };
@@ -72,8 +76,15 @@ void sync_lora_to_host(DeviceModel& d, LlamaModel& m, bool grads);
 struct DeviceKV {
   int max_len = 0, len = 0;
   std::vector<DevBuf<bf16>> k, v;    // per layer [max_len, Hkv·D]
+  std::shared_ptr<struct DecodeGraph> graph;  // the captured T = 1 step (decode_step.cu); rebuilt when stale
   void init(const LlamaConfig& cfg, int max_len);
 };
+
+// One token appended to kv (T = 1) as a single CUDA graph launch (native/cuda/decode_step.cu):
+// fused NF4/bf16 GEMVs, no cuBLAS, no host allocation. Returns the fp32 logits [V] on the device
+// (valid until the next step on this kv), or nullptr when the fast path does not apply (then the
+// caller runs the eager forward). Does not validate id or capacity: llama_forward does.
+float* decode_step(DeviceModel& d, int32_t id, DeviceKV& kv);
 
 // T tokens of one sequence (appended to the cache when given). logits: host [n_logits, V] fp32 for
 // the last n_logits positions; or, with logits == nullptr, the last row stays on the device and

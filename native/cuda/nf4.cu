@@ -8,7 +8,7 @@
 //   nf4_matmul_forward       : out = α · x · dequant(W)ᵀ + β · out
 //   nf4_matmul_backward_input: dx  = α · dout · dequant(W) + β · dx
 // The scratch is reused projection after projection, so the model is never dequantized whole.
-// (A fused NF4 GEMV for decode, reading 4-bit weights once, is the speed issue's work.)
+// N <= kGemvMaxN (decode) skips the scratch: gemv.cu reads the 4-bit weight once and dequantizes in registers.
 #include <cuda_fp16.h>
 
 #include <algorithm>
@@ -256,6 +256,12 @@ void nf4_dequantize(bf16* out, const NF4Device& W) {
 
 template <class TO>
 void nf4_matmul_forward(TO* out, const bf16* x, const NF4Device& W, int64_t N, bf16* scratch, float alpha, float beta) {
+  if (N >= 1 && N <= kGemvMaxN && gemv_enabled()) {  // decode-sized: fused GEMV, the 4-bit weight read once
+    GemvJob j = gemv_job_nf4(W);
+    j.x = x; j.out = out; j.out_f32 = sizeof(TO) == 4; j.alpha = alpha; j.beta = beta;
+    gemv(&j, 1, N);
+    return;
+  }
   nf4_dequantize(scratch, W);
   matmul_forward<TO>(out, x, scratch, N, W.K, W.M, alpha, beta);
 }

@@ -110,6 +110,90 @@ void check_nf4(std::vector<OpCheckRow>& out, int M, int K, bool dq) {
   out.push_back(row("nf4", "matmul bwd dx " + tag, host_f32(dxd.p, dx.size()), dx, kBf16Tol));
 }
 
+// The fused decode GEMV (gemv.cu) through nf4_matmul_forward (N <= 16 routes there) vs the CPU
+// twin: N = 1, 3, 16; odd M; K % 32 != 0 takes the kernel's scalar path. fp32 and bf16 outputs,
+// and beta = 1 accumulation. Tolerance: bf16 inputs, fp32 accumulation — the fp32-out row only
+// differs by summation order (1e-3); bf16-out by its rounding (kBf16Tol).
+void check_gemv_nf4(std::vector<OpCheckRow>& out, int M, int K, int64_t N, bool dq) {
+  auto w = rnd((int64_t)M * K, 31 + N, 0.05f, false);
+  NF4Weight q = nf4_quantize(w.data(), M, K, dq);
+  NF4Device d = nf4_upload(q);
+  auto x = rnd(N * K, 32 + N), y0 = rnd(N * M, 33 + N);
+  std::vector<float> y((size_t)(N * M));
+  cpu::nf4_matmul_forward(y.data(), x.data(), q, N);
+  std::vector<float> yacc(y);
+  for (size_t i = 0; i < yacc.size(); ++i) yacc[i] = 0.5f * y[i] + y0[i];
+  auto xd = dev_bf16(x);
+  DevBuf<float> yd(N * M), yad(N * M);
+  DevBuf<bf16> y16(N * M);
+  DevBuf<bf16> none(1);
+  MIMIC_CUDA_CHECK(cudaMemcpy(yad.p, y0.data(), sizeof(float) * y0.size(), cudaMemcpyHostToDevice));
+  MIMIC_CUDA_CHECK(cudaMemset(yd.p, 0xff, yd.bytes()));  // poison: every element must be written
+  nf4_matmul_forward<float>(yd.p, xd.p, d, N, none.p);
+  nf4_matmul_forward<bf16>(y16.p, xd.p, d, N, none.p);
+  nf4_matmul_forward<float>(yad.p, xd.p, d, N, none.p, 0.5f, 1.f);
+  const std::string tag = "N=" + std::to_string(N) + " " + std::to_string(M) + "x" + std::to_string(K) +
+                          (dq ? " double-quant" : " plain") + (K % 32 ? " (scalar path)" : "");
+  out.push_back(row("nf4", "gemv fwd fp32-out " + tag, host_f32(yd.p, y.size()), y, 1e-3));
+  out.push_back(row("nf4", "gemv fwd bf16-out " + tag, host_f32(y16.p, y.size()), y, kBf16Tol));
+  out.push_back(row("nf4", "gemv 0.5·xWᵀ + out " + tag, host_f32(yad.p, y.size()), yacc, 1e-3));
+}
+
+// bf16 weights, several jobs in one launch, LoRA B epilogue and a residual: the decode step's
+// lm_head / LoRA A products and its o/down projections. Reference in fp32 on the CPU.
+void check_gemv_jobs(std::vector<OpCheckRow>& out, int64_t N) {
+  const int M1 = 67, K1 = 136, M2 = 29, K2 = 60, r = 5;  // K2 % 8 != 0: scalar path
+  auto W1 = rnd((int64_t)M1 * K1, 41, 0.1f), W2 = rnd((int64_t)M2 * K2, 42, 0.1f), x1 = rnd(N * K1, 43),
+       x2 = rnd(N * K2, 44), B = rnd((int64_t)M1 * r, 45, 0.1f), h = rnd(N * r, 46, 1.f, false),
+       res = rnd(N * M1, 47, 1.f, false);
+  const float sc = 0.7f;
+  std::vector<float> y1((size_t)(N * M1)), y2((size_t)(N * M2));
+  for (int64_t n = 0; n < N; ++n) {
+    for (int m = 0; m < M1; ++m) {
+      double s = 0, t = 0;
+      for (int k = 0; k < K1; ++k) s += (double)x1[n * K1 + k] * W1[(int64_t)m * K1 + k];
+      for (int j = 0; j < r; ++j) t += (double)h[n * r + j] * B[(int64_t)m * r + j];
+      y1[n * M1 + m] = (float)(res[n * M1 + m] + s + sc * t);
+    }
+    for (int m = 0; m < M2; ++m) {
+      double s = 0;
+      for (int k = 0; k < K2; ++k) s += (double)x2[n * K2 + k] * W2[(int64_t)m * K2 + k];
+      y2[n * M2 + m] = (float)s;
+    }
+  }
+  auto W1d = dev_bf16(W1), W2d = dev_bf16(W2), x1d = dev_bf16(x1), x2d = dev_bf16(x2), Bd = dev_bf16(B);
+  DevBuf<float> hd = upload(h), resd = upload(res), y1d(N * M1);
+  DevBuf<bf16> y2d(N * M2);
+  GemvJob js[2];
+  js[0].W = W1d.p; js[0].M = M1; js[0].K = K1; js[0].x = x1d.p; js[0].out = y1d.p; js[0].out_f32 = true;
+  js[0].res = resd.p; js[0].lora_B = Bd.p; js[0].lora_h = hd.p; js[0].r = r; js[0].scale = sc;
+  js[1].W = W2d.p; js[1].M = M2; js[1].K = K2; js[1].x = x2d.p; js[1].out = y2d.p;
+  gemv(js, 2, N);
+  const std::string tag = "N=" + std::to_string(N);
+  out.push_back(row("gemv", "bf16 W + LoRA B epilogue + residual, 67x136 " + tag, host_f32(y1d.p, y1.size()), y1, 1e-3));
+  out.push_back(row("gemv", "bf16 W, 2nd job in the launch, 29x60 (scalar path) " + tag, host_f32(y2d.p, y2.size()),
+                    y2, kBf16Tol));
+}
+
+// gate/up in one launch with silu(gate)·up in the epilogue (the decode MLP) vs the CPU twins.
+void check_gemv_glu(std::vector<OpCheckRow>& out, int64_t N) {
+  const int M = 45, K = 256;
+  auto wg = rnd((int64_t)M * K, 51, 0.05f, false), wu = rnd((int64_t)M * K, 52, 0.05f, false), x = rnd(N * K, 53);
+  NF4Weight qg = nf4_quantize(wg.data(), M, K, true), qu = nf4_quantize(wu.data(), M, K, true);
+  NF4Device dg = nf4_upload(qg), du = nf4_upload(qu);
+  std::vector<float> g((size_t)(N * M)), u((size_t)(N * M)), want((size_t)(N * M));
+  cpu::nf4_matmul_forward(g.data(), x.data(), qg, N);
+  cpu::nf4_matmul_forward(u.data(), x.data(), qu, N);
+  for (size_t i = 0; i < want.size(); ++i) want[i] = g[i] / (1.f + std::exp(-g[i])) * u[i];
+  auto xd = dev_bf16(x);
+  DevBuf<bf16> act(N * M), scratch(N * M);
+  GemvJob jg = gemv_job_nf4(dg), ju = gemv_job_nf4(du);
+  jg.x = ju.x = xd.p; jg.out = act.p; ju.out = scratch.p;
+  gemv_glu(jg, ju, N);
+  out.push_back(row("gemv", "NF4 gate/up + silu(gate)·up epilogue 45x256 N=" + std::to_string(N),
+                    host_f32(act.p, want.size()), want, kBf16Tol));
+}
+
 // GPU quantization vs the CPU oracle, byte for byte (tol 0: the loader must store exactly what
 // nf4_quantize stores). Rows of different scales, an all-zero 64-block (bitsandbytes' NaN → code
 // 0 path), values on the code midpoints, and a last 256-group of double quantization that is
@@ -342,6 +426,16 @@ std::vector<OpCheckRow> cuda_op_checks() {
   check_matmul(out, 1, 3072, 1031, "decode 1x3072x1031");
   check_nf4(out, 96, 192, false);
   check_nf4(out, 160, 320, true);
+  check_gemv_nf4(out, 37, 192, 1, true);
+  check_gemv_nf4(out, 37, 192, 3, true);
+  check_gemv_nf4(out, 37, 192, 16, true);
+  check_gemv_nf4(out, 1031, 3072, 1, true);
+  check_gemv_nf4(out, 64, 101, 3, false);
+  check_gemv_nf4(out, 64, 101, 16, true);
+  check_gemv_jobs(out, 1);
+  check_gemv_jobs(out, 7);
+  check_gemv_glu(out, 1);
+  check_gemv_glu(out, 5);
   check_nf4_quantize(out, 96, 200, true, true);      // 300 blocks: the second 256-group is partial
   check_nf4_quantize(out, 1031, 64, true, false);
   check_nf4_quantize(out, 37, 128, false, true);

@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -137,14 +138,20 @@ void model_checks(const std::string& ref) {
         quant ? 2e-2 : 1e-2);
     add(quant ? "model nf4" : "model fp32", "logits vs CPU engine", rel(got, want_cpu), 1e-2);
     // KV-cached decode: prompt then one token at a time must equal the full forward
-    if (!quant) {
+    // (T = 1 steps run as the captured decode graph with fused GEMVs; the eager path is checked too)
+    for (int eager = 0; eager < 2; ++eager) {
+      if (eager) setenv("MIMIC_DECODE_GRAPH", "0", 1);
       cuda::DeviceKV kv;
       kv.init(cpu->cfg, T);
       std::vector<float> inc((size_t)T * V);
       cuda::llama_forward(*gpu, ids.data(), 5, &kv, inc.data(), 5);
       for (int t = 5; t < T; ++t) cuda::llama_forward(*gpu, ids.data() + t, 1, &kv, inc.data() + (size_t)t * V, 1);
       std::vector<float> full(got.begin(), got.begin() + (size_t)T * V);
-      add("model fp32", "KV-cached decode (5 + 1x7) vs full forward", rel(inc, full), 1e-2);
+      add(quant ? "model nf4" : "model fp32", std::string("KV-cached decode (5 + 1x7) vs full forward") +
+          (eager ? " (eager, no graph)" : " (decode graph)"), rel(inc, full), 1e-2);
+      if (eager) unsetenv("MIMIC_DECODE_GRAPH");
+    }
+    if (!quant) {
       // greedy continuation
       auto prompt = as<int32_t>(exp["greedy_prompt"]), want = as<int32_t>(exp["greedy_out"]);
       cuda::DeviceKV kv2;
@@ -220,6 +227,17 @@ void model_checks(const std::string& ref) {
         LossSum ev = dt.evaluate(ids.data(), labels.data(), B, T);
         add("train lora", "loss falls after the step (eval " + std::to_string(ev.loss_sum / ev.tokens) + ")" + tag,
             ev.loss_sum / ev.tokens < loss ? 0.0 : 1.0, 0.0);
+        if (!recompute) {  // the trained adapter in the decode graph (LoRA A launch + B epilogue) vs full forward
+          const int64_t V = cpu2->cfg.vocab_size;
+          std::vector<float> full((size_t)T * V), inc((size_t)T * V);
+          cuda::llama_forward(*gpu2, ids.data(), T, nullptr, full.data(), T);
+          cuda::DeviceKV kv;
+          kv.init(cpu2->cfg, T);
+          cuda::llama_forward(*gpu2, ids.data(), 3, &kv, inc.data(), 3);
+          for (int t = 3; t < T; ++t) cuda::llama_forward(*gpu2, ids.data() + t, 1, &kv, inc.data() + (size_t)t * V, 1);
+          add("train lora", "KV-cached decode with the trained LoRA (3 + 1x5, decode graph) vs full forward",
+              rel(inc, full), 1e-2);
+        }
       }
     }
   }
@@ -265,13 +283,52 @@ void bench(const std::string& dir, int steps, const std::string& out_dir) {
     int32_t tok = cuda::sample_token(last, c.vocab_size, sp, nullptr, 0, rng);
     for (int i = 0; i < 8; ++i) { last = cuda::llama_forward(*gpu, &tok, 1, &kv, nullptr, 1); tok = cuda::sample_token(last, c.vocab_size, sp, nullptr, 0, rng); }
     const int n = 128;
-    double a = now();
-    for (int i = 0; i < n; ++i) {
-      last = cuda::llama_forward(*gpu, &tok, 1, &kv, nullptr, 1);
-      tok = cuda::sample_token(last, c.vocab_size, sp, nullptr, 0, rng);
+    // three variants in one process, same cache length range: the eager path of rounds 1-2
+    // (dequantize + cuBLAS), fused GEMVs launched eagerly, and the captured decode graph
+    const char* names[3] = {"decode_tok_s_dequant_cublas", "decode_tok_s_gemv_eager", "decode_tok_s"};
+    const int start_len = kv.len;
+    for (int variant = 0; variant < 3; ++variant) {
+      if (variant == 0) setenv("MIMIC_NF4_GEMV", "0", 1); else unsetenv("MIMIC_NF4_GEMV");
+      if (variant == 1) setenv("MIMIC_DECODE_GRAPH", "0", 1); else unsetenv("MIMIC_DECODE_GRAPH");
+      kv.len = start_len;
+      for (int i = 0; i < 4; ++i) { last = cuda::llama_forward(*gpu, &tok, 1, &kv, nullptr, 1); tok = cuda::sample_token(last, c.vocab_size, sp, nullptr, 0, rng); }
+      double a = now();
+      for (int i = 0; i < n; ++i) {
+        last = cuda::llama_forward(*gpu, &tok, 1, &kv, nullptr, 1);
+        tok = cuda::sample_token(last, c.vocab_size, sp, nullptr, 0, rng);
+      }
+      double b = now();
+      std::printf("BENCH %s %.1f (batch 1, top-k 40 sampling, %d tokens, cache %d..%d; bytes/token ~%.2f GB)\n",
+                  names[variant], n / (b - a), n, start_len, kv.len, gpu->weight_bytes / 1e9);
     }
-    double b = now();
-    std::printf("BENCH decode_tok_s %.1f (batch 1, top-k 40 sampling, %d tokens)\n", n / (b - a), n);
+    unsetenv("MIMIC_NF4_GEMV"); unsetenv("MIMIC_DECODE_GRAPH");
+    // pure step time of the graph (greedy: the argmax + 4-byte copy, no top-k)
+    {
+      SamplingParams g0; g0.temperature = 0.f;
+      kv.len = start_len;
+      for (int i = 0; i < 4; ++i) { last = cuda::llama_forward(*gpu, &tok, 1, &kv, nullptr, 1); tok = cuda::sample_token(last, c.vocab_size, g0, nullptr, 0, rng); }
+      double a = now();
+      for (int i = 0; i < n; ++i) { last = cuda::llama_forward(*gpu, &tok, 1, &kv, nullptr, 1); tok = cuda::sample_token(last, c.vocab_size, g0, nullptr, 0, rng); }
+      std::printf("BENCH decode_tok_s_greedy %.1f\n", n / (now() - a));
+    }
+    // time to first token, 100-token prompt (prefill + the first sample)
+    {
+      cuda::DeviceKV kv4;
+      kv4.init(c, 256);
+      std::vector<int32_t> p100(100);
+      for (int i = 0; i < 100; ++i) p100[i] = (i * 13 + 5) % 128000;
+      cuda::llama_forward(*gpu, p100.data(), 100, &kv4, nullptr, 1);
+      ctx.sync();
+      double best = 1e9;
+      for (int rep = 0; rep < 3; ++rep) {
+        kv4.len = 0;
+        double a = now();
+        float* lg = cuda::llama_forward(*gpu, p100.data(), 100, &kv4, nullptr, 1);
+        cuda::sample_token(lg, c.vocab_size, sp, nullptr, 0, rng);
+        best = std::min(best, now() - a);
+      }
+      std::printf("BENCH ttft100_ms %.2f\n", best * 1e3);
+    }
     double pa = now();
     cuda::DeviceKV kv3;
     kv3.init(c, 512);

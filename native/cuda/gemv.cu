@@ -1,0 +1,288 @@
+// gemv — fused small-N products for decode (N = 1..16 rows): the weight is read ONCE, 16 bytes a
+// lane, and never written back dequantized. Part of the nf4/matmul twins (their CPU oracles are
+// cpu::nf4_matmul_forward and cpu::matmul_forward); nf4_matmul_forward routes N <= 16 here.
+//
+//   out[n, m] = res[n, m] + α · ( Σ_k x[n, k] · W[m, k]  +  s · Σ_j h[n, j] · B[m, j] ) + β · out[n, m]
+//   W: NF4 (bitsandbytes layout, cuda_ops.h) or bf16; x bf16; h fp32 (LoRA x·Aᵀ), B bf16; out bf16 or fp32.
+//   NF4: w[e] = NF4_CODE[nibble_e] · absmax_{e/64}, absmax_b = code2[u8_b] · absmax2_{b/256} + offset
+//        (double quantization decoded on the fly: two dependent byte/float loads per 64 values).
+// Work layout: one warp per output row m; lane ℓ takes the 16-byte chunks ℓ, ℓ+32, … of the row
+// (NF4: 32 values a chunk, so one absmax per chunk; bf16: 8 values), so a warp's loads are one
+// contiguous 512-byte segment. The 16 NF4 code values sit in shared memory: a nibble lookup is
+// one conflict-free LDS (16 words in 16 banks). x is re-read from L1/L2 (it is tiny and shared by
+// every warp). Products accumulate in fp32: Σ_i code_i·x_i per chunk, then × absmax.
+// Several independent products (q, k, v; gate, up; the LoRA A's) go in one launch as "jobs".
+// Shapes that break 16-byte alignment (K % 32 for NF4, K % 8 for bf16, or unaligned pointers)
+// take a scalar path in the same kernel: correct, slower.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#include "cuda/common.cuh"
+#include "cuda/cuda_ops.h"
+
+namespace mimic::cuda {
+namespace {
+
+constexpr int kWarps = 8, kThreads = kWarps * 32, kGroup = 4;
+
+struct Params {
+  GemvJob j[kGemvMaxJobs];
+  int first_block[kGemvMaxJobs + 1];
+  int nj, N;
+  int glu;  // 1: two jobs (gate, up) of one shape, out of job 0 = silu(gate)·up
+  float lut[16];
+};
+
+__device__ __forceinline__ float bf_lo(uint32_t u) { return __uint_as_float(u << 16); }
+__device__ __forceinline__ float bf_hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
+
+template <class T>
+__device__ __forceinline__ T ldg_stream(const T* p) { return __ldcs(p); }  // weights: read once, don't keep in L1
+
+// acc[n] = Σ_k x[n, k]·W[m, k] (+ s·h[n, :]·B[m, :]), reduced over the warp (every lane holds it).
+template <int NT>
+__device__ __forceinline__ void row_dot(const GemvJob& J, int m, int lane, int N, const float* lut, const float* code2,
+                                        float (&acc)[NT]) {
+  const int K = J.K;
+#pragma unroll
+  for (int n = 0; n < NT; ++n) acc[n] = 0.f;
+
+  if (J.packed) {
+    if (J.fast) {
+      const uint4* wrow = reinterpret_cast<const uint4*>(J.packed + (int64_t)m * (K / 2));
+      const int nch = K / 32;
+      const int64_t e_row = (int64_t)m * K;
+      // kGroup chunks a lane: every load of the group is issued before the first is used (the
+      // row is only K/32/32 chunks a lane, so latency, not bandwidth, bounds a naive loop)
+      for (int c0 = lane; c0 < nch; c0 += 32 * kGroup) {
+        uint4 w[kGroup];
+        float a2[kGroup];
+        uint32_t a8[kGroup];
+#pragma unroll
+        for (int g = 0; g < kGroup; ++g) {
+          const int c = c0 + 32 * g;
+          if (c < nch) {
+            w[g] = ldg_stream(wrow + c);
+            const int64_t blk = (e_row + 32 * (int64_t)c) >> 6;
+            if (J.absmax) { a2[g] = __ldg(J.absmax + blk); a8[g] = 256; }
+            else { a8[g] = __ldg(J.am_u8 + blk); a2[g] = __ldg(J.absmax2 + (blk >> 8)); }
+          }
+        }
+#pragma unroll
+        for (int g = 0; g < kGroup; ++g) {
+          const int c = c0 + 32 * g;
+          if (c < nch) {
+            const float am = a8[g] == 256 ? a2[g] : fmaf(code2[a8[g]], a2[g], J.offset);
+            const uint32_t ws[4] = {w[g].x, w[g].y, w[g].z, w[g].w};
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+              if (n < N) {
+                const uint4* xr = reinterpret_cast<const uint4*>(J.x + (int64_t)n * K + 32 * (int64_t)c);
+                float s = 0.f;
+#pragma unroll
+                for (int q = 0; q < 4; ++q) {
+                  const uint4 xv = __ldg(xr + q);
+                  const uint32_t xs[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+                  for (int t = 0; t < 4; ++t) {
+                    const uint32_t byte = (ws[q] >> (8 * t)) & 0xffu;  // the first element: HIGH nibble
+                    s = fmaf(lut[byte >> 4], bf_lo(xs[t]), s);
+                    s = fmaf(lut[byte & 15u], bf_hi(xs[t]), s);
+                  }
+                }
+                acc[n] = fmaf(am, s, acc[n]);
+              }
+            }
+          }
+        }
+      }
+    } else {
+      for (int k = lane; k < K; k += 32) {
+        const int64_t e = (int64_t)m * K + k, blk = e >> 6;
+        const uint8_t byte = J.packed[e >> 1];
+        const float am = J.absmax ? J.absmax[blk] : J.code2[J.am_u8[blk]] * J.absmax2[blk >> 8] + J.offset;
+        const float w = lut[(e & 1) ? (byte & 15u) : (byte >> 4)] * am;
+#pragma unroll
+        for (int n = 0; n < NT; ++n)
+          if (n < N) acc[n] = fmaf(w, __bfloat162float(J.x[(int64_t)n * K + k]), acc[n]);
+      }
+    }
+  } else {
+    const bf16* wr = J.W + (int64_t)m * K;
+    if (J.fast) {
+      const uint4* wrow = reinterpret_cast<const uint4*>(wr);
+      const int nch = K / 8;
+      for (int c0 = lane; c0 < nch; c0 += 32 * kGroup) {
+        uint4 w[kGroup];
+#pragma unroll
+        for (int g = 0; g < kGroup; ++g)
+          if (c0 + 32 * g < nch) w[g] = ldg_stream(wrow + c0 + 32 * g);
+#pragma unroll
+        for (int g = 0; g < kGroup; ++g) {
+          const int c = c0 + 32 * g;
+          if (c < nch) {
+            const uint32_t ws[4] = {w[g].x, w[g].y, w[g].z, w[g].w};
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+              if (n < N) {
+                const uint4 xv = __ldg(reinterpret_cast<const uint4*>(J.x + (int64_t)n * K) + c);
+                const uint32_t xs[4] = {xv.x, xv.y, xv.z, xv.w};
+                float s = acc[n];
+#pragma unroll
+                for (int t = 0; t < 4; ++t) {
+                  s = fmaf(bf_lo(ws[t]), bf_lo(xs[t]), s);
+                  s = fmaf(bf_hi(ws[t]), bf_hi(xs[t]), s);
+                }
+                acc[n] = s;
+              }
+            }
+          }
+        }
+      }
+    } else {
+      for (int k = lane; k < K; k += 32) {
+        const float w = __bfloat162float(wr[k]);
+#pragma unroll
+        for (int n = 0; n < NT; ++n)
+          if (n < N) acc[n] = fmaf(w, __bfloat162float(J.x[(int64_t)n * K + k]), acc[n]);
+      }
+    }
+  }
+
+#pragma unroll
+  for (int n = 0; n < NT; ++n) acc[n] = warp_sum(acc[n]);
+  if (J.lora_B) {
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      if (n < N) {
+        float t = 0.f;
+        for (int j = lane; j < J.r; j += 32)
+          t = fmaf(J.lora_h[(int64_t)n * J.r + j], __bfloat162float(J.lora_B[(int64_t)m * J.r + j]), t);
+        acc[n] = fmaf(J.scale, warp_sum(t), acc[n]);
+      }
+    }
+  }
+}
+
+template <int NT>
+__global__ void __launch_bounds__(kThreads, NT >= 8 ? 1 : 3) gemv_kernel(const __grid_constant__ Params P) {
+  __shared__ float lut[16];
+  __shared__ float code2[2][256];  // the double-quant codes of this block's job(s) (blocks never span jobs)
+  int ji = 0;
+#pragma unroll
+  for (int i = 1; i < kGemvMaxJobs; ++i)
+    if (i < P.nj && (int)blockIdx.x >= P.first_block[i]) ji = i;
+  const GemvJob& J = P.j[ji];
+  if (threadIdx.x < 16) lut[threadIdx.x] = P.lut[threadIdx.x];
+  if (J.packed && !J.absmax) code2[0][threadIdx.x] = J.code2[threadIdx.x];
+  if (P.glu && P.j[1].packed && !P.j[1].absmax) code2[1][threadIdx.x] = P.j[1].code2[threadIdx.x];
+  __syncthreads();
+  const int m = ((int)blockIdx.x - P.first_block[ji]) * kWarps + (int)(threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
+  if (m >= J.M) return;  // no barrier follows
+  const int N = P.N;
+  float acc[NT];
+  row_dot<NT>(J, m, lane, N, lut, code2[0], acc);
+  if (P.glu) {  // out = silu(gate)·up, gate = job 0, up = job 1 (as swiglu.cu, without rounding gate/up to bf16)
+    float up[NT];
+    row_dot<NT>(P.j[1], m, lane, N, lut, code2[1], up);
+    if (lane == 0) {
+#pragma unroll
+      for (int n = 0; n < NT; ++n) {
+        if (n < N) {
+          const float g = acc[n], sg = 1.f / (1.f + __expf(-g));
+          static_cast<bf16*>(J.out)[(int64_t)n * J.M + m] = __float2bfloat16(g * sg * up[n]);
+        }
+      }
+    }
+    return;
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      if (n < N) {
+        const int64_t o = (int64_t)n * J.M + m;
+        float v = J.alpha * acc[n];
+        if (J.res) v += J.res[o];
+        if (J.out_f32) {
+          float* out = static_cast<float*>(J.out);
+          if (J.beta != 0.f) v += J.beta * out[o];
+          out[o] = v;
+        } else {
+          bf16* out = static_cast<bf16*>(J.out);
+          if (J.beta != 0.f) v += J.beta * __bfloat162float(out[o]);
+          out[o] = __float2bfloat16(v);
+        }
+      }
+    }
+  }
+}
+
+bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
+
+template <int NT>
+void launch(const Params& P, int blocks) {
+  gemv_kernel<NT><<<blocks, kThreads, 0, Context::get().stream>>>(P);
+  MIMIC_CUDA_LAUNCHED();
+}
+
+}  // namespace
+
+void gemv_launch(const GemvJob* jobs, int n_jobs, int64_t N, bool glu);
+void gemv(const GemvJob* jobs, int n_jobs, int64_t N) { gemv_launch(jobs, n_jobs, N, false); }
+
+bool gemv_enabled() {
+  const char* e = std::getenv("MIMIC_NF4_GEMV");
+  return !(e && std::strcmp(e, "0") == 0);
+}
+
+void gemv_launch(const GemvJob* jobs, int n_jobs, int64_t N, bool glu) {
+  MIMIC_CHECK(n_jobs >= 1 && n_jobs <= kGemvMaxJobs, "EINVAL", "gemv: 1..", kGemvMaxJobs, " jobs, got ", n_jobs);
+  MIMIC_CHECK(N >= 1 && N <= kGemvMaxN, "EINVAL", "gemv: 1..", kGemvMaxN, " rows, got ", N);
+  Params P{};
+  std::memcpy(P.lut, mimic::NF4_CODE, sizeof P.lut);
+  int blocks = 0;
+  for (int i = 0; i < n_jobs; ++i) {
+    GemvJob j = jobs[i];
+    MIMIC_CHECK(j.M > 0 && j.K > 0 && (j.packed || j.W) && j.x && j.out, "EINVAL", "gemv: job ", i, " is incomplete");
+    MIMIC_CHECK(!j.lora_B || (j.lora_h && j.r > 0), "EINVAL", "gemv: job ", i, " has LoRA B without h or rank");
+    if (j.packed)
+      j.fast = j.K % 32 == 0 && aligned16(j.packed) && aligned16(j.x);
+    else
+      j.fast = j.K % 8 == 0 && aligned16(j.W) && aligned16(j.x);
+    P.j[i] = j;
+    P.first_block[i] = blocks;
+    if (!glu || i == 0) blocks += (j.M + kWarps - 1) / kWarps;
+  }
+  P.first_block[n_jobs] = blocks;
+  P.nj = glu ? 1 : n_jobs;  // glu: the blocks walk job 0's rows and compute job 1's alongside
+  P.glu = glu ? 1 : 0;
+  P.N = (int)N;
+  if (N == 1) launch<1>(P, blocks);
+  else if (N == 2) launch<2>(P, blocks);
+  else if (N <= 4) launch<4>(P, blocks);
+  else if (N <= 8) launch<8>(P, blocks);
+  else launch<16>(P, blocks);
+}
+
+void gemv_glu(const GemvJob& gate, const GemvJob& up, int64_t N) {
+  MIMIC_CHECK(gate.M == up.M && gate.K == up.K && gate.x == up.x, "EINVAL", "gemv_glu: gate and up differ in shape");
+  GemvJob js[2] = {gate, up};
+  gemv_launch(js, 2, N, true);
+}
+
+GemvJob gemv_job_nf4(const NF4Device& W) {
+  GemvJob j;
+  j.packed = W.packed.p;
+  j.absmax = W.double_quant ? nullptr : W.absmax.p;
+  j.am_u8 = W.absmax_u8.p;
+  j.absmax2 = W.absmax2.p;
+  j.code2 = W.code2.p;
+  j.offset = W.offset;
+  j.M = W.M;
+  j.K = W.K;
+  return j;
+}
+
+}  // namespace mimic::cuda
