@@ -33,7 +33,7 @@ export interface LoadModelOptions {
   maxSessions?: number;
   /** Prompt tokens fed per scheduler step, so a long prompt does not hold up other generations' tokens; 0 = the whole prompt at once. Default 256. */
   prefillChunk?: number;
-  /** Most generations decoded together in one batched step (CPU engine); 1 turns batching off. Default: maxSessions. */
+  /** Most generations decoded together in one batched step (CPU and CUDA engines); 1 turns batching off. Default: maxSessions. */
   maxBatch?: number;
 }
 
@@ -77,8 +77,8 @@ export class Model {
     if (!(Number.isInteger(chunk) && chunk >= 0)) throw invalid(`prefillChunk must be an integer ≥ 0 (got ${chunk})`);
     this.prefillChunk = chunk;
     const maxActive = options.maxSessions ?? 8;
-    // Batched steps need the engine's nextBatch, which the CPU engine has; CUDA sessions step one by one.
-    const canBatch = nativeModel.device === 'cpu' && typeof nativeModel.nextBatch === 'function';
+    // Batched steps need the engine's nextBatch: the CPU engine's, or the GPU's (native/cuda/decode_batch_cuda.cu).
+    const canBatch = (nativeModel.device === 'cpu' || nativeModel.device === 'cuda') && typeof nativeModel.nextBatch === 'function';
     const maxBatch = canBatch ? (options.maxBatch ?? maxActive) : 1;
     if (!(Number.isInteger(maxBatch) && maxBatch >= 1)) throw invalid(`maxBatch must be an integer ≥ 1 (got ${maxBatch})`);
     this.scheduler = new Scheduler<StepRequest, number>({
@@ -217,9 +217,10 @@ export class Model {
 
     const lease = await this.scheduler.acquire({ signal, maxQueue: options.maxQueue });
     if (!lease) return aborted();
+    let created: NativeSession | undefined;
     try {
       const seed = o.seed ?? randomInt(0, 2 ** 47);
-      const session = this.nativeModel.createSession(promptIds.length + maxTokens, seed);
+      const session = created = this.nativeModel.createSession(promptIds.length + maxTokens, seed);
       const sampling: NativeSamplingOptions = { temperature: o.temperature, topK: o.topK, topP: o.topP, repetitionPenalty: o.repetitionPenalty };
       const history = new Int32Array(promptIds.length + maxTokens);
       history.set(promptIds);
@@ -266,6 +267,8 @@ export class Model {
       }
       return { text, tokens, stopReason: reason, usage };
     } finally {
+      // a GPU session's KV cache goes back to the model's pool now, not when it is collected
+      (created as { _release?: () => boolean } | undefined)?._release?.();
       lease.release();
     }
   }

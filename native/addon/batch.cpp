@@ -3,8 +3,8 @@
 // here together; the engine (engine/decode_batch.cpp) runs the projections once over all their
 // rows and gives each session exactly the token session.next would have given it.
 //
-// On a CUDA model the step is refused with ENOTSUP (no batched GPU step yet); lib/infer/model.ts
-// only batches CPU models and steps CUDA sessions one by one.
+// On a CUDA model the step runs on the GPU (native/cuda/decode_batch_cuda.cu): one-token rows
+// together, prompt chunks through the per-session prefill path; same tokens as session.next.
 #include "addon/batch.h"
 
 #include <mutex>
@@ -17,6 +17,10 @@
 #include "addon/session.h"
 #include "core/error.h"
 #include "engine/decode_batch.h"
+
+#ifdef MIMIC_CUDA
+#include "cuda/llama_cuda.h"
+#endif
 
 namespace mimic::addon {
 
@@ -42,9 +46,15 @@ class NextBatchWorker : public Worker {
       ~Release() { ms.dispose_if_requested(); }
     } release{ms};
     LlamaModel& m = ms.weights();
-    MIMIC_CHECK(ms.device == "cpu", "ENOTSUP", "nextBatch: batched decoding runs on CPU models only for now; on device '",
-                ms.device, "' step each session with session.next()");
     const uint64_t lv = ms.lora_version.load();
+#ifdef MIMIC_CUDA
+    if (ms.on_gpu()) {
+      RunCuda(ms, m, lv);
+      return;
+    }
+#endif
+    MIMIC_CHECK(ms.device == "cpu", "ENOTSUP", "nextBatch: this build has no batched step for device '", ms.device,
+                "'; step each session with session.next()");
     std::vector<DecodeSeq> seqs(e_.size());
     for (size_t i = 0; i < e_.size(); ++i) {
       BatchEntry& e = e_[i];
@@ -66,6 +76,55 @@ class NextBatchWorker : public Worker {
     decode_batch(m, seqs.data(), (int)seqs.size(), tokens_.data());
     for (BatchEntry& e : e_) e.s->lora_version = lv;
   }
+#ifdef MIMIC_CUDA
+  // Everything is validated before anything runs (a refused batch leaves every session as it
+  // was, so lib/infer/model.ts can retry the others one by one).
+  void RunCuda(ModelState& ms, LlamaModel& m, uint64_t lv) {
+    const LlamaConfig& c = m.cfg;
+    for (size_t i = 0; i < e_.size(); ++i) {
+      BatchEntry& e = e_[i];
+      const uint64_t v = e.s->cache.len == 0 ? lv : e.s->lora_version;
+      MIMIC_CHECK(v == lv, "ESTALE", "nextBatch: session ", i,
+                  ": the model's LoRA adapter changed after this session cached its tokens; call session.reset() and "
+                  "feed the prompt again");
+      MIMIC_CHECK(!e.ids.empty(), "EINVAL", "nextBatch: ids[", i, "] is empty; give at least one token id");
+      MIMIC_CHECK(e.s->cache.len + (int)e.ids.size() <= e.s->cache.max_len, "EFULL", "nextBatch: session ", i,
+                  ": the KV cache holds ", e.s->cache.max_len, " tokens; ", e.s->cache.len, " are used and ",
+                  e.ids.size(), " more do not fit. Create the session with a larger maxLength.");
+      for (size_t t = 0; t < e.ids.size(); ++t)
+        MIMIC_CHECK(e.ids[t] >= 0 && e.ids[t] < c.vocab_size, "ERANGE", "token id ", e.ids[t], " at position ", t,
+                    " of sequence ", i, " is out of range: the model's vocabulary has ", c.vocab_size, " tokens (ids 0..",
+                    c.vocab_size - 1, "). Was the text tokenized with this model's tokenizer?");
+    }
+    cuda::DeviceModel& d = ms.device_model();
+    std::vector<cuda::DeviceDecodeSeq> seqs(e_.size());
+    for (size_t i = 0; i < e_.size(); ++i) {
+      BatchEntry& e = e_[i];
+      SessionState& s = *e.s;
+      if (!s.gpu_kv || s.gpu_kv->k.empty()) s.gpu_kv = cuda::kv_acquire(d, s.cache.max_len);
+      s.gpu_kv->len = s.cache.len;  // reset() sets the counter only
+      cuda::DeviceDecodeSeq& q = seqs[i];
+      q.kv = s.gpu_kv.get();
+      q.ids = e.ids.data();
+      q.n_ids = (int)e.ids.size();
+      q.params = e.p;
+      q.history = e.history.data();
+      q.n_history = (int64_t)e.history.size();
+      q.rng = &s.rng;
+    }
+    tokens_.resize(e_.size());
+    try {
+      cuda::decode_batch(d, seqs.data(), (int)seqs.size(), tokens_.data());
+    } catch (...) {
+      for (BatchEntry& e : e_) e.s->cache.len = e.s->gpu_kv->len;
+      throw;
+    }
+    for (BatchEntry& e : e_) {
+      e.s->cache.len = e.s->gpu_kv->len;
+      e.s->lora_version = lv;
+    }
+  }
+#endif
   Napi::Value Resolve(Napi::Env env) override {
     auto a = Napi::Int32Array::New(env, tokens_.size());
     for (size_t i = 0; i < tokens_.size(); ++i) a[i] = tokens_[i];

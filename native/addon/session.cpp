@@ -54,8 +54,12 @@ class NextWorker : public Worker {
 #ifdef MIMIC_CUDA
     if (s_->gpu_kv) {
       cuda::DeviceModel& d = ms.device_model();
+      MIMIC_CHECK(s_->cache.len + (int)ids_.size() <= s_->cache.max_len, "EFULL", "the KV cache holds ",
+                  s_->cache.max_len, " tokens; ", s_->cache.len, " are used and ", ids_.size(),
+                  " more do not fit. Create the session with a larger maxLength.");
+      // the cache comes from the model's pool (a freed session's, with its decode graph) when one fits
+      if (s_->gpu_kv->k.empty()) s_->gpu_kv = cuda::kv_acquire(d, s_->cache.max_len);
       cuda::DeviceKV& kv = *s_->gpu_kv;
-      if (kv.k.empty()) kv.init(m.cfg, s_->cache.max_len);
       kv.len = s_->cache.len;  // reset() sets the counter only
       float* last = cuda::llama_forward(d, ids_.data(), (int)ids_.size(), &kv, nullptr, 1);
       s_->cache.len = kv.len;
@@ -80,12 +84,19 @@ class NextWorker : public Worker {
 
 }  // namespace
 
+#ifdef MIMIC_CUDA
+SessionState::~SessionState() { cuda::kv_release(std::move(gpu_kv)); }  // back to the model's KV pool
+#else
+SessionState::~SessionState() = default;
+#endif
+
 Napi::Function Session::Init(Napi::Env env) {
   return DefineClass(env, "Session", {
       InstanceAccessor<&Session::Length>("length"),
       InstanceAccessor<&Session::MaxLength>("maxLength"),
       InstanceMethod<&Session::Next>("next"),
       InstanceMethod<&Session::Reset>("reset"),
+      InstanceMethod<&Session::Release>("_release"),
   });
 }
 
@@ -125,6 +136,22 @@ Napi::Value Session::Next(const Napi::CallbackInfo& info) {
   Napi::Promise promise = w->Promise();
   w->Queue();
   return promise;
+}
+
+// _release(): reset() that also gives a GPU session's KV cache back to the model's pool now
+// instead of when the garbage collector finalizes the session (serving creates a session per
+// request). A later next() takes a cache again. Returns false (nothing done) while busy.
+Napi::Value Session::Release(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (state_->busy) return Napi::Boolean::New(env, false);
+  state_->cache.len = 0;
+#ifdef MIMIC_CUDA
+  if (state_->gpu_kv && !state_->gpu_kv->k.empty()) {
+    cuda::kv_release(std::move(state_->gpu_kv));
+    state_->gpu_kv = std::make_shared<cuda::DeviceKV>();
+  }
+#endif
+  return Napi::Boolean::New(env, true);
 }
 
 Napi::Value Session::Reset(const Napi::CallbackInfo& info) {

@@ -30,6 +30,7 @@ struct SessionState {
   uint64_t lora_version = 0;    // adapter the cached K/V were computed with
   std::atomic<bool> busy{false};
   explicit SessionState(uint64_t seed) : rng(seed) {}
+  ~SessionState();              // device 'cuda': gives the KV cache back to the model's pool
 };
 
 class Session : public Napi::ObjectWrap<Session> {
@@ -44,6 +45,7 @@ class Session : public Napi::ObjectWrap<Session> {
   Napi::Value MaxLength(const Napi::CallbackInfo& info);
   Napi::Value Next(const Napi::CallbackInfo& info);
   Napi::Value Reset(const Napi::CallbackInfo& info);
+  Napi::Value Release(const Napi::CallbackInfo& info);
   std::shared_ptr<SessionState> state_;
 };
 

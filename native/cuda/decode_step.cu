@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "cuda/common.cuh"
+#include "cuda/decode_kernels.cuh"
 #include "cuda/llama_cuda.h"
 
 namespace mimic::cuda {
@@ -31,7 +32,7 @@ struct DecodeGraph {
   int32_t* host = nullptr;  // pinned ring of (id, pos) pairs
   unsigned step = 0;
   DevBuf<int32_t> dev;      // (id, pos)
-  DevBuf<float> x0, x1, h, lh, scores, logits;
+  DevBuf<float> x0, x1, h, lh, logits;
   DevBuf<bf16> xn, q, k, v, att, gate, up, act;
   ~DecodeGraph() {
     if (exec) cudaGraphExecDestroy(exec);
@@ -43,180 +44,15 @@ struct DecodeGraph {
 namespace {
 
 constexpr int kRing = 64;
-constexpr int kAttnThreads = 256;
-
-// q [Hq, D], k/v [Hkv, D] of the new token (bf16). q is rotated in place; k rotated and v copied
-// into the cache rows at position pos. Block b < Hq: query head b; else KV head b − Hq. Each
-// thread takes dimension pairs (i, i + D/2) with the angle as rope.cu (fp32, double sincos).
-__global__ void rope_append_kernel(bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
-                                   bf16* __restrict__ kc, bf16* __restrict__ vc, const int32_t* __restrict__ idpos,
-                                   const float* __restrict__ inv_freq, int Hq, int Hkv, int D) {
-  const int half = D / 2, b = blockIdx.x;
-  const int p = idpos[1];
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    const float a = __fmul_rn((float)p, inv_freq[i]);
-    double sd, cd;
-    sincos((double)a, &sd, &cd);
-    const float c = (float)cd, s = (float)sd;
-    if (b < Hq) {
-      bf16* r = q + (int64_t)b * D;
-      const float x0 = __bfloat162float(r[i]), x1 = __bfloat162float(r[i + half]);
-      r[i] = __float2bfloat16(x0 * c - x1 * s);
-      r[i + half] = __float2bfloat16(x1 * c + x0 * s);
-    } else {
-      const int h = b - Hq;
-      const bf16* r = k + (int64_t)h * D;
-      bf16* o = kc + ((int64_t)p * Hkv + h) * D;
-      const float x0 = __bfloat162float(r[i]), x1 = __bfloat162float(r[i + half]);
-      o[i] = __float2bfloat16(x0 * c - x1 * s);
-      o[i + half] = __float2bfloat16(x1 * c + x0 * s);
-      bf16* ov = vc + ((int64_t)p * Hkv + h) * D;
-      ov[i] = v[(int64_t)h * D + i];
-      ov[i + half] = v[(int64_t)h * D + i + half];
-    }
-  }
-}
-
-// One row of RMSNorm (as rmsnorm.cu: fp32 maths, bf16 out) with every load issued up front: the
-// generic kernel's strided loop costs a memory latency per iteration, which dominates at N = 1.
-constexpr int kNormThreads = 1024, kNormPer = 8;  // C <= 8192 in registers
-__global__ void __launch_bounds__(kNormThreads) rmsnorm1_kernel(bf16* __restrict__ out, const float* __restrict__ x,
-                                                                const float* __restrict__ w, int C, float eps) {
-  __shared__ float sh[32];
-  float v[kNormPer];
-  float ss = 0.f;
-#pragma unroll
-  for (int i = 0; i < kNormPer; ++i) {
-    const int c = threadIdx.x + i * kNormThreads;
-    v[i] = c < C ? x[c] : 0.f;
-  }
-#pragma unroll
-  for (int i = 0; i < kNormPer; ++i) ss += v[i] * v[i];
-  ss = warp_sum(ss);
-  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = ss;
-  __syncthreads();
-  float t = 0.f;
-  for (int i = 0; i < kNormThreads / 32; ++i) t += sh[i];
-  const float r = rsqrtf(t / C + eps);
-#pragma unroll
-  for (int i = 0; i < kNormPer; ++i) {
-    const int c = threadIdx.x + i * kNormThreads;
-    if (c < C) out[c] = __float2bfloat16(w[c] * (v[i] * r));
-  }
-}
-void rmsnorm1(bf16* out, const float* x, const float* w, int C, float eps) {
-  if (C > kNormThreads * kNormPer) { rmsnorm_forward(out, nullptr, x, w, 1, C, eps); return; }
-  rmsnorm1_kernel<<<1, kNormThreads, 0, Context::get().stream>>>(out, x, w, C, eps);
-  MIMIC_CUDA_LAUNCHED();
-}
-
-__device__ float block_reduce(float v, float* sh, bool is_max) {
-  for (int o = 16; o > 0; o >>= 1) {
-    const float t = __shfl_xor_sync(0xffffffffu, v, o);
-    v = is_max ? fmaxf(v, t) : v + t;
-  }
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  __syncthreads();
-  if (lane == 0) sh[w] = v;
-  __syncthreads();
-  float r = sh[0];
-  for (int i = 1; i < kAttnThreads / 32; ++i) r = is_max ? fmaxf(r, sh[i]) : r + sh[i];
-  return r;
-}
-
-// One query (the new token) of head h = blockIdx.x against keys [0, pos] of the cache:
-// scores (fp32, one thread a key, 16-byte loads of the key row) → softmax → Σ p_j v_j with
-// D/8 threads a key (8 dims each) and 256/(D/8) keys at a time, partial sums reduced in shared
-// memory. scores: [Hq, max_len] fp32 scratch. D % 8 == 0, D <= 256.
-template <int DT>
-__global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(bf16* __restrict__ out, const bf16* __restrict__ q,
-                                                                   const bf16* __restrict__ kc,
-                                                                   const bf16* __restrict__ vc,
-                                                                   const int32_t* __restrict__ idpos,
-                                                                   float* __restrict__ scores, int max_len, int Hq,
-                                                                   int Hkv, int Drt) {
-  const int D = DT ? DT : Drt;
-  __shared__ float qs[256];
-  __shared__ float red[32];
-  __shared__ float part[kAttnThreads * 8];
-  const int h = blockIdx.x, hk = h / (Hq / Hkv), tid = threadIdx.x;
-  const int len = idpos[1] + 1;
-  const float sm_scale = rsqrtf((float)D);
-  for (int d = tid; d < D; d += kAttnThreads) qs[d] = __bfloat162float(q[(int64_t)h * D + d]) * sm_scale;
-  __syncthreads();
-  float* sc = scores + (int64_t)h * max_len;
-  float mx = -INFINITY;
-  for (int j = tid; j < len; j += kAttnThreads) {
-    const uint4* kr = reinterpret_cast<const uint4*>(kc + ((int64_t)j * Hkv + hk) * D);
-    float s = 0.f;
-    auto dot8 = [&](int c) {
-      const uint4 kv = kr[c];
-      const uint32_t u[4] = {kv.x, kv.y, kv.z, kv.w};
-#pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        s = fmaf(qs[c * 8 + 2 * t], __uint_as_float(u[t] << 16), s);
-        s = fmaf(qs[c * 8 + 2 * t + 1], __uint_as_float(u[t] & 0xffff0000u), s);
-      }
-    };
-    if constexpr (DT > 0) {
-#pragma unroll
-      for (int c = 0; c < DT / 8; ++c) dot8(c);  // every load of the key row in flight at once
-    } else {
-      for (int c = 0; c < D / 8; ++c) dot8(c);
-    }
-    sc[j] = s;
-    mx = fmaxf(mx, s);
-  }
-  mx = block_reduce(mx, red, true);
-  float sum = 0.f;
-  for (int j = tid; j < len; j += kAttnThreads) {
-    const float p = __expf(sc[j] - mx);
-    sc[j] = p;
-    sum += p;
-  }
-  sum = block_reduce(sum, red, false);  // its barriers also publish sc[] to the whole block
-  const int G = D / 8, groups = kAttnThreads / G, g = tid / G, d0 = (tid % G) * 8;
-  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-  if (g < groups) {
-#pragma unroll 4
-    for (int j = g; j < len; j += groups) {
-      const float p = sc[j];
-      const uint4 vv = *reinterpret_cast<const uint4*>(vc + ((int64_t)j * Hkv + hk) * D + d0);
-      const uint32_t u[4] = {vv.x, vv.y, vv.z, vv.w};
-#pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        acc[2 * t] = fmaf(p, __uint_as_float(u[t] << 16), acc[2 * t]);
-        acc[2 * t + 1] = fmaf(p, __uint_as_float(u[t] & 0xffff0000u), acc[2 * t + 1]);
-      }
-    }
-#pragma unroll
-    for (int t = 0; t < 8; ++t) part[g * D + d0 + t] = acc[t];
-  }
-  __syncthreads();
-  const float inv = 1.f / sum;
-  for (int d = tid; d < D; d += kAttnThreads) {
-    float s = 0.f;
-    for (int i = 0; i < groups; ++i) s += part[i * D + d];
-    out[(int64_t)h * D + d] = __float2bfloat16(s * inv);
-  }
-}
 
 bool graph_enabled() {
   const char* e = std::getenv("MIMIC_DECODE_GRAPH");
   return !(e && std::strcmp(e, "0") == 0) && gemv_enabled();
 }
 
-GemvJob base_job(const DLinear& L) {
-  GemvJob j;
-  if (L.is_nf4) j = gemv_job_nf4(L.nf4);
-  else { j.W = L.W.p; j.M = L.M; j.K = L.K; }
-  return j;
-}
-
 // Records the whole step on the (capturing) stream.
 void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
   const LlamaConfig& c = d.cfg;
-  cudaStream_t st = Context::get().stream;
   const int C = c.hidden_size, Hq = c.num_heads, Hkv = c.num_kv_heads, D = c.head_dim;
   const int R = g.lh.n ? (int)(g.lh.n / 7) : 0;
   embedding_forward(g.x0.p, g.dev.p, d.embed.p, 1, C);
@@ -243,7 +79,7 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
   };
   for (int l = 0; l < c.num_layers; ++l) {
     const DLayer& Ly = d.layers[l];
-    rmsnorm1(g.xn.p, x, Ly.in_norm.p, C, c.rms_norm_eps);
+    rmsnorm_rows(g.xn.p, x, Ly.in_norm.p, 1, C, c.rms_norm_eps);
     lora_a(Ly, {0, 1, 2}, g.xn.p);
     {
       GemvJob js[3];
@@ -254,23 +90,16 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
       }
       gemv(js, 3, 1);
     }
-    rope_append_kernel<<<Hq + Hkv, std::min(std::max(D / 2, 32), 128), 0, st>>>(g.q.p, g.k.p, g.v.p, kv.k[l].p, kv.v[l].p,
-                                                                       g.dev.p, d.inv_freq.p, Hq, Hkv, D);
-    MIMIC_CUDA_LAUNCHED();
-    if (D == 128)
-      decode_attn_kernel<128><<<Hq, kAttnThreads, 0, st>>>(g.att.p, g.q.p, kv.k[l].p, kv.v[l].p, g.dev.p, g.scores.p,
-                                                           kv.max_len, Hq, Hkv, D);
-    else
-      decode_attn_kernel<0><<<Hq, kAttnThreads, 0, st>>>(g.att.p, g.q.p, kv.k[l].p, kv.v[l].p, g.dev.p, g.scores.p,
-                                                         kv.max_len, Hq, Hkv, D);
-    MIMIC_CUDA_LAUNCHED();
+    // the same kernels as the batched step (decode_kernels.cuh), one row: pos = idpos[1]
+    rope_append(g.q.p, g.k.p, g.v.p, nullptr, nullptr, kv.k[l].p, kv.v[l].p, g.dev.p + 1, d.inv_freq.p, 1, Hq, Hkv, D);
+    decode_attn(g.att.p, g.q.p, nullptr, nullptr, kv.k[l].p, kv.v[l].p, g.dev.p + 1, 1, Hq, Hkv, D);
     lora_a(Ly, {3}, g.att.p);
     {
       GemvJob j = with_b(base_job(Ly.proj[3]), Ly.proj[3], 3);
       j.x = g.att.p; j.out = g.h.p; j.out_f32 = true; j.res = x;   // h = x + o(att)
       gemv(&j, 1, 1);
     }
-    rmsnorm1(g.xn.p, g.h.p, Ly.post_norm.p, C, c.rms_norm_eps);
+    rmsnorm_rows(g.xn.p, g.h.p, Ly.post_norm.p, 1, C, c.rms_norm_eps);
     lora_a(Ly, {4, 5}, g.xn.p);
     {
       GemvJob js[2];
@@ -286,7 +115,7 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
     }
     std::swap(x, xo);
   }
-  rmsnorm1(g.xn.p, x, d.final_norm.p, C, c.rms_norm_eps);
+  rmsnorm_rows(g.xn.p, x, d.final_norm.p, 1, C, c.rms_norm_eps);
   GemvJob j;
   j.W = d.head(); j.M = c.vocab_size; j.K = C; j.x = g.xn.p; j.out = g.logits.p; j.out_f32 = true;
   gemv(&j, 1, 1);
@@ -308,7 +137,6 @@ std::shared_ptr<DecodeGraph> build(DeviceModel& d, DeviceKV& kv) {
   g->dev.alloc(2);
   g->x0.alloc(C); g->x1.alloc(C); g->h.alloc(C);
   if (R) g->lh.alloc((size_t)7 * R);
-  g->scores.alloc((size_t)c.num_heads * kv.max_len);
   g->logits.alloc(c.vocab_size);
   g->xn.alloc(std::max(C, QD)); g->q.alloc(QD); g->k.alloc(KD); g->v.alloc(KD); g->att.alloc(QD);
   g->gate.alloc(I); g->up.alloc(I); g->act.alloc(I);

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "cuda/common.cuh"
@@ -374,6 +375,58 @@ void DeviceKV::init(const LlamaConfig& c, int max_len_) {
   k.resize(c.num_layers); v.resize(c.num_layers);
   const size_t row = (size_t)c.num_kv_heads * c.head_dim;
   for (int l = 0; l < c.num_layers; ++l) { k[l].alloc(row * max_len); v[l].alloc(row * max_len); }
+}
+
+size_t DeviceKV::bytes() const {
+  size_t b = 0;
+  for (auto& x : k) b += x.bytes();
+  for (auto& x : v) b += x.bytes();
+  return b;
+}
+
+namespace {
+size_t pool_budget() {
+  if (const char* e = std::getenv("MIMIC_KV_POOL_MB")) return (size_t)std::max(0.0, std::atof(e)) << 20;
+  return std::min<size_t>(size_t(4) << 30, Context::get().total_mem / 8);
+}
+}  // namespace
+
+std::shared_ptr<DeviceKV> kv_acquire(DeviceModel& d, int max_len) {
+  MIMIC_CHECK(max_len >= 1, "EINVAL", "a KV cache needs room for at least one token");
+  KVPool& p = *d.kv_pool;
+  {
+    std::lock_guard<std::mutex> g(p.mu);
+    int best = -1;
+    for (int i = 0; i < (int)p.free.size(); ++i)
+      if (p.free[i]->max_len >= max_len && (best < 0 || p.free[i]->max_len < p.free[best]->max_len)) best = i;
+    if (best >= 0) {
+      std::shared_ptr<DeviceKV> kv = std::move(p.free[best]);
+      p.free.erase(p.free.begin() + best);
+      p.bytes -= kv->bytes();
+      ++p.hits;
+      kv->len = 0;
+      return kv;
+    }
+    ++p.misses;
+  }
+  auto kv = std::make_shared<DeviceKV>();
+  const int rounded = (int)std::min<int64_t>(((int64_t)max_len + 255) / 256 * 256, std::max(max_len, d.cfg.max_position));
+  kv->init(d.cfg, std::max(rounded, max_len));
+  kv->pool = d.kv_pool;
+  return kv;
+}
+
+void kv_release(std::shared_ptr<DeviceKV> kv) {
+  if (!kv || kv->k.empty()) return;
+  std::shared_ptr<KVPool> p = kv->pool.lock();
+  if (!p) return;  // the model is gone: kv's buffers are freed with it here
+  std::lock_guard<std::mutex> g(p->mu);
+  if (!p->budget) p->budget = pool_budget();
+  const size_t b = kv->bytes();
+  if (p->bytes + b > p->budget) return;
+  kv->len = 0;
+  p->bytes += b;
+  p->free.push_back(std::move(kv));
 }
 
 // ---- inference -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,21 @@ struct DLayer {
   std::array<DLinear, 7> proj;       // q k v o gate up down
 };
 
+struct DeviceKV;
+
+// Freed KV caches of one model, kept for the next session instead of ~2·layers cudaFree +
+// cudaMalloc (≈ 14 ms of a cold 3B TTFT): a new session takes the smallest pooled cache that
+// holds its maxLength, with its captured decode graph (the graph's cache rows are the same).
+// Bounded by `budget` bytes (MIMIC_KV_POOL_MB; default min(4 GiB, device memory / 8)); a cache
+// that does not fit is freed. Thread-safe: sessions are given back from JS finalizers (main
+// thread) while steps run on worker threads.
+struct KVPool {
+  std::mutex mu;
+  std::vector<std::shared_ptr<DeviceKV>> free;
+  size_t bytes = 0, budget = 0;
+  uint64_t hits = 0, misses = 0;
+};
+
 struct DeviceModel {
   LlamaConfig cfg;
   DevBuf<bf16> embed, lm_head;       // lm_head empty when tied
@@ -58,6 +74,8 @@ struct DeviceModel {
   uint64_t uid = next_uid();         // tells captured decode graphs which model they belong to
   static uint64_t next_uid() { static std::atomic<uint64_t> n{0}; return ++n; }
   std::shared_ptr<struct Workspace> ws;  // grow-only activation/scratch buffers (no cudaMalloc per step once warm)
+  std::shared_ptr<KVPool> kv_pool = std::make_shared<KVPool>();
+  std::shared_ptr<struct BatchDecode> batch;  // decode_batch_cuda.cu: buffers + a graph per batch size
   const bf16* head() const { return lm_head.n ? lm_head.p : embed.p; }
 };
 
@@ -77,8 +95,36 @@ struct DeviceKV {
   int max_len = 0, len = 0;
   std::vector<DevBuf<bf16>> k, v;    // per layer [max_len, Hkv·D]
   std::shared_ptr<struct DecodeGraph> graph;  // the captured T = 1 step (decode_step.cu); rebuilt when stale
+  std::weak_ptr<KVPool> pool;        // where kv_release gives it back (set by kv_acquire)
   void init(const LlamaConfig& cfg, int max_len);
+  size_t bytes() const;
 };
+
+// A cache for at least max_len tokens (len 0): from the model's pool when one fits, else a new one
+// (max_len rounded up to 256 so that later sessions of other lengths can reuse it).
+std::shared_ptr<DeviceKV> kv_acquire(DeviceModel& d, int max_len);
+// Gives a cache back to the pool it came from (or frees it: no pool, the model gone, over budget).
+void kv_release(std::shared_ptr<DeviceKV> kv);
+
+// One decoding step for S sequences of one model (native/cuda/decode_batch_cuda.cu): sequences
+// with one new token run together (every projection's weights read once per 16 rows, attention
+// per sequence against its own cache, one CUDA graph per batch size); sequences with a chunk of
+// prompt run through llama_forward one by one. Then each samples its token with its own
+// parameters, history and RNG — bit for bit what stepping it alone would give. The caller has
+// validated ids, capacity and distinct caches (addon/batch.cpp); kv->len advances.
+struct DeviceDecodeSeq {
+  DeviceKV* kv = nullptr;
+  const int32_t* ids = nullptr;
+  int n_ids = 0;
+  SamplingParams params;
+  const int32_t* history = nullptr;
+  int64_t n_history = 0;
+  Rng* rng = nullptr;
+};
+void decode_batch(DeviceModel& d, const DeviceDecodeSeq* seqs, int S, int32_t* tokens);
+// The forward half for S one-token sequences: fp32 logits [S, V] on the device (valid until the
+// next call), every kv->len advanced by one.
+const float* decode_batch_logits(DeviceModel& d, DeviceKV* const* kvs, const int32_t* ids, int S);
 
 // One token appended to kv (T = 1) as a single CUDA graph launch (native/cuda/decode_step.cu):
 // fused NF4/bf16 GEMVs, no cuBLAS, no host allocation. Returns the fp32 logits [V] on the device

@@ -24,6 +24,7 @@
 #include "core/opcheck.h"
 #include "cuda/llama_cuda.h"
 #include "engine/llama.h"
+#include "engine/lora_init.h"
 #include "engine/train.h"
 
 using namespace mimic;
@@ -82,6 +83,100 @@ int print_rows() {
 }
 
 double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// ---- batched decode vs stepping alone -------------------------------------------------------
+// S sessions stepped alone (prefill, then the per-cache decode graph) vs together through
+// cuda::decode_batch (prompts joining at staggered steps beside decoding rows; caches from the
+// model's KV pool). Returns the fraction of differing tokens; *logit_rel receives max |Δ| / max |ref|
+// of one more step's logits (decode_batch_logits vs llama_forward, every session).
+struct BatchCheck { double token_mismatch = 1.0, logit_rel = 1.0; int tokens = 0; };
+BatchCheck batch_vs_single(cuda::DeviceModel& gpu, const LlamaConfig& c, int S, int max_prompt, int steps, bool sampled) {
+  const int V = c.vocab_size;
+  uint64_t x = 0x9E3779B97F4A7C15ull ^ (uint64_t)(S * 131 + max_prompt);
+  auto rnd = [&](int k) { x = x * 6364136223846793005ull + 1442695040888963407ull; return (int)((x >> 33) % (uint64_t)k); };
+  struct Plan { std::vector<int32_t> prompt; int join; SamplingParams sp; uint64_t seed; };
+  std::vector<Plan> plans(S);
+  for (int s = 0; s < S; ++s) {
+    Plan& p = plans[s];
+    p.prompt.resize(1 + rnd(max_prompt));
+    for (auto& id : p.prompt) id = rnd(std::min(V, 128000));
+    p.join = rnd(4);
+    if (sampled) {
+      p.sp.temperature = 0.7f + 0.1f * (s % 4);
+      p.sp.top_k = s % 3 == 2 ? 0 : 40;
+      p.sp.top_p = s % 2 ? 0.9f : 1.f;
+      p.sp.repetition_penalty = s % 3 == 0 ? 1.2f : 1.f;
+    } else {
+      p.sp.temperature = 0.f;
+    }
+    p.seed = 1000 + s;
+  }
+  // alone
+  std::vector<std::vector<int32_t>> want(S), got(S);
+  std::vector<std::unique_ptr<cuda::DeviceKV>> alone(S);
+  for (int s = 0; s < S; ++s) {
+    const Plan& p = plans[s];
+    alone[s] = std::make_unique<cuda::DeviceKV>();
+    alone[s]->init(c, (int)p.prompt.size() + steps + 2);
+    Rng rng(p.seed);
+    std::vector<int32_t> hist = p.prompt;
+    float* last = cuda::llama_forward(gpu, p.prompt.data(), (int)p.prompt.size(), alone[s].get(), nullptr, 1);
+    int32_t tok = cuda::sample_token(last, V, p.sp, hist.data(), (int64_t)hist.size(), rng);
+    want[s].push_back(tok); hist.push_back(tok);
+    for (int i = 1; i < steps; ++i) {
+      last = cuda::llama_forward(gpu, &tok, 1, alone[s].get(), nullptr, 1);
+      tok = cuda::sample_token(last, V, p.sp, hist.data(), (int64_t)hist.size(), rng);
+      want[s].push_back(tok); hist.push_back(tok);
+    }
+  }
+  // together
+  std::vector<std::shared_ptr<cuda::DeviceKV>> kvs(S);
+  std::vector<Rng> rngs;
+  std::vector<std::vector<int32_t>> hists(S);
+  for (int s = 0; s < S; ++s) { rngs.emplace_back(plans[s].seed); hists[s] = plans[s].prompt; }
+  std::vector<int32_t> one(S);
+  for (int k = 0;; ++k) {
+    std::vector<cuda::DeviceDecodeSeq> seqs;
+    std::vector<int> who;
+    bool left = false;
+    for (int s = 0; s < S; ++s) {
+      if ((int)got[s].size() >= steps) continue;
+      left = true;
+      if (plans[s].join > k) continue;
+      if (!kvs[s]) kvs[s] = cuda::kv_acquire(gpu, (int)plans[s].prompt.size() + steps + 2);
+      cuda::DeviceDecodeSeq q;
+      q.kv = kvs[s].get();
+      if (got[s].empty()) { q.ids = plans[s].prompt.data(); q.n_ids = (int)plans[s].prompt.size(); }
+      else { one[s] = got[s].back(); q.ids = &one[s]; q.n_ids = 1; }
+      q.params = plans[s].sp;
+      q.history = hists[s].data();
+      q.n_history = (int64_t)hists[s].size();
+      q.rng = &rngs[s];
+      seqs.push_back(q);
+      who.push_back(s);
+    }
+    if (!left) break;
+    if (seqs.empty()) continue;
+    std::vector<int32_t> toks(seqs.size());
+    cuda::decode_batch(gpu, seqs.data(), (int)seqs.size(), toks.data());
+    for (size_t i = 0; i < who.size(); ++i) { got[who[i]].push_back(toks[i]); hists[who[i]].push_back(toks[i]); }
+  }
+  BatchCheck r;
+  int bad = 0;
+  for (int s = 0; s < S; ++s)
+    for (int i = 0; i < steps; ++i) { ++r.tokens; bad += got[s][i] != want[s][i]; }
+  r.token_mismatch = (double)bad / r.tokens;
+  // one more step: the batched logits vs each session's own
+  std::vector<cuda::DeviceKV*> kp(S);
+  std::vector<int32_t> ids(S);
+  for (int s = 0; s < S; ++s) { kp[s] = kvs[s].get(); ids[s] = want[s].back(); }
+  const float* bl = cuda::decode_batch_logits(gpu, kp.data(), ids.data(), S);
+  std::vector<float> b = cuda::download(bl, (size_t)S * V), a((size_t)S * V);
+  for (int s = 0; s < S; ++s) cuda::llama_forward(gpu, &ids[s], 1, alone[s].get(), a.data() + (size_t)s * V, 1);
+  r.logit_rel = rel(b, a);
+  for (auto& kv : kvs) cuda::kv_release(std::move(kv));
+  return r;
+}
 
 // ---- model level ----------------------------------------------------------------------------
 void model_checks(const std::string& ref) {
@@ -150,6 +245,28 @@ void model_checks(const std::string& ref) {
       add(quant ? "model nf4" : "model fp32", std::string("KV-cached decode (5 + 1x7) vs full forward") +
           (eager ? " (eager, no graph)" : " (decode graph)"), rel(inc, full), 1e-2);
       if (eager) unsetenv("MIMIC_DECODE_GRAPH");
+    }
+    // batched decode (decode_batch_cuda.cu) vs each session alone: 20 sessions (two GEMV row blocks),
+    // prompts up to 300 tokens (attention over more than one 256-key chunk), staggered joins
+    for (int sampled = 0; sampled < 2; ++sampled) {
+      const int maxp = std::min(300, cpu->cfg.max_position > 0 ? cpu->cfg.max_position - 16 : 300);
+      BatchCheck bc = batch_vs_single(*gpu, cpu->cfg, 20, maxp, 6, sampled == 1);
+      const std::string tag = sampled ? " (sampled: temp/top-k/top-p/penalty)" : " (greedy)";
+      add(quant ? "batch nf4" : "batch fp32", "nextBatch tokens == each session alone, 20 sessions" + tag, bc.token_mismatch, 0.0);
+      add(quant ? "batch nf4" : "batch fp32", "batched step logits == session's own step, bit for bit" + tag, bc.logit_rel, 0.0);
+    }
+    if (quant) {  // with a LoRA adapter on q and down (LoRA A launches + B epilogues over row blocks)
+      auto cpu3 = load_llama(dir, true);
+      for (int l = 0; l < cpu3->cfg.num_layers; ++l)
+        for (Linear* L : {&cpu3->layers[l].q, &cpu3->layers[l].down}) {
+          L->lora = lora_init(L->M, L->K, 4, 8.f, 77 + l);
+          uint64_t z = 99 + l;
+          for (auto& b : L->lora->B) { z = z * 6364136223846793005ull + 1; b = ((int)((z >> 40) % 2001) - 1000) * 2e-5f; }
+        }
+      auto gpu3 = cuda::upload_model(*cpu3);
+      BatchCheck bc = batch_vs_single(*gpu3, cpu3->cfg, 18, 40, 6, false);
+      add("batch nf4", "nextBatch tokens == each session alone, 18 sessions, LoRA r=4 on q/down", bc.token_mismatch, 0.0);
+      add("batch nf4", "batched step logits == session's own step, LoRA r=4 on q/down", bc.logit_rel, 0.0);
     }
     if (!quant) {
       // greedy continuation
@@ -380,6 +497,56 @@ void bench(const std::string& dir, int steps, const std::string& out_dir) {
   }
 }
 
+// ---- the 3B shape, batched decode: equality at S = 32, then step rates by S ------------------
+void batch_bench(const std::string& dir) {
+  cuda::Context& ctx = cuda::Context::get();
+  std::unique_ptr<LlamaModel> cpu;
+  auto gpu = cuda::load_model(dir, true, &cpu);
+  const LlamaConfig& c = cpu->cfg;
+  for (int sampled = 0; sampled < 2; ++sampled) {
+    BatchCheck bc = batch_vs_single(*gpu, c, 32, 300, 8, sampled == 1);
+    const std::string tag = sampled ? " (sampled)" : " (greedy)";
+    add("batch 3B nf4", "nextBatch tokens == each session alone, 32 sessions, prompts <= 300" + tag, bc.token_mismatch, 0.0);
+    add("batch 3B nf4", "batched step logits == session's own step" + tag, bc.logit_rel, 0.0);
+  }
+  // step rate by batch size: caches at 128 tokens, 24 timed steps each (greedy sampling included
+  // in the 'decode_batch' figure; 'logits' is the forward alone)
+  const int steps = 24;
+  std::vector<std::shared_ptr<cuda::DeviceKV>> kvs;
+  SamplingParams g0; g0.temperature = 0.f;
+  for (int S : {1, 2, 4, 8, 16, 24, 32, 48, 64}) {
+    while ((int)kvs.size() < S) {
+      kvs.push_back(cuda::kv_acquire(*gpu, 512));
+      std::vector<int32_t> p(128);
+      for (int i = 0; i < 128; ++i) p[i] = (i * 31 + 7 * (int)kvs.size()) % 128000;
+      cuda::llama_forward(*gpu, p.data(), 128, kvs.back().get(), nullptr, 1);
+    }
+    std::vector<cuda::DeviceKV*> kp(S);
+    std::vector<int32_t> ids(S, 1234);
+    for (int s = 0; s < S; ++s) { kp[s] = kvs[s].get(); kvs[s]->len = 128; }
+    cuda::decode_batch_logits(*gpu, kp.data(), ids.data(), S);  // capture
+    ctx.sync();
+    for (int s = 0; s < S; ++s) kvs[s]->len = 128;
+    double a = now();
+    for (int i = 0; i < steps; ++i) cuda::decode_batch_logits(*gpu, kp.data(), ids.data(), S);
+    ctx.sync();
+    const double t_logits = (now() - a) / steps;
+    std::vector<Rng> rngs(S, Rng(5));
+    std::vector<cuda::DeviceDecodeSeq> seqs(S);
+    std::vector<int32_t> toks(S, 1234);
+    for (int s = 0; s < S; ++s) { kvs[s]->len = 128; seqs[s].kv = kvs[s].get(); seqs[s].n_ids = 1; seqs[s].params = g0; seqs[s].rng = &rngs[s]; }
+    a = now();
+    for (int i = 0; i < steps; ++i) {
+      std::vector<int32_t> in = toks;
+      for (int s = 0; s < S; ++s) seqs[s].ids = &in[s];
+      cuda::decode_batch(*gpu, seqs.data(), S, toks.data());
+    }
+    const double t_step = (now() - a) / steps;
+    std::printf("BENCH batch S=%d step_ms %.3f tok_s %.1f (forward alone %.3f ms, %.1f tok/s)\n", S, t_step * 1e3,
+                S / t_step, t_logits * 1e3, S / t_logits);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -402,6 +569,8 @@ int main(int argc, char** argv) {
       std::ofstream f(std::string(argc > 3 ? argv[3] : ".") + "/logits_3b_bf16.bin", std::ios::binary);
       f.write((const char*)lg.data(), sizeof(float) * lg.size());
       std::printf("BENCH bf16 3B weights on GPU %.3f GiB\n", gpu->weight_bytes / 1073741824.0);
+    } else if (mode == "batch") {
+      batch_bench(argv[2]);
     } else if (mode == "bench") {
       bench(argv[2], argc > 3 ? std::atoi(argv[3]) : 30, argc > 4 ? argv[4] : ".");
     }

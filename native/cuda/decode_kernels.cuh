@@ -1,0 +1,246 @@
+// decode_kernels — the per-row kernels of a decode step, shared by decode_step.cu (one sequence,
+// its graph per KV cache) and decode_batch_cuda.cu (S sequences in one step). Both paths launch
+// the SAME kernels, so a sequence's arithmetic does not depend on which path (or which batch) it
+// runs in: stepping sessions together gives bit for bit the tokens of stepping them alone.
+//
+// Row s of a launch (blockIdx.y, or blockIdx.x for the norm) owns its own token: its position is
+// pos[s] and its cache rows are ktab[s]/vtab[s] (batched: a device table filled before each step,
+// so a captured graph replays for any set of sessions) or k1/v1 when the table is null (one sequence).
+//
+//   rmsnorm_rows:  out[s] = bf16(w ⊙ x[s] · rsqrt(mean(x[s]²) + eps))        x fp32 [S, C]
+//   rope_append:   q[s] rotated in place; k[s] rotated and v[s] copied into the cache at pos[s]
+//   decode_attn:   out[s, h] = softmax(q[s, h]·K[0..pos[s]]ᵀ/√D) · V[0..pos[s]]  (online softmax over
+//                  chunks of 256 keys: no score scratch sized by the cache, so any length fits)
+#pragma once
+#include <cmath>
+
+#include "cuda/common.cuh"
+#include "cuda/cuda_ops.h"
+#include "cuda/llama_cuda.h"
+
+namespace mimic::cuda {
+namespace {
+
+constexpr int kAttnThreads = 256;
+constexpr int kNormThreads = 1024, kNormPer = 8;  // C <= 8192 in registers
+
+// q [S, Hq, D], k/v [S, Hkv, D] of the new tokens (bf16). Block (b, s): b < Hq: query head b; else
+// KV head b − Hq. Each thread takes dimension pairs (i, i + D/2) with the angle as rope.cu (fp32,
+// double sincos).
+__global__ void rope_append_kernel(bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
+                                   bf16* const* __restrict__ ktab, bf16* const* __restrict__ vtab, bf16* k1, bf16* v1,
+                                   const int32_t* __restrict__ pos, const float* __restrict__ inv_freq, int Hq, int Hkv,
+                                   int D) {
+  const int half = D / 2, b = blockIdx.x, s = blockIdx.y;
+  const int p = pos[s];
+  q += (int64_t)s * Hq * D;
+  k += (int64_t)s * Hkv * D;
+  v += (int64_t)s * Hkv * D;
+  bf16* kc = ktab ? ktab[s] : k1;
+  bf16* vc = vtab ? vtab[s] : v1;
+  for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    const float a = __fmul_rn((float)p, inv_freq[i]);
+    double sd, cd;
+    sincos((double)a, &sd, &cd);
+    const float c = (float)cd, sn = (float)sd;
+    if (b < Hq) {
+      bf16* r = q + (int64_t)b * D;
+      const float x0 = __bfloat162float(r[i]), x1 = __bfloat162float(r[i + half]);
+      r[i] = __float2bfloat16(x0 * c - x1 * sn);
+      r[i + half] = __float2bfloat16(x1 * c + x0 * sn);
+    } else {
+      const int h = b - Hq;
+      const bf16* r = k + (int64_t)h * D;
+      bf16* o = kc + ((int64_t)p * Hkv + h) * D;
+      const float x0 = __bfloat162float(r[i]), x1 = __bfloat162float(r[i + half]);
+      o[i] = __float2bfloat16(x0 * c - x1 * sn);
+      o[i + half] = __float2bfloat16(x1 * c + x0 * sn);
+      bf16* ov = vc + ((int64_t)p * Hkv + h) * D;
+      ov[i] = v[(int64_t)h * D + i];
+      ov[i + half] = v[(int64_t)h * D + i + half];
+    }
+  }
+}
+void rope_append(bf16* q, const bf16* k, const bf16* v, bf16* const* ktab, bf16* const* vtab, bf16* k1, bf16* v1,
+                 const int32_t* pos, const float* inv_freq, int S, int Hq, int Hkv, int D) {
+  rope_append_kernel<<<dim3(Hq + Hkv, S), std::min(std::max(D / 2, 32), 128), 0, Context::get().stream>>>(
+      q, k, v, ktab, vtab, k1, v1, pos, inv_freq, Hq, Hkv, D);
+  MIMIC_CUDA_LAUNCHED();
+}
+
+// One row a block of RMSNorm (as rmsnorm.cu: fp32 maths, bf16 out) with every load issued up front:
+// the generic kernel's strided loop costs a memory latency per iteration, which dominates at N = 1.
+__global__ void __launch_bounds__(kNormThreads) rmsnorm_rows_kernel(bf16* __restrict__ out, const float* __restrict__ x,
+                                                                    const float* __restrict__ w, int C, float eps) {
+  __shared__ float sh[32];
+  x += (int64_t)blockIdx.x * C;
+  out += (int64_t)blockIdx.x * C;
+  float v[kNormPer];
+  float ss = 0.f;
+#pragma unroll
+  for (int i = 0; i < kNormPer; ++i) {
+    const int c = threadIdx.x + i * kNormThreads;
+    v[i] = c < C ? x[c] : 0.f;
+  }
+#pragma unroll
+  for (int i = 0; i < kNormPer; ++i) ss += v[i] * v[i];
+  ss = warp_sum(ss);
+  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = ss;
+  __syncthreads();
+  float t = 0.f;
+  for (int i = 0; i < kNormThreads / 32; ++i) t += sh[i];
+  const float r = rsqrtf(t / C + eps);
+#pragma unroll
+  for (int i = 0; i < kNormPer; ++i) {
+    const int c = threadIdx.x + i * kNormThreads;
+    if (c < C) out[c] = __float2bfloat16(w[c] * (v[i] * r));
+  }
+}
+void rmsnorm_rows(bf16* out, const float* x, const float* w, int N, int C, float eps) {
+  if (C > kNormThreads * kNormPer) { rmsnorm_forward(out, nullptr, x, w, N, C, eps); return; }
+  rmsnorm_rows_kernel<<<N, kNormThreads, 0, Context::get().stream>>>(out, x, w, C, eps);
+  MIMIC_CUDA_LAUNCHED();
+}
+
+__device__ float attn_block_reduce(float v, float* sh, bool is_max) {
+  for (int o = 16; o > 0; o >>= 1) {
+    const float t = __shfl_xor_sync(0xffffffffu, v, o);
+    v = is_max ? fmaxf(v, t) : v + t;
+  }
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  __syncthreads();
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  float r = sh[0];
+  for (int i = 1; i < kAttnThreads / 32; ++i) r = is_max ? fmaxf(r, sh[i]) : r + sh[i];
+  return r;
+}
+
+// Block (h, s): the new token of row s, query head h, against keys [0, pos[s]] of its cache.
+// Keys go 256 at a time (one thread a key, 16-byte loads of the key row, fp32 dot): the chunk's
+// max updates the running max m, the running sum l and the accumulators are rescaled by
+// exp(m_old − m_new), then Σ p_j v_j with D/8 threads a key (8 dims each), 256/(D/8) keys at a time;
+// the groups' partial sums are reduced in shared memory at the end. D % 8 == 0, D <= 256.
+template <int DT>
+__global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(bf16* __restrict__ out, const bf16* __restrict__ q,
+                                                                   const bf16* const* __restrict__ ktab,
+                                                                   const bf16* const* __restrict__ vtab,
+                                                                   const bf16* k1, const bf16* v1,
+                                                                   const int32_t* __restrict__ pos, int Hq, int Hkv,
+                                                                   int Drt) {
+  const int D = DT ? DT : Drt;
+  __shared__ float qs[256];
+  __shared__ float red[32];
+  __shared__ float sc[kAttnThreads];
+  __shared__ float part[kAttnThreads * 8];
+  const int h = blockIdx.x, s = blockIdx.y, hk = h / (Hq / Hkv), tid = threadIdx.x;
+  const bf16* kc = ktab ? ktab[s] : k1;
+  const bf16* vc = vtab ? vtab[s] : v1;
+  q += (int64_t)s * Hq * D;
+  out += (int64_t)s * Hq * D;
+  const int len = pos[s] + 1;
+  const float sm_scale = rsqrtf((float)D);
+  for (int d = tid; d < D; d += kAttnThreads) qs[d] = __bfloat162float(q[(int64_t)h * D + d]) * sm_scale;
+  __syncthreads();
+  const int G = D / 8, groups = kAttnThreads / G, g = tid / G, d0 = (tid % G) * 8;
+  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  float m = -INFINITY, l = 0.f;
+  for (int j0 = 0; j0 < len; j0 += kAttnThreads) {
+    const int j = j0 + tid;
+    float sj = -INFINITY;
+    if (j < len) {
+      const uint4* kr = reinterpret_cast<const uint4*>(kc + ((int64_t)j * Hkv + hk) * D);
+      float a = 0.f;
+      auto dot8 = [&](int c) {
+        const uint4 kv = kr[c];
+        const uint32_t u[4] = {kv.x, kv.y, kv.z, kv.w};
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          a = fmaf(qs[c * 8 + 2 * t], __uint_as_float(u[t] << 16), a);
+          a = fmaf(qs[c * 8 + 2 * t + 1], __uint_as_float(u[t] & 0xffff0000u), a);
+        }
+      };
+      if constexpr (DT > 0) {
+#pragma unroll
+        for (int c = 0; c < DT / 8; ++c) dot8(c);  // every load of the key row in flight at once
+      } else {
+        for (int c = 0; c < D / 8; ++c) dot8(c);
+      }
+      sj = a;
+    }
+    const float mn = fmaxf(m, attn_block_reduce(sj, red, true));
+    const float corr = __expf(m - mn);  // first chunk: exp(−inf) = 0
+    const float p = j < len ? __expf(sj - mn) : 0.f;
+    sc[tid] = p;
+    l = l * corr + attn_block_reduce(p, red, false);  // its barriers also publish sc[] to the block
+    m = mn;
+    if (g < groups) {
+#pragma unroll
+      for (int t = 0; t < 8; ++t) acc[t] *= corr;
+      const int n = min(kAttnThreads, len - j0);
+#pragma unroll 4
+      for (int jj = g; jj < n; jj += groups) {
+        const float pj = sc[jj];
+        const uint4 vv = *reinterpret_cast<const uint4*>(vc + ((int64_t)(j0 + jj) * Hkv + hk) * D + d0);
+        const uint32_t u[4] = {vv.x, vv.y, vv.z, vv.w};
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          acc[2 * t] = fmaf(pj, __uint_as_float(u[t] << 16), acc[2 * t]);
+          acc[2 * t + 1] = fmaf(pj, __uint_as_float(u[t] & 0xffff0000u), acc[2 * t + 1]);
+        }
+      }
+    }
+    __syncthreads();  // sc[] is rewritten by the next chunk
+  }
+  if (g < groups) {
+#pragma unroll
+    for (int t = 0; t < 8; ++t) part[g * D + d0 + t] = acc[t];
+  }
+  __syncthreads();
+  const float inv = 1.f / l;
+  for (int d = tid; d < D; d += kAttnThreads) {
+    float a = 0.f;
+    for (int i = 0; i < groups; ++i) a += part[i * D + d];
+    out[(int64_t)h * D + d] = __float2bfloat16(a * inv);
+  }
+}
+void decode_attn(bf16* out, const bf16* q, const bf16* const* ktab, const bf16* const* vtab, const bf16* k1,
+                 const bf16* v1, const int32_t* pos, int S, int Hq, int Hkv, int D) {
+  const dim3 grid(Hq, S);
+  cudaStream_t st = Context::get().stream;
+  if (D == 128)
+    decode_attn_kernel<128><<<grid, kAttnThreads, 0, st>>>(out, q, ktab, vtab, k1, v1, pos, Hq, Hkv, D);
+  else
+    decode_attn_kernel<0><<<grid, kAttnThreads, 0, st>>>(out, q, ktab, vtab, k1, v1, pos, Hq, Hkv, D);
+  MIMIC_CUDA_LAUNCHED();
+}
+
+// The weight fields of a projection's gemv job.
+GemvJob base_job(const DLinear& L) {
+  GemvJob j;
+  if (L.is_nf4) j = gemv_job_nf4(L.nf4);
+  else { j.W = L.W.p; j.M = L.M; j.K = L.K; }
+  return j;
+}
+
+// gemv over any number of rows: blocks of kGemvMaxN rows, each a launch that reads the weights
+// once (per-row arithmetic is the same whatever the block, so results do not depend on N).
+inline void gemv_rows(const GemvJob* jobs, int n_jobs, int64_t N, bool glu = false) {
+  for (int64_t r0 = 0; r0 < N; r0 += kGemvMaxN) {
+    const int64_t nr = std::min<int64_t>(kGemvMaxN, N - r0);
+    GemvJob js[kGemvMaxJobs];
+    for (int i = 0; i < n_jobs; ++i) {
+      GemvJob j = jobs[i];
+      j.x += r0 * j.K;
+      j.out = static_cast<char*>(j.out) + r0 * j.M * (j.out_f32 ? 4 : 2);
+      if (j.res) j.res += r0 * j.M;
+      if (j.lora_h) j.lora_h += r0 * j.r;
+      js[i] = j;
+    }
+    if (glu) gemv_glu(js[0], js[1], nr);
+    else gemv(js, n_jobs, nr);
+  }
+}
+
+}  // namespace
+}  // namespace mimic::cuda
