@@ -83,7 +83,7 @@ BatchDecode& ensure(DeviceModel& d, int S) {
   if (!d.batch) d.batch = std::make_shared<BatchDecode>();
   BatchDecode& b = *d.batch;
   const int R = max_lora_rank(d);
-  if (b.lora_version != d.lora_version || b.R != R) { b.clear_graphs(); b.lora_version = d.lora_version; }
+  if (b.lora_version != d.lora_version) { b.clear_graphs(); b.lora_version = d.lora_version; }  // adapter layout moved
   if (S <= b.cap && R <= b.R) return b;
   b.clear_graphs();
   const LlamaConfig& c = d.cfg;
