@@ -171,6 +171,7 @@ BatchCheck batch_vs_single(cuda::DeviceModel& gpu, const LlamaConfig& c, int S, 
   std::vector<int32_t> ids(S);
   for (int s = 0; s < S; ++s) { kp[s] = kvs[s].get(); ids[s] = want[s].back(); }
   const float* bl = cuda::decode_batch_logits(gpu, kp.data(), ids.data(), S);
+  cuda::Context::get().sync();  // download's cudaMemcpy does not wait for the non-blocking stream
   std::vector<float> b = cuda::download(bl, (size_t)S * V), a((size_t)S * V);
   for (int s = 0; s < S; ++s) cuda::llama_forward(gpu, &ids[s], 1, alone[s].get(), a.data() + (size_t)s * V, 1);
   r.logit_rel = rel(b, a);
