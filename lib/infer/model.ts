@@ -33,7 +33,7 @@ export interface LoadModelOptions {
   maxSessions?: number;
   /** Prompt tokens fed per scheduler step, so a long prompt does not hold up other generations' tokens; 0 = the whole prompt at once. Default 256. */
   prefillChunk?: number;
-  /** Most generations decoded together in one batched step (CPU and CUDA engines); 1 turns batching off. Default: maxSessions (CPU), min(maxSessions, 4) (CUDA). */
+  /** Most generations decoded together in one batched step (CPU and CUDA engines); 1 turns batching off. Default: maxSessions. */
   maxBatch?: number;
 }
 
@@ -79,9 +79,10 @@ export class Model {
     const maxActive = options.maxSessions ?? 8;
     // Batched steps need the engine's nextBatch: the CPU engine's, or the GPU's (native/cuda/decode_batch_cuda.cu).
     const canBatch = (nativeModel.device === 'cpu' || nativeModel.device === 'cuda') && typeof nativeModel.nextBatch === 'function';
-    // CUDA: 4 rows a step by default — the fused GEMV's cost grows with its rows (bench/NOTES.md round 4:
-    // 3B NF4 on an H200, 667 tok/s at 4 rows a step, 493 at 32), so wider steps do not pay yet.
-    const maxBatch = canBatch ? (options.maxBatch ?? (nativeModel.device === 'cuda' ? Math.min(maxActive, 4) : maxActive)) : 1;
+    // CUDA too batches up to maxSessions rows a step: from 5 rows the GPU step dequantizes each NF4
+    // weight once and runs one cuBLAS GEMM over all rows, so its cost hardly grows with the rows
+    // (native/cuda/decode_batch_cuda.cu, kBatchGemmMinRows; bench/NOTES.md round 5).
+    const maxBatch = canBatch ? (options.maxBatch ?? maxActive) : 1;
     if (!(Number.isInteger(maxBatch) && maxBatch >= 1)) throw invalid(`maxBatch must be an integer ≥ 1 (got ${maxBatch})`);
     this.scheduler = new Scheduler<StepRequest, number>({
       maxActive,

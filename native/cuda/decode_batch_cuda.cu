@@ -24,15 +24,43 @@
 // would not share much with one-token rows in a GEMV. A step with a single one-token row takes
 // that session's own decode graph (decode_step.cu): the same kernels, no table copy.
 // MIMIC_BATCH_GRAPH=0 launches the batched step eagerly (same kernels, for checks).
+//
+// Wide steps (S >= kBatchGemmMinRows one-token rows) take another route for the projections: each
+// NF4 weight is dequantized ONCE into a bf16 scratch [M, K] and one cuBLAS GEMM serves all S rows
+// (LoRA as two small GEMMs, lm_head one bf16 GEMM). The fused GEMV's cost grows with its rows
+// (round 4: ~1.5-2 ms per row on the 3B step), the GEMM's hardly (the dequant write + read is per
+// weight, not per row). Rounding the dequantized weights to bf16 makes these rows differ from the
+// GEMV's in the last bits: tokens equal a session alone where the top-2 logit margin allows, not
+// bit for bit. Steps of fewer rows keep the GEMV and stay bit-exact. Its graph is captured on the
+// second step of a width (the first runs eagerly, so cuBLAS has picked and loaded its kernels);
+// a capture that fails sends that route eager for the rest of the process.
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <type_traits>
 
 #include "cuda/common.cuh"
 #include "cuda/decode_kernels.cuh"
 #include "cuda/llama_cuda.h"
 
 namespace mimic::cuda {
+
+// Rows from which a batched step runs dequantize-once + cuBLAS GEMMs instead of the fused GEMV.
+// Round 4 (H200, 3B NF4, bench/NOTES.md): the GEMV step costs 2.46 / 3.54 / 6.00 / 12.8 ms at
+// S = 1 / 2 / 4 / 8, ~linear in rows; the dequant+GEMM step reads/writes ~13 GB whatever S
+// (~4-4.5 ms predicted, flat up to ~256 rows). S <= 4 stays on the GEMV: no slower there, and
+// bit-exact with stepping each session alone. Round 5 measures both routes at S = 4 to check the
+// crossover. MIMIC_BATCH_GEMM_MIN=<rows> overrides (the checks force either route with it).
+constexpr int kBatchGemmMinRows = 5;
+
+int batch_gemm_min_rows() {
+  const char* e = std::getenv("MIMIC_BATCH_GEMM_MIN");
+  if (e && *e) {
+    const int v = std::atoi(e);
+    if (v >= 1) return v;
+  }
+  return kBatchGemmMinRows;
+}
 
 struct BatchDecode {
   int cap = 0;                       // rows the buffers hold
@@ -43,17 +71,23 @@ struct BatchDecode {
   size_t meta_bytes = 0;
   DevBuf<float> x0, x1, h, lh, logits;
   DevBuf<bf16> xn, q, k, v, att, up, act;
+  // the GEMM route (S >= kBatchGemmMinRows): one projection's bf16 weight, fp32 gate/up, bf16 LoRA h
+  DevBuf<bf16> wdq, lh16;
+  DevBuf<float> gate_f, up_f;
+  int gemm_cap = 0, gemm_R = -1;
   struct Graph {
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
   };
-  std::map<int, Graph> graphs;       // by S
+  std::map<int, Graph> graphs;       // by 2·S + route (1: GEMM)
+  std::map<int, int> seen;           // GEMM route: steps run per width (captured from the second on)
   void clear_graphs() {
     for (auto& [s, g] : graphs) {
       if (g.exec) cudaGraphExecDestroy(g.exec);
       if (g.graph) cudaGraphDestroy(g.graph);
     }
     graphs.clear();
+    seen.clear();
   }
   ~BatchDecode() {
     clear_graphs();
@@ -79,13 +113,41 @@ int max_lora_rank(const DeviceModel& d) {
 }
 
 // Buffers for at least S rows (rounded up to kGemvMaxN); a new size drops the captured graphs.
-BatchDecode& ensure(DeviceModel& d, int S) {
+BatchDecode& ensure_rows(DeviceModel& d, int S);
+BatchDecode& ensure(DeviceModel& d, int S, bool gemm) {
+  BatchDecode& b = ensure_rows(d, S);
+  if (gemm && (b.gemm_cap != b.cap || b.gemm_R != b.R)) {  // fresh buffers: no GEMM graph refers to the old ones
+    const LlamaConfig& c = d.cfg;
+    size_t mk = 0;
+    for (auto& l : d.layers)
+      for (auto& p : l.proj)
+        if (p.is_nf4) mk = std::max(mk, (size_t)p.M * p.K);
+    if (mk) b.wdq.reserve(mk);
+    b.gate_f.alloc((size_t)b.cap * c.intermediate_size);
+    b.up_f.alloc((size_t)b.cap * c.intermediate_size);
+    if (b.R) b.lh16.alloc((size_t)b.cap * b.R); else b.lh16.release();
+    b.gemm_cap = b.cap;
+    b.gemm_R = b.R;
+    for (auto it = b.graphs.begin(); it != b.graphs.end();) {
+      if (it->first & 1) {
+        if (it->second.exec) cudaGraphExecDestroy(it->second.exec);
+        if (it->second.graph) cudaGraphDestroy(it->second.graph);
+        it = b.graphs.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  return b;
+}
+BatchDecode& ensure_rows(DeviceModel& d, int S) {
   if (!d.batch) d.batch = std::make_shared<BatchDecode>();
   BatchDecode& b = *d.batch;
   const int R = max_lora_rank(d);
   if (b.lora_version != d.lora_version) { b.clear_graphs(); b.lora_version = d.lora_version; }  // adapter layout moved
   if (S <= b.cap && R <= b.R) return b;
   b.clear_graphs();
+  b.gemm_cap = 0;  // the GEMM route's buffers follow cap and R
   const LlamaConfig& c = d.cfg;
   const int cap = (S + kGemvMaxN - 1) / kGemvMaxN * kGemvMaxN, L = c.num_layers;
   const int64_t C = c.hidden_size, QD = (int64_t)c.num_heads * c.head_dim, KD = (int64_t)c.num_kv_heads * c.head_dim,
@@ -178,7 +240,66 @@ void record(DeviceModel& d, BatchDecode& b, int S) {
   gemv_rows(&j, 1, S);
 }
 
-bool graphs_broken = false;  // a capture failed once in this process: run eagerly from then on
+// act = bf16(silu(gate)·up), gate/up fp32 (as gemv_glu's epilogue: no bf16 rounding of gate/up)
+__global__ void glu_f32_kernel(bf16* __restrict__ act, const float* __restrict__ gate, const float* __restrict__ up,
+                               int64_t n) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const float g = gate[i], sg = 1.f / (1.f + __expf(-g));
+    act[i] = __float2bfloat16(g * sg * up[i]);
+  }
+}
+
+// The step for S rows with every projection as dequantize-once + cuBLAS GEMM (S >= kBatchGemmMinRows).
+// Same norms, rope, cache append and attention kernels as record(); only the products differ.
+void record_gemm(DeviceModel& d, BatchDecode& b, int S) {
+  const LlamaConfig& c = d.cfg;
+  const int C = c.hidden_size, Hq = c.num_heads, Hkv = c.num_kv_heads, D = c.head_dim, L = c.num_layers;
+  const int64_t I = c.intermediate_size;
+  const int cap = b.cap;
+  cudaStream_t st = Context::get().stream;
+  bf16** ktab = b.ktab();
+  bf16** vtab = ktab + (size_t)L * cap;
+  const int32_t* pos = b.pos(L);
+  embedding_forward(b.x0.p, b.ids(L), d.embed.p, S, C);
+  float* x = b.x0.p;
+  float* xo = b.x1.p;
+  // y = β·y + x·Wᵀ (+ s·(x·Aᵀ)·Bᵀ), W dequantized into b.wdq when NF4
+  auto proj = [&](const DLinear& P, const bf16* xin, auto* y, float beta) {
+    using TO = std::remove_pointer_t<decltype(y)>;
+    const bf16* W = P.W.p;
+    if (P.is_nf4) { nf4_dequantize(b.wdq.p, P.nf4); W = b.wdq.p; }
+    matmul_forward<TO>(y, xin, W, S, P.K, P.M, 1.f, beta);
+    if (P.src && P.r > 0) {
+      matmul_forward<bf16>(b.lh16.p, xin, d.lb.p + P.offA, S, P.K, P.r, 1.f, 0.f);
+      matmul_forward<TO>(y, b.lh16.p, d.lb.p + P.offB, S, P.r, P.M, P.scale, 1.f);
+    }
+  };
+  for (int l = 0; l < L; ++l) {
+    const DLayer& Ly = d.layers[l];
+    rmsnorm_rows(b.xn.p, x, Ly.in_norm.p, S, C, c.rms_norm_eps);
+    proj(Ly.proj[0], b.xn.p, b.q.p, 0.f);
+    proj(Ly.proj[1], b.xn.p, b.k.p, 0.f);
+    proj(Ly.proj[2], b.xn.p, b.v.p, 0.f);
+    rope_append(b.q.p, b.k.p, b.v.p, ktab + (size_t)l * cap, vtab + (size_t)l * cap, nullptr, nullptr, pos,
+                d.inv_freq.p, S, Hq, Hkv, D);
+    decode_attn(b.att.p, b.q.p, ktab + (size_t)l * cap, vtab + (size_t)l * cap, nullptr, nullptr, pos, S, Hq, Hkv, D);
+    MIMIC_CUDA_CHECK(cudaMemcpyAsync(b.h.p, x, sizeof(float) * S * C, cudaMemcpyDeviceToDevice, st));
+    proj(Ly.proj[3], b.att.p, b.h.p, 1.f);  // h = x + o(att)
+    rmsnorm_rows(b.xn.p, b.h.p, Ly.post_norm.p, S, C, c.rms_norm_eps);
+    proj(Ly.proj[4], b.xn.p, b.gate_f.p, 0.f);
+    proj(Ly.proj[5], b.xn.p, b.up_f.p, 0.f);
+    const int64_t n = (int64_t)S * I;
+    glu_f32_kernel<<<(unsigned)std::min<int64_t>((n + 255) / 256, 4096), 256, 0, st>>>(b.act.p, b.gate_f.p, b.up_f.p, n);
+    MIMIC_CUDA_LAUNCHED();
+    MIMIC_CUDA_CHECK(cudaMemcpyAsync(xo, b.h.p, sizeof(float) * S * C, cudaMemcpyDeviceToDevice, st));
+    proj(Ly.proj[6], b.act.p, xo, 1.f);  // x' = h + down(act)
+    std::swap(x, xo);
+  }
+  rmsnorm_rows(b.xn.p, x, d.final_norm.p, S, C, c.rms_norm_eps);
+  matmul_forward<float>(b.logits.p, b.xn.p, d.head(), S, C, c.vocab_size, 1.f, 0.f);
+}
+
+bool graphs_broken[2] = {false, false};  // a capture of that route (GEMV, GEMM) failed once in this process: eager from then on
 
 }  // namespace
 
@@ -187,7 +308,8 @@ const float* decode_batch_logits(DeviceModel& d, DeviceKV* const* kvs, const int
   MIMIC_CHECK(S >= 1, "EINVAL", "a batched decoding step needs at least one sequence");
   MIMIC_CHECK(gemv_enabled() && c.head_dim % 8 == 0 && c.head_dim <= 256 && c.num_heads % c.num_kv_heads == 0,
               "ENOTSUP", "batched decoding on the GPU needs the fused GEMV (MIMIC_NF4_GEMV unset) and head_dim % 8 == 0, <= 256");
-  BatchDecode& b = ensure(d, S);
+  const bool gemm = S >= batch_gemm_min_rows();
+  BatchDecode& b = ensure(d, S, gemm);
   const int L = c.num_layers, cap = b.cap;
   // the table: per layer the S sessions' K then V cache pointers, then ids and positions
   bf16** kt = reinterpret_cast<bf16**>(b.host);
@@ -207,14 +329,18 @@ const float* decode_batch_logits(DeviceModel& d, DeviceKV* const* kvs, const int
   // the previous step's copy has finished: every step ends with a sync (sampling reads back)
   MIMIC_CUDA_CHECK(cudaMemcpyAsync(b.meta.p, b.host, b.meta_bytes, cudaMemcpyHostToDevice, st));
   bool ran = false;
-  if (batch_graph_enabled() && !graphs_broken) {
-    auto it = b.graphs.find(S);
+  const int key = 2 * S + (gemm ? 1 : 0);
+  // the GEMM route's first step at a width runs eagerly (cuBLAS picks and loads its kernels outside a capture)
+  const bool warm = !gemm || b.seen[S]++ > 0;
+  if (batch_graph_enabled() && !graphs_broken[gemm] && warm) {
+    auto it = b.graphs.find(key);
     if (it == b.graphs.end()) {
       BatchDecode::Graph g;
       bool ok = cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) == cudaSuccess;
       if (ok) {
         try {
-          record(d, b, S);
+          if (gemm) record_gemm(d, b, S);
+          else record(d, b, S);
         } catch (...) {
           ok = false;
         }
@@ -229,15 +355,18 @@ const float* decode_batch_logits(DeviceModel& d, DeviceKV* const* kvs, const int
         }
       }
       cudaGetLastError();
-      if (ok) it = b.graphs.emplace(S, g).first;
-      else graphs_broken = true;  // eager below; the meta copy above is still queued
+      if (ok) it = b.graphs.emplace(key, g).first;
+      else graphs_broken[gemm] = true;  // eager below; the meta copy above is still queued
     }
-    if (!graphs_broken) {
+    if (!graphs_broken[gemm]) {
       MIMIC_CUDA_CHECK(cudaGraphLaunch(it->second.exec, st));
       ran = true;
     }
   }
-  if (!ran) record(d, b, S);
+  if (!ran) {
+    if (gemm) record_gemm(d, b, S);
+    else record(d, b, S);
+  }
   for (int s = 0; s < S; ++s) kvs[s]->len += 1;
   return b.logits.p;
 }
