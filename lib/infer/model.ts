@@ -79,9 +79,10 @@ export class Model {
     const maxActive = options.maxSessions ?? 8;
     // Batched steps need the engine's nextBatch: the CPU engine's, or the GPU's (native/cuda/decode_batch_cuda.cu).
     const canBatch = (nativeModel.device === 'cpu' || nativeModel.device === 'cuda') && typeof nativeModel.nextBatch === 'function';
-    // CUDA too batches up to maxSessions rows a step: from 5 rows the GPU step dequantizes each NF4
+    // CUDA too batches up to maxSessions rows a step: from 9 rows the GPU step dequantizes each NF4
     // weight once and runs one cuBLAS GEMM over all rows, so its cost hardly grows with the rows
-    // (native/cuda/decode_batch_cuda.cu, kBatchGemmMinRows; bench/NOTES.md round 5).
+    // (native/cuda/decode_batch_cuda.cu, kBatchGemmMinRows; bench/NOTES.md round 5: 3B NF4 on an
+    // H200, 2,053 tok/s at 32 rows a step vs 661 at 4).
     const maxBatch = canBatch ? (options.maxBatch ?? maxActive) : 1;
     if (!(Number.isInteger(maxBatch) && maxBatch >= 1)) throw invalid(`maxBatch must be an integer ≥ 1 (got ${maxBatch})`);
     this.scheduler = new Scheduler<StepRequest, number>({

@@ -25,11 +25,11 @@
 // that session's own decode graph (decode_step.cu): the same kernels, no table copy.
 // MIMIC_BATCH_GRAPH=0 launches the batched step eagerly (same kernels, for checks).
 //
-// Wide steps (S >= kBatchGemmMinRows one-token rows) take another route for the projections: each
+// Wide steps (S >= kBatchGemmMinRows = 9 one-token rows) take another route for the projections: each
 // NF4 weight is dequantized ONCE into a bf16 scratch [M, K] and one cuBLAS GEMM serves all S rows
 // (LoRA as two small GEMMs, lm_head one bf16 GEMM). The fused GEMV's cost grows with its rows
 // (round 4: ~1.5-2 ms per row on the 3B step), the GEMM's hardly (the dequant write + read is per
-// weight, not per row). Rounding the dequantized weights to bf16 makes these rows differ from the
+// weight, not per row: ~13 ms a 3B step on an H200 whatever S, round 5). Rounding the dequantized weights to bf16 makes these rows differ from the
 // GEMV's in the last bits: tokens equal a session alone where the top-2 logit margin allows, not
 // bit for bit. Steps of fewer rows keep the GEMV and stay bit-exact. Its graph is captured on the
 // second step of a width (the first runs eagerly, so cuBLAS has picked and loaded its kernels);
@@ -46,12 +46,13 @@
 namespace mimic::cuda {
 
 // Rows from which a batched step runs dequantize-once + cuBLAS GEMMs instead of the fused GEMV.
-// Round 4 (H200, 3B NF4, bench/NOTES.md): the GEMV step costs 2.46 / 3.54 / 6.00 / 12.8 ms at
-// S = 1 / 2 / 4 / 8, ~linear in rows; the dequant+GEMM step reads/writes ~13 GB whatever S
-// (~4-4.5 ms predicted, flat up to ~256 rows). S <= 4 stays on the GEMV: no slower there, and
-// bit-exact with stepping each session alone. Round 5 measures both routes at S = 4 to check the
-// crossover. MIMIC_BATCH_GEMM_MIN=<rows> overrides (the checks force either route with it).
-constexpr int kBatchGemmMinRows = 5;
+// Measured (bench/NOTES.md round 5, H200, 3B NF4, one call): the GEMM step is flat in S, 12.8-13.2 ms
+// forward at S = 2..32 (the dequant write + read of ~2.8e9 weights a step); the GEMV step grows with
+// the rows: 2.4 / 5.8 / 12.4 ms forward at S = 1 / 4 / 8 (round 4: 32 ms at 16, 63 at 32). They cross
+// at S ≈ 8 (12.9 ms GEMV vs 13.4 GEMM), so S <= 8 stays on the GEMV — also bit-exact with stepping
+// each session alone — and S >= 9 takes the GEMM. MIMIC_BATCH_GEMM_MIN=<rows> overrides (the
+// checks force either route with it).
+constexpr int kBatchGemmMinRows = 9;
 
 int batch_gemm_min_rows() {
   const char* e = std::getenv("MIMIC_BATCH_GEMM_MIN");
