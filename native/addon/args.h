@@ -1,9 +1,11 @@
-// args (addon) — reading JS arguments into C++ values with errors that name the argument.
+// args (addon) — reading JS arguments into C++ values with errors that name the argument, and
+// copying C++ buffers back out as typed arrays.
 #pragma once
 #include <napi.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -16,6 +18,19 @@ inline std::vector<int32_t> ReadInt32Array(Napi::Env env, Napi::Value v, const c
     throw MakeError(env, "EINVAL", std::string(what) + " must be an Int32Array");
   auto a = v.As<Napi::Int32Array>();
   return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+}
+
+// A JS typed array holding a copy of v (JS owns its memory; the C++ buffer may go away).
+inline Napi::Float32Array ToFloat32Array(Napi::Env env, const std::vector<float>& v) {
+  Napi::Float32Array a = Napi::Float32Array::New(env, v.size());
+  if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * sizeof(float));
+  return a;
+}
+
+inline Napi::Uint8Array ToUint8Array(Napi::Env env, const std::vector<uint8_t>& v) {
+  Napi::Uint8Array a = Napi::Uint8Array::New(env, v.size());
+  if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size());
+  return a;
 }
 
 inline double ReadNumber(Napi::Env env, Napi::Object o, const char* key, const char* what) {

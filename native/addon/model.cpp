@@ -115,11 +115,7 @@ class LogitsWorker : public Worker {
     }
     s_->dispose_if_requested();
   }
-  Napi::Value Resolve(Napi::Env env) override {
-    auto a = Napi::Float32Array::New(env, out_.size());
-    std::memcpy(a.Data(), out_.data(), out_.size() * sizeof(float));
-    return a;
-  }
+  Napi::Value Resolve(Napi::Env env) override { return ToFloat32Array(env, out_); }
 
  private:
   std::shared_ptr<ModelState> s_;
@@ -161,11 +157,7 @@ class CachedLogitsWorker : public Worker {
       llama_forward(m, ids_.data() + t, n, &cache, out_.data() + (size_t)t * V, n);
     }
   }
-  Napi::Value Resolve(Napi::Env env) override {
-    auto a = Napi::Float32Array::New(env, out_.size());
-    std::memcpy(a.Data(), out_.data(), out_.size() * sizeof(float));
-    return a;
-  }
+  Napi::Value Resolve(Napi::Env env) override { return ToFloat32Array(env, out_); }
 
  private:
   std::shared_ptr<ModelState> s_;
@@ -456,9 +448,7 @@ Napi::Value Model::GetLora(const Napi::CallbackInfo& info) {
         if (!lin->lora) continue;
         for (char ab : {'A', 'B'}) {
           const std::vector<float>& src = ab == 'A' ? lin->lora->A : lin->lora->B;
-          auto a = Napi::Float32Array::New(env, src.size());
-          std::memcpy(a.Data(), src.data(), src.size() * sizeof(float));
-          out.Set(PeftName(l, p, ab), a);
+          out.Set(PeftName(l, p, ab), ToFloat32Array(env, src));
         }
       }
     return out;

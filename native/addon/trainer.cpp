@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "addon/args.h"
 #include "addon/data.h"
 #include "addon/errors.h"
 #include "addon/model.h"
@@ -58,23 +59,13 @@ std::vector<float> f32_copy(const Napi::Value& v, const std::string& what) {
   return std::vector<float>(a.Data(), a.Data() + a.ElementLength());
 }
 
+// Like args.h's ReadInt32Array, but throws mimic::Error so that the async methods reject their
+// promise (EINVAL) instead of throwing synchronously.
 std::vector<int32_t> i32_copy(const Napi::Value& v, const char* what) {
   MIMIC_CHECK(v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array, "EINVAL", what,
               " must be an Int32Array");
   Napi::Int32Array a = v.As<Napi::Int32Array>();
   return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
-}
-
-Napi::Float32Array to_js(Napi::Env env, const std::vector<float>& v) {
-  Napi::Float32Array a = Napi::Float32Array::New(env, v.size());
-  if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size() * sizeof(float));
-  return a;
-}
-
-Napi::Uint8Array to_js(Napi::Env env, const std::vector<uint8_t>& v) {
-  Napi::Uint8Array a = Napi::Uint8Array::New(env, v.size());
-  if (!v.empty()) std::memcpy(a.Data(), v.data(), v.size());
-  return a;
 }
 
 // ---- one trainer per model --------------------------------------------------------------------
@@ -235,8 +226,8 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
       pull();
       Napi::Object o = Napi::Object::New(env);
       for (auto& p : t.params()) {
-        if (p.g->size() == p.p->size()) o.Set(p.name, to_js(env, *p.g));
-        else o.Set(p.name, to_js(env, std::vector<float>(p.p->size(), 0.f)));
+        if (p.g->size() == p.p->size()) o.Set(p.name, ToFloat32Array(env, *p.g));
+        else o.Set(p.name, ToFloat32Array(env, std::vector<float>(p.p->size(), 0.f)));
       }
       return o;
     });
@@ -262,7 +253,7 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
       t.check_attached();
       pull();
       Napi::Object o = Napi::Object::New(env);
-      for (auto& p : t.params()) o.Set(p.name, to_js(env, *p.p));
+      for (auto& p : t.params()) o.Set(p.name, ToFloat32Array(env, *p.p));
       return o;
     });
   }
@@ -282,9 +273,9 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
       o.Set("rng", rng);
       Napi::Object tensors = Napi::Object::New(env);
       for (auto& p : t.params()) {
-        tensors.Set(p.name, to_js(env, *p.p));
-        tensors.Set(p.name + ".exp_avg", to_js(env, p.m));
-        tensors.Set(p.name + ".exp_avg_sq", to_js(env, p.v));
+        tensors.Set(p.name, ToFloat32Array(env, *p.p));
+        tensors.Set(p.name + ".exp_avg", ToFloat32Array(env, p.m));
+        tensors.Set(p.name + ".exp_avg_sq", ToFloat32Array(env, p.v));
       }
       o.Set("tensors", tensors);
       return o;
@@ -660,15 +651,15 @@ Napi::Value Nf4Quantize(const Napi::CallbackInfo& info) {
     MIMIC_CHECK(info.Length() >= 3, "EINVAL", "_nf4Quantize(w, M, K, doubleQuant)");
     NF4Weight q = quantize_arg(info, 0);
     Napi::Object o = Napi::Object::New(env);
-    o.Set("packed", to_js(env, q.packed));
-    o.Set("absmax", to_js(env, q.absmax));
+    o.Set("packed", ToUint8Array(env, q.packed));
+    o.Set("absmax", ToFloat32Array(env, q.absmax));
     std::vector<float> deq((size_t)q.M * q.K);
     nf4_dequantize(deq.data(), q);
-    o.Set("dequant", to_js(env, deq));
+    o.Set("dequant", ToFloat32Array(env, deq));
     if (q.double_quant) {
-      o.Set("absmaxU8", to_js(env, q.absmax_u8));
-      o.Set("absmax2", to_js(env, q.absmax2));
-      o.Set("code2", to_js(env, q.code2));
+      o.Set("absmaxU8", ToUint8Array(env, q.absmax_u8));
+      o.Set("absmax2", ToFloat32Array(env, q.absmax2));
+      o.Set("code2", ToFloat32Array(env, q.code2));
       o.Set("offset", Napi::Number::New(env, q.offset));
     }
     return o;
@@ -690,8 +681,8 @@ Napi::Value Nf4Matmul(const Napi::CallbackInfo& info) {
     cpu::nf4_matmul_forward(out.data(), x.data(), q, N);
     cpu::nf4_matmul_backward_input(dx.data(), dout.data(), q, N);
     Napi::Object o = Napi::Object::New(env);
-    o.Set("out", to_js(env, out));
-    o.Set("dx", to_js(env, dx));
+    o.Set("out", ToFloat32Array(env, out));
+    o.Set("dx", ToFloat32Array(env, dx));
     return o;
   });
 }
@@ -709,7 +700,7 @@ Napi::Value NcclAvailable(const Napi::CallbackInfo& info) {
 // _ncclUniqueId() → Uint8Array(128): rank 0's NCCL id for the rendezvous (ENOTSUP without NCCL).
 Napi::Value NcclUniqueId(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  return Guard(env, [&]() -> Napi::Value { return to_js(env, dist::nccl_unique_id()); });
+  return Guard(env, [&]() -> Napi::Value { return ToUint8Array(env, dist::nccl_unique_id()); });
 }
 
 // _crossEntropy(logits, target, N, V, scale, inPlace) → { lossSum, dlogits }
@@ -732,7 +723,7 @@ Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
     MIMIC_CHECK(fwd == both, "EINTERNAL", "cross_entropy forward and forward_backward disagree");
     Napi::Object o = Napi::Object::New(env);
     o.Set("lossSum", Napi::Number::New(env, fwd));
-    o.Set("dlogits", to_js(env, in_place ? logits : d));
+    o.Set("dlogits", ToFloat32Array(env, in_place ? logits : d));
     return o;
   });
 }
