@@ -3,93 +3,14 @@
 // sessions at different lengths joining at different steps, chunked prompts mixed with decode
 // steps, with and without a LoRA adapter, fp32 and NF4, and batches wider than a matmul tile.
 import t from 'tap';
-import { native, type NativeModel, type NativeSamplingOptions, type NativeSession } from '../../lib/native.ts';
-import { modelDir, adapterFile } from './util/fixtures.ts';
-import { readSafetensors } from './util/safetensors.ts';
+import { native, type NativeSession } from '../../lib/native.ts';
+import { modelDir } from './util/fixtures.ts';
+import { GREEDY, LORA_SPEC as spec, batched, fixtureAdapter, oneByOne, plans as makePlans } from './util/batch-plan.ts';
 
-const GREEDY: NativeSamplingOptions = { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 };
-const spec = { r: 4, alpha: 8, targets: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] };
-const adapter: Record<string, Float32Array> = {};
-for (const [k, v] of Object.entries(readSafetensors(adapterFile))) adapter[k] = v.data as Float32Array;
-
-interface Plan { prompt: Int32Array; join: number; seed: number; sampling: NativeSamplingOptions; steps: number; chunk: number }
-
-/** Deterministic pseudo-random plans: prompts of 1..40 tokens, joins staggered over the first steps. */
-function plans(n: number, V: number, sampled: boolean): Plan[] {
-  let x = 12345;
-  const rnd = (k: number) => { x = (x * 1103515245 + 12345) % 2147483648; return x % k; };
-  return Array.from({ length: n }, (_, i) => ({
-    prompt: Int32Array.from({ length: 1 + rnd(40) }, () => rnd(V)),
-    join: rnd(6),
-    seed: 1000 + i,
-    sampling: sampled
-      ? { temperature: 0.5 + (i % 4) * 0.3, topK: [0, 5, 40][i % 3], topP: [1, 0.9, 0.6][i % 3], repetitionPenalty: [1, 1.3][i % 2] }
-      : GREEDY,
-    steps: 6 + rnd(10),
-    chunk: [0, 3, 7][i % 3], // 0: the whole prompt in one step
-  }));
-}
-
-/** The inputs a generation feeds, step by step: prompt chunks (greedy but the last), then each token. */
-class Gen {
-  session: NativeSession;
-  tokens: number[] = [];
-  private at = 0;
-  private last = -1;
-  constructor(model: NativeModel, readonly plan: Plan) {
-    this.session = model.createSession(plan.prompt.length + plan.steps + 1, plan.seed);
-  }
-  get done(): boolean { return this.tokens.length >= this.plan.steps; }
-  /** The next step's arguments. */
-  input(): { ids: Int32Array; sampling: NativeSamplingOptions; history: Int32Array } {
-    const p = this.plan, chunk = p.chunk || p.prompt.length;
-    const history = Int32Array.from([...p.prompt, ...this.tokens]);
-    if (this.at < p.prompt.length) {
-      const ids = p.prompt.subarray(this.at, this.at + chunk);
-      return { ids, sampling: this.at + chunk >= p.prompt.length ? p.sampling : GREEDY, history };
-    }
-    return { ids: Int32Array.of(this.last), sampling: p.sampling, history };
-  }
-  /** Takes the step's result. */
-  take(tok: number): void {
-    const p = this.plan;
-    if (this.at < p.prompt.length) {
-      this.at += p.chunk || p.prompt.length;
-      if (this.at < p.prompt.length) return;
-    }
-    this.tokens.push(tok);
-    this.last = tok;
-  }
-}
-
-async function oneByOne(model: NativeModel, ps: Plan[]): Promise<number[][]> {
-  const out: number[][] = [];
-  for (const p of ps) {
-    const g = new Gen(model, p);
-    while (!g.done) {
-      const { ids, sampling, history } = g.input();
-      g.take(await g.session.next(ids, sampling, history));
-    }
-    out.push(g.tokens);
-  }
-  return out;
-}
-
-async function batched(model: NativeModel, ps: Plan[]): Promise<{ tokens: number[][]; maxWidth: number; maxRows: number }> {
-  const gens = ps.map((p) => new Gen(model, p));
-  let maxWidth = 0, maxRows = 0;
-  for (let step = 0; gens.some((g) => !g.done); step++) {
-    const live = gens.filter((g) => g.plan.join <= step && !g.done);
-    if (live.length === 0) continue;
-    const ins = live.map((g) => g.input());
-    maxWidth = Math.max(maxWidth, live.length);
-    maxRows = Math.max(maxRows, ins.reduce((s, x) => s + x.ids.length, 0));
-    const toks = await model.nextBatch(live.map((g) => g.session), ins.map((x) => x.ids), ins.map((x) => x.sampling), ins.map((x) => x.history));
-    if (toks.length !== live.length) throw new Error(`nextBatch gave ${toks.length} tokens for ${live.length} sessions`);
-    live.forEach((g, i) => g.take(toks[i]));
-  }
-  return { tokens: gens.map((g) => g.tokens), maxWidth, maxRows };
-}
+const adapter = fixtureAdapter();
+/** Prompts of 1..40 tokens; chunks of 3 and 7 beside whole prompts. */
+const plans = (n: number, V: number, sampled: boolean) =>
+  makePlans(n, V, sampled, { seed: 12345, seedBase: 1000, maxPrompt: () => 40, chunks: [0, 3, 7] });
 
 for (const quant of ['none', 'nf4'] as const) {
   t.test(`nextBatch equals session.next one by one (${quant})`, async (t) => {

@@ -6,94 +6,22 @@
 // CUDA and a GPU is present; elsewhere it is skipped (test/native/batch.test.ts covers the CPU).
 // (The GPU round runs the same equality in C++: mimic_cuda_check model / batch, bench/gpu/round4.sh.)
 import t from 'tap';
-import { native, type NativeModel, type NativeSamplingOptions, type NativeSession } from '../../lib/native.ts';
-import { modelDir, adapterFile } from './util/fixtures.ts';
-import { readSafetensors } from './util/safetensors.ts';
+import { native, type NativeSession } from '../../lib/native.ts';
+import { modelDir } from './util/fixtures.ts';
+import { GREEDY, LORA_SPEC as spec, batched as batchedAll, fixtureAdapter, oneByOne as oneByOneAll, plans as makePlans } from './util/batch-plan.ts';
 
 const addon = native();
-const GREEDY: NativeSamplingOptions = { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 };
-const spec = { r: 4, alpha: 8, targets: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] };
-
-interface Plan { prompt: Int32Array; join: number; seed: number; sampling: NativeSamplingOptions; steps: number; chunk: number }
-
-function plans(n: number, V: number, sampled: boolean): Plan[] {
-  let x = 4242;
-  const rnd = (k: number) => { x = (x * 1103515245 + 12345) % 2147483648; return x % k; };
-  return Array.from({ length: n }, (_, i) => ({
-    prompt: Int32Array.from({ length: 1 + rnd(i % 5 === 0 ? 300 : 40) }, () => rnd(V)),
-    join: rnd(6),
-    seed: 2000 + i,
-    sampling: sampled
-      ? { temperature: 0.5 + (i % 4) * 0.3, topK: [0, 5, 40][i % 3], topP: [1, 0.9, 0.6][i % 3], repetitionPenalty: [1, 1.3][i % 2] }
-      : GREEDY,
-    steps: 6 + rnd(10),
-    chunk: [0, 3, 64][i % 3],
-  }));
-}
-
-class Gen {
-  session: NativeSession;
-  tokens: number[] = [];
-  private at = 0;
-  private last = -1;
-  constructor(model: NativeModel, readonly plan: Plan) {
-    this.session = model.createSession(plan.prompt.length + plan.steps + 1, plan.seed);
-  }
-  get done(): boolean { return this.tokens.length >= this.plan.steps; }
-  input(): { ids: Int32Array; sampling: NativeSamplingOptions; history: Int32Array } {
-    const p = this.plan, chunk = p.chunk || p.prompt.length;
-    const history = Int32Array.from([...p.prompt, ...this.tokens]);
-    if (this.at < p.prompt.length) {
-      const ids = p.prompt.subarray(this.at, this.at + chunk);
-      return { ids, sampling: this.at + chunk >= p.prompt.length ? p.sampling : GREEDY, history };
-    }
-    return { ids: Int32Array.of(this.last), sampling: p.sampling, history };
-  }
-  take(tok: number): void {
-    const p = this.plan;
-    if (this.at < p.prompt.length) {
-      this.at += p.chunk || p.prompt.length;
-      if (this.at < p.prompt.length) return;
-    }
-    this.tokens.push(tok);
-    this.last = tok;
-  }
-  release(): void { (this.session as NativeSession & { _release?: () => boolean })._release?.(); }
-}
-
-async function oneByOne(model: NativeModel, ps: Plan[]): Promise<number[][]> {
-  const out: number[][] = [];
-  for (const p of ps) {
-    const g = new Gen(model, p);
-    while (!g.done) {
-      const { ids, sampling, history } = g.input();
-      g.take(await g.session.next(ids, sampling, history));
-    }
-    out.push(g.tokens);
-    g.release();
-  }
-  return out;
-}
-
-async function batched(model: NativeModel, ps: Plan[]): Promise<{ tokens: number[][]; maxWidth: number }> {
-  const gens = ps.map((p) => new Gen(model, p));
-  let maxWidth = 0;
-  for (let step = 0; gens.some((g) => !g.done); step++) {
-    const live = gens.filter((g) => g.plan.join <= step && !g.done);
-    if (live.length === 0) continue;
-    const ins = live.map((g) => g.input());
-    maxWidth = Math.max(maxWidth, live.length);
-    const toks = await model.nextBatch(live.map((g) => g.session), ins.map((x) => x.ids), ins.map((x) => x.sampling), ins.map((x) => x.history));
-    live.forEach((g, i) => { g.take(toks[i]); if (g.done) g.release(); });
-  }
-  return { tokens: gens.map((g) => g.tokens), maxWidth };
-}
+/** Every fifth prompt up to 300 tokens (two attention chunks); chunks of 3 and 64 beside whole prompts. */
+const plans = (n: number, V: number, sampled: boolean) =>
+  makePlans(n, V, sampled, { seed: 4242, seedBase: 2000, maxPrompt: (i) => (i % 5 === 0 ? 300 : 40), chunks: [0, 3, 64] });
+// Finished sessions hand their caches back to the pool, so later sessions run on reused caches.
+const oneByOne = (model: Parameters<typeof oneByOneAll>[0], ps: Parameters<typeof oneByOneAll>[1]) => oneByOneAll(model, ps, true);
+const batched = (model: Parameters<typeof batchedAll>[0], ps: Parameters<typeof batchedAll>[1]) => batchedAll(model, ps, true);
 
 if (!addon.cudaAvailable()) {
   t.pass('no CUDA device: the GPU batch checks are skipped (the CPU nextBatch is test/native/batch.test.ts)', { skip: 'no CUDA device' });
 } else {
-  const adapter: Record<string, Float32Array> = {};
-  for (const [k, v] of Object.entries(readSafetensors(adapterFile))) adapter[k] = v.data as Float32Array;
+  const adapter = fixtureAdapter();
   for (const quant of ['none', 'nf4'] as const) {
     t.test(`cuda nextBatch equals session.next one by one (${quant})`, async (t) => {
       const model = await addon.loadModel(modelDir, { device: 'cuda', quant });

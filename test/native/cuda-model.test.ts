@@ -39,7 +39,7 @@ if (!addon.cudaAvailable()) {
     t.ok(rel(await mg.logits(ids), await mc.logits(ids)) <= 1e-2, 'logits');
     t.ok(rel(await mg._logitsCached(ids, 5), await mg.logits(ids)) <= 1e-2, 'KV-cached logits');
     const s = mg.createSession(32, 0);
-    const tok = await s.next(ids.subarray(0, 9), { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 });
+    const tok = await s.next(ids.subarray(0, 9), { temperature: 0, topK: 0, topP: 1, repetitionPenalty: 1 }, ids.subarray(0, 9));
     t.ok(tok >= 0 && tok < V && s.length === 9, 'session.next on the GPU');
 
     const opts = { lora: { r: 4, alpha: 8, dropout: 0, targets: [...TARGETS] }, seed: 3, recompute: true };

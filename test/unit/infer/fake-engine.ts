@@ -41,6 +41,7 @@ export class FakeEngine implements NativeModel {
   constructor(private readonly o: FakeOptions) { this.config = { ...tinyConfig, ...o.config }; }
 
   async logits(ids: Int32Array): Promise<Float32Array> { return new Float32Array(ids.length * this.config.vocabSize); }
+  async _logitsCached(ids: Int32Array): Promise<Float32Array> { return this.logits(ids); }
   createSession(maxLength: number, seed: number): NativeSession {
     const seq: number[] = [];
     const engine = this;
