@@ -1,5 +1,5 @@
 /** `mimic prepare SOURCE... --out train.jsonl [rules...]` */
-import type { Command } from 'commander'
+import { InvalidArgumentError, type Command } from 'commander'
 import { intArg, rangeArg } from './args.ts'
 import { prepare } from '../data/prepare.ts'
 import { formatReport } from '../data/report.ts'
@@ -10,8 +10,8 @@ const numArg = (name: string, lo: number, hi: number) => rangeArg(name, lo, hi, 
 export function registerPrepare(program: Command): void {
   program
     .command('prepare')
-    .description('turn message histories (chat.db, processed_messages.csv, JSONL pairs) into train.jsonl / val.jsonl')
-    .argument('<sources...>', 'chat.db, processed_messages.csv or JSONL of {input, output}; the kind is detected from the content')
+    .description('turn message histories (chat.db, processed_messages.csv, WhatsApp exports, JSONL pairs) into train.jsonl / val.jsonl')
+    .argument('<sources...>', 'chat.db, processed_messages.csv, WhatsApp chat export (.txt) or JSONL of {input, output}; the kind is detected from the content')
     .requiredOption('-o, --out <file>', 'training JSONL to write (val.jsonl goes next to it)')
     .option('--val-out <file>', 'validation JSONL to write (default: val.jsonl next to --out)')
     .option('--since <date>', 'keep messages on or after this date', DEFAULTS.since)
@@ -28,6 +28,12 @@ export function registerPrepare(program: Command): void {
     .option('--keep-reactions', 'do not drop reaction messages (Loved “…”)')
     .option('--include-groups', 'keep group chats')
     .option('--scrub', 'replace phone numbers and e-mail addresses in outputs')
+    .option('--me <name>', 'WhatsApp: your name as the export writes it (repeat for several names; required for WhatsApp exports)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
+    .option('--date-order <order>', `WhatsApp: dmy or mdy, used when the dates do not settle it (default ${DEFAULTS.dateOrder})`, (v: string) => {
+      if (v !== 'dmy' && v !== 'mdy') throw new InvalidArgumentError('must be dmy or mdy')
+      return v
+    })
+    .option('--time-zone <zone>', 'WhatsApp: time zone of the export times: IANA name, UTC or +HH:MM (default: this machine\'s)')
     .option('--dry-run', 'report only, write nothing')
     .option('--json', 'print the report as JSON')
     .action(async (sources: string[], f: Record<string, unknown>) => {
@@ -52,6 +58,9 @@ export function registerPrepare(program: Command): void {
           includeGroups: !!f.includeGroups,
           scrub: !!f.scrub,
           dryRun: !!f.dryRun,
+          me: f.me as string[] | undefined,
+          dateOrder: f.dateOrder as 'dmy' | 'mdy' | undefined,
+          timeZone: f.timeZone as string | undefined,
         })
       } catch (e) {
         process.stderr.write(`mimic prepare: ${(e as Error).message}\n`)

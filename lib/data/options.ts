@@ -1,5 +1,6 @@
 /** The defaults of `PrepareOptions`, and the options with every default filled in. */
 import type { Example, PrepareOptions } from './types.ts'
+import { timeReader } from './importers/whatsapp.ts'
 
 export const DEFAULTS = {
   since: '2023-01-01',
@@ -17,6 +18,7 @@ export const DEFAULTS = {
   factRepeats: 7,
   scrub: false,
   dryRun: false,
+  dateOrder: 'dmy',
 } as const
 
 /** Options after defaults and validation. */
@@ -40,6 +42,10 @@ export interface Resolved {
   factRepeats: number
   scrub: boolean
   dryRun: boolean
+  /** WhatsApp: as given (the importer applies the defaults, to know when it guessed). */
+  me?: string | string[]
+  dateOrder?: 'dmy' | 'mdy'
+  timeZone?: string
 }
 
 const int = (name: string, v: number, min = 0): number => {
@@ -60,6 +66,13 @@ export function resolveOptions(o: PrepareOptions): Resolved {
   const reply = o.replyWindowMinutes ?? DEFAULTS.replyWindowMinutes
   if (!(reply > 0)) throw new Error(`replyWindowMinutes must be > 0, got ${reply}`)
   const top = o.topContacts ?? DEFAULTS.topContacts
+  if (o.dateOrder !== undefined && o.dateOrder !== 'dmy' && o.dateOrder !== 'mdy') {
+    throw new Error(`dateOrder must be 'dmy' or 'mdy', got ${JSON.stringify(o.dateOrder)}`)
+  }
+  if (o.me !== undefined && !(typeof o.me === 'string' || (Array.isArray(o.me) && o.me.every((x) => typeof x === 'string')))) {
+    throw new Error('me must be a name or a list of names')
+  }
+  if (o.timeZone !== undefined) timeReader(o.timeZone) // throws naming a bad zone
   return {
     sources: o.sources,
     out: o.out,
@@ -80,5 +93,8 @@ export function resolveOptions(o: PrepareOptions): Resolved {
     factRepeats: int('factRepeats', o.factRepeats ?? DEFAULTS.factRepeats),
     scrub: o.scrub ?? DEFAULTS.scrub,
     dryRun: o.dryRun ?? DEFAULTS.dryRun,
+    me: o.me,
+    dateOrder: o.dateOrder,
+    timeZone: o.timeZone,
   }
 }

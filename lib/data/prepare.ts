@@ -10,15 +10,16 @@ import { mkdir, rename, rm, stat, writeFile } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
 import { loadFacts } from './facts.ts'
 import { importFile } from './importers/detect.ts'
+import type { WhatsAppOptions } from './importers/whatsapp.ts'
 import { resolveOptions, type Resolved } from './options.ts'
 import { makePairs } from './pairs.ts'
 import { applyRules, noDrops, scrubContacts } from './rules.ts'
 import { split } from './split.ts'
 import type { DropCounts, Example, Message, PrepareOptions, PrepareReport } from './types.ts'
 
-/** Read every message of one source (CSV or chat.db), oldest first per chat. */
-export async function readMessages(path: string): Promise<Message[]> {
-  const r = await importFile(path)
+/** Read every message of one source (CSV, chat.db or WhatsApp export), oldest first per chat. */
+export async function readMessages(path: string, whatsapp: WhatsAppOptions = {}): Promise<Message[]> {
+  const r = await importFile(path, whatsapp)
   if (r.kind === 'jsonl') throw new Error(`${path}: a JSONL of prepared pairs, not a message history`)
   return r.messages
 }
@@ -110,11 +111,12 @@ export async function prepare(opts: PrepareOptions): Promise<PrepareReport> {
   let messages: Message[] = []
   const passThrough: Example[] = []
   for (const path of o.sources) {
-    const r = await importFile(path)
+    const r = await importFile(path, { me: o.me, dateOrder: o.dateOrder, timeZone: o.timeZone })
     for (const [k, n] of Object.entries(r.skipped)) report.dropped[k as keyof DropCounts] += n ?? 0
     report.sources.push({ path, kind: r.kind, messages: r.messages.length, pairs: r.pairs.length })
     if (r.messages.length === 0 && r.pairs.length === 0) report.warnings.push(`${path}: no ${r.kind === 'jsonl' ? 'pairs' : 'messages'} in it`)
     if (r.skipped.malformed) report.warnings.push(`${path}: ${r.skipped.malformed} unreadable row(s) skipped`)
+    if (r.warnings) for (const w of r.warnings) report.warnings.push(w)
     messages = messages.length === 0 ? r.messages : messages.concat(r.messages)
     for (const p of r.pairs) passThrough.push(p)
   }

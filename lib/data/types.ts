@@ -38,8 +38,8 @@ export interface Example {
 export interface PrepareOptions {
   /**
    * Files to read: a `processed_messages.csv` of the macOS "iMessage analysis" app, a macOS
-   * Messages `chat.db`, or a JSONL of `{input, output}` pairs (passed through). The kind is
-   * detected from the content. Required.
+   * Messages `chat.db`, a WhatsApp chat export (`.txt`, Android or iOS; see `me`), or a JSONL
+   * of `{input, output}` pairs (passed through). The kind is detected from the content. Required.
    */
   sources: string[]
   /** Path of the training JSONL to write (`val.jsonl` goes next to it). Required. */
@@ -85,13 +85,36 @@ export interface PrepareOptions {
   scrub?: boolean
   /** Write nothing, only report. Default `false`. */
   dryRun?: boolean
+  /**
+   * WhatsApp exports: your name as the export writes it (e.g. `'Sam Lee'`), or several names
+   * (different phones write different names). Matched ignoring case and direction marks.
+   * Default: none — a WhatsApp export with any sender is then refused with an error that names
+   * its senders (the export itself cannot tell which one is you).
+   */
+  me?: string | string[]
+  /**
+   * WhatsApp exports: the order of day and month, used only when a file's dates do not settle
+   * it (no day above 12 anywhere; a file that does settle it is read its way). Default `'dmy'`
+   * (day first), with a warning in the report that it was a guess.
+   */
+  dateOrder?: 'dmy' | 'mdy'
+  /**
+   * WhatsApp exports: the time zone the export's wall-clock times are read in: an IANA name
+   * (`'Europe/Berlin'`), `'UTC'`, or an offset (`'+02:00'`, `'-0530'`). Default: the local time
+   * zone of the machine running `prepare()` (`TZ` or the system's) — right when the export was
+   * made on a phone in the same zone.
+   */
+  timeZone?: string
 }
 
 /** Counts of messages removed, by the name of the rule that removed them. */
 export interface DropCounts {
   /** chat.db: tapback rows (associated_message_type 2000–2007, 3000–3007). */
   tapback: number
-  /** chat.db: system rows (item_type ≠ 0). */
+  /**
+   * chat.db: system rows (item_type ≠ 0). WhatsApp: system lines (encryption notice, joins,
+   * subject changes) and deleted messages ("This message was deleted").
+   */
   system: number
   /** Sent before `since`. */
   since: number
@@ -146,7 +169,7 @@ export interface PrepareReport {
 }
 
 /** The kinds of file a source can be. */
-export type SourceKind = 'csv' | 'chatdb' | 'jsonl'
+export type SourceKind = 'csv' | 'chatdb' | 'jsonl' | 'whatsapp'
 
 /** What an importer hands back: the messages and what it skipped, by rule name. */
 export interface ImportResult {
@@ -154,4 +177,6 @@ export interface ImportResult {
   messages: Message[]
   pairs: Example[]
   skipped: Partial<DropCounts>
+  /** Things worth knowing about this file, each naming it (go into the report's warnings). */
+  warnings?: string[]
 }

@@ -1,6 +1,7 @@
 /**
  * Which importer reads a file, chosen by its content, not its name: the SQLite magic header,
- * a CSV header line, or a first JSON line holding `input` and `output`. Anything else is an
+ * a CSV header line, a first JSON line holding `input` and `output`, or a first line that is
+ * a WhatsApp message (`12/31/23, 9:15 PM - Name: …` or `[31/12/2023, 21:15:03] Name: …`). Anything else is an
  * error that says what the file looks like.
  */
 import { open } from 'node:fs/promises'
@@ -9,6 +10,7 @@ import { readChatDb } from './chatdb.ts'
 import { CSV_COLUMNS, readCsv } from './csv.ts'
 import { readJsonl } from './jsonl.ts'
 import { explainFsError } from './text.ts'
+import { isWhatsAppLine, readWhatsApp, type WhatsAppOptions } from './whatsapp.ts'
 
 const SQLITE_MAGIC = 'SQLite format 3\0'
 
@@ -50,7 +52,7 @@ export function kindOf(head: Buffer, size: number, path: string): SourceKind {
   if (nul >= 0 && nul < 1024) {
     const hex = Array.from(head.subarray(0, 8), (b) => b.toString(16).padStart(2, '0')).join(' ')
     throw new Error(
-      `${path}: binary data (starts ${hex}), not a chat.db (SQLite), a processed_messages.csv or a JSONL of {input, output}`,
+      `${path}: binary data (starts ${hex}), not a chat.db (SQLite), a processed_messages.csv, a WhatsApp export (.txt) or a JSONL of {input, output}`,
     )
   }
   const first = text.split(/\r?\n/).find((l) => l.trim() !== '')?.trim() ?? ''
@@ -69,9 +71,7 @@ export function kindOf(head: Buffer, size: number, path: string): SourceKind {
       `${path}: JSON lines, but the first object has keys ${JSON.stringify(Object.keys(obj ?? {}))} instead of "input" and "output"`,
     )
   }
-  if (/^\[?\d{1,4}[./-]\d{1,2}[./-]\d{1,4},? \d{1,2}:\d{2}/.test(first)) {
-    throw new Error(`${path}: looks like a WhatsApp chat export; that format is not supported yet (use chat.db or processed_messages.csv)`)
-  }
+  if (isWhatsAppLine(first)) return 'whatsapp'
   if (first.startsWith('[')) {
     throw new Error(`${path}: a JSON array; give pairs as JSONL, one {"input", "output"} object per line`)
   }
@@ -81,13 +81,15 @@ export function kindOf(head: Buffer, size: number, path: string): SourceKind {
   }
   throw new Error(
     `${path}: plain text that is none of: a chat.db (SQLite), a processed_messages.csv (header "${CSV_COLUMNS.join(',')}"), ` +
-      `a JSONL of {"input", "output"}; it starts "${first.slice(0, 60)}"`,
+      `a JSONL of {"input", "output"}, a WhatsApp chat export (lines like "12/31/23, 9:15 PM - Name: text" ` +
+      `or "[31/12/2023, 21:15:03] Name: text"); it starts "${first.slice(0, 60)}"`,
   )
 }
 
-/** Read any supported file. */
-export async function importFile(path: string): Promise<ImportResult> {
+/** Read any supported file (`whatsapp` options matter only for WhatsApp exports). */
+export async function importFile(path: string, whatsapp: WhatsAppOptions = {}): Promise<ImportResult> {
   const kind = await detectKind(path)
+  if (kind === 'whatsapp') return readWhatsApp(path, whatsapp)
   if (kind === 'chatdb') return readChatDb(path)
   if (kind === 'csv') return readCsv(path)
   return readJsonl(path)

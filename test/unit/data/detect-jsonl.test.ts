@@ -10,12 +10,14 @@ const FX = join(import.meta.dirname, '../../fixtures/data')
 t.test('detects by content, not by name', async (t) => {
   const dir = t.testdir({
     'pairs.txt': '{"input": "a", "output": "b"}\n',
+    '_chat.txt': '[12/03/2024, 21:04:11] Sam: hi\n',
     'history.dat': 'Timestamp,Readable Time,Sender,Sender ID,Message,Group Chat,Group Chat Name,Sent by Me,To\n',
   })
   t.equal(await detectKind(join(FX, 'processed_messages.csv')), 'csv')
   t.equal(await detectKind(join(FX, 'macos-ts-chat.db')), 'chatdb')
   t.equal(await detectKind(join(dir, 'pairs.txt')), 'jsonl')
   t.equal(await detectKind(join(dir, 'history.dat')), 'csv')
+  t.equal(await detectKind(join(dir, '_chat.txt')), 'whatsapp')
 })
 
 t.test('says what a file is when it is none of them', async (t) => {
@@ -25,7 +27,6 @@ t.test('says what a file is when it is none of them', async (t) => {
     'other.jsonl': '{"prompt": "a", "completion": "b"}\n',
     'doc.json': '{\n  "input": "a"\n}\n',
     'arr.json': '[{"input": "a", "output": "b"}]',
-    '_chat.txt': '[12/03/2024, 21:04:11] Sam: hi\n',
     'notes.txt': 'dear diary\n',
     sub: {},
   })
@@ -36,7 +37,6 @@ t.test('says what a file is when it is none of them', async (t) => {
     ['other.jsonl', /other\.jsonl: JSON lines, but the first object has keys \["prompt","completion"\] instead of "input" and "output"/],
     ['doc.json', /doc\.json: starts with "\{" but its first line is not a JSON object/],
     ['arr.json', /arr\.json: a JSON array; give pairs as JSONL/],
-    ['_chat.txt', /_chat\.txt: looks like a WhatsApp chat export; that format is not supported yet/],
     ['notes.txt', /notes\.txt: plain text that is none of: a chat\.db \(SQLite\), a processed_messages\.csv/],
     ['img.png', /img\.png: binary data \(starts 89 50 4e 47/],
     ['sub', /cannot read .*sub: it is a directory, not a file/],
