@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "addon/errors.h"
+#include "core/error.h"
 
 namespace mimic::addon {
 
@@ -45,6 +46,43 @@ inline int64_t ReadInteger(Napi::Env env, Napi::Value v, const std::string& what
   if (!(std::isfinite(d) && d == std::floor(d) && d >= (double)lo && d <= (double)hi))
     throw MakeError(env, "EINVAL", what + " must be an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
   return (int64_t)d;
+}
+
+// ---- the same checks throwing mimic::Error ---------------------------------------------------
+// For code inside Guard() or an AsyncWorker's argument parsing (trainer, hooks), where a
+// mimic::Error becomes a rejected promise or a JS Error with its code, instead of a Napi::Error
+// thrown at once.
+
+inline double number_field(const Napi::Object& o, const char* key, const char* where) {
+  Napi::Value v = o.Get(key);
+  MIMIC_CHECK(v.IsNumber(), "EINVAL", where, ".", key, " must be a number");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  MIMIC_CHECK(std::isfinite(d), "EINVAL", where, ".", key, " must be finite (got ", d, ")");
+  return d;
+}
+
+inline int int_arg(const Napi::Value& v, const char* what, int lo) {
+  MIMIC_CHECK(v.IsNumber(), "EINVAL", what, " must be an integer");
+  const double d = v.As<Napi::Number>().DoubleValue();
+  MIMIC_CHECK(std::isfinite(d) && d == std::floor(d) && d >= lo && d <= 2147483647.0, "EINVAL", what,
+              " must be an integer >= ", lo, " (got ", d, ")");
+  return static_cast<int>(d);
+}
+
+inline std::vector<float> f32_copy(const Napi::Value& v, const std::string& what) {
+  MIMIC_CHECK(v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_float32_array, "EINVAL", what,
+              " must be a Float32Array");
+  Napi::Float32Array a = v.As<Napi::Float32Array>();
+  return std::vector<float>(a.Data(), a.Data() + a.ElementLength());
+}
+
+// Like args.h's ReadInt32Array, but throws mimic::Error so that the async methods reject their
+// promise (EINVAL) instead of throwing synchronously.
+inline std::vector<int32_t> i32_copy(const Napi::Value& v, const char* what) {
+  MIMIC_CHECK(v.IsTypedArray() && v.As<Napi::TypedArray>().TypedArrayType() == napi_int32_array, "EINVAL", what,
+              " must be an Int32Array");
+  Napi::Int32Array a = v.As<Napi::Int32Array>();
+  return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
 }
 
 }  // namespace mimic::addon

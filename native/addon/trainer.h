@@ -4,9 +4,8 @@
 // InitTrainer registers on the module's exports:
 //   - the Trainer class (constructed only through Model.createTrainer → MakeTrainer; its
 //     constructor is kept in AddonData::extra["Trainer"]);
-//   - _nf4Quantize(w: Float32Array, M, K, doubleQuant), _nf4Matmul(...) and _crossEntropy(...):
-//     internal hooks that expose NF4 and the masked cross-entropy op to the tests (not part of
-//     the public API).
+//   - through InitHooks (hooks.h): _nf4Quantize, _nf4Matmul, _crossEntropy, _ncclAvailable and
+//     _ncclUniqueId, internal hooks for the tests and the data-parallel trainer.
 // Concurrency: accumulate/evaluate/step run on libuv threads holding ModelState::mu, like the
 // model's own async calls, so training and generation on one model never interleave. The
 // synchronous methods throw EBUSY while a call of this trainer is in flight, except dispose(),
