@@ -16,6 +16,7 @@
 
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
+#include "cuda/nf4_dequant_fast.h"
 
 namespace mimic::cuda {
 namespace {
@@ -245,13 +246,20 @@ NF4Device nf4_quantize_device(const void* src, mimic::DType dtype, int M, int K,
   return d;
 }
 
-void nf4_dequantize(bf16* out, const NF4Device& W) {
+// The original kernel (8 bytes a thread). nf4_dequantize below takes nf4_dequant_fast.cu's kernel
+// instead only when MIMIC_NF4_DEQUANT_FAST=1 and the shape/alignment allow (default: this one).
+void nf4_dequantize_legacy(bf16* out, const NF4Device& W) {
   ensure_code();
   const int64_t n_bytes = (int64_t)W.M * W.K / 2;
   const int threads = 256;
   dequant_kernel<<<blocks_for((n_bytes + 7) / 8, threads), threads, 0, Context::get().stream>>>(
       out, W.packed.p, W.double_quant ? nullptr : W.absmax.p, W.absmax_u8.p, W.absmax2.p, W.code2.p, W.offset, n_bytes);
   MIMIC_CUDA_LAUNCHED();
+}
+
+void nf4_dequantize(bf16* out, const NF4Device& W) {
+  if (nf4_dequant_fast_enabled() && nf4_dequantize_fast(out, W)) return;
+  nf4_dequantize_legacy(out, W);
 }
 
 template <class TO>

@@ -15,6 +15,7 @@
 
 #include "core/opcheck.h"
 #include "cuda/cuda_ops.h"
+#include "cuda/nf4_dequant_fast.h"
 #include "ops/adamw.h"
 #include "ops/attention.h"
 #include "ops/cross_entropy.h"
@@ -418,6 +419,61 @@ void check_sampling(std::vector<OpCheckRow>& out) {
   out.push_back(r);
 }
 
+// ---- nf4_dequant_fast (nf4_dequant_fast.cu), forced by a direct call whatever MIMIC_NF4_DEQUANT_FAST says:
+// bit for bit the legacy kernel (tol 0: mismatching bf16 values counted), vs the CPU dequant at the
+// legacy row's tolerance, nothing written past M·K (sentinel), and the shapes it must decline
+// declined (an unaligned `out`, a half 64-block) so that nf4_dequantize runs legacy there.
+void check_nf4_dequant_fast(std::vector<OpCheckRow>& out, int M, int K, bool dq, int max_blocks) {
+  const int64_t n = (int64_t)M * K;
+  auto w = rnd(n, 31, 0.05f, false);
+  for (int64_t i = 0; i < n; i += 97) w[(size_t)i] *= 40.f;  // a spread of absmax scales
+  NF4Weight q = nf4_quantize(w.data(), M, K, dq);
+  std::vector<float> deq((size_t)n);
+  nf4_dequantize(deq.data(), q);
+  NF4Device d = nf4_upload(q);
+  DevBuf<bf16> ref((size_t)n), fast((size_t)n + 16);
+  MIMIC_CUDA_CHECK(cudaMemsetAsync(fast.p, 0xff, fast.bytes(), Context::get().stream));  // NaN sentinel
+  nf4_dequantize_legacy(ref.p, d);
+  const bool took = nf4_dequantize_fast(fast.p, d, max_blocks);
+  Context::get().sync();
+  std::vector<bf16> a = download(ref.p, (size_t)n), b = download(fast.p, (size_t)n + 16);
+  int64_t diff = 0, tail = 0;
+  for (int64_t i = 0; i < n; ++i) diff += std::memcmp(&a[(size_t)i], &b[(size_t)i], sizeof(bf16)) != 0;
+  for (int64_t i = n; i < n + 16; ++i) {
+    uint16_t u;
+    std::memcpy(&u, &b[(size_t)i], sizeof u);
+    tail += u != 0xffffu;
+  }
+  const std::string tag = std::string(dq ? "double-quant " : "plain ") + std::to_string(M) + "x" + std::to_string(K) +
+                          (max_blocks ? " grid " + std::to_string(max_blocks) : "");
+  OpCheckRow r;
+  r.op = "nf4";
+  r.check = "dequant fast == legacy bit for bit (mismatches + bytes past the end) " + tag;
+  r.max_rel_err = took ? (double)(diff + tail) : 1e30;
+  r.tol = 0;
+  r.pass = took && diff == 0 && tail == 0;
+  out.push_back(r);
+  std::vector<float> bf((size_t)n);
+  for (int64_t i = 0; i < n; ++i) bf[(size_t)i] = __bfloat162float(b[(size_t)i]);
+  out.push_back(row("nf4", "dequant fast vs CPU " + tag, bf, deq, 4e-3));
+  // what the fast kernel must decline (no launch; nf4_dequantize then runs legacy): an output
+  // 2 bytes off 16-byte alignment, and M·K/2 not a whole number of 32-byte blocks
+  NF4Device half;
+  half.M = 1;
+  half.K = 32;
+  half.double_quant = false;
+  half.packed.alloc(16);
+  half.absmax.alloc(1);
+  const bool declined = !nf4_dequantize_fast(fast.p + 1, d) && !nf4_dequantize_fast(fast.p, half);
+  OpCheckRow u;
+  u.op = "nf4";
+  u.check = "dequant fast declines unaligned out / a half 64-block " + tag;
+  u.max_rel_err = declined ? 0 : 1;
+  u.tol = 0;
+  u.pass = declined;
+  out.push_back(u);
+}
+
 }  // namespace
 
 std::vector<OpCheckRow> cuda_op_checks() {
@@ -439,6 +495,12 @@ std::vector<OpCheckRow> cuda_op_checks() {
   check_nf4_quantize(out, 96, 200, true, true);      // 300 blocks: the second 256-group is partial
   check_nf4_quantize(out, 1031, 64, true, false);
   check_nf4_quantize(out, 37, 128, false, true);
+  check_nf4_dequant_fast(out, 1, 64, true, 0);        // one 64-block: 2 chunks, a 1-chunk-wide partial tile
+  check_nf4_dequant_fast(out, 64, 101, true, 0);      // K = 101: 101 blocks, partial absmax2 group
+  check_nf4_dequant_fast(out, 96, 200, true, 0);      // 300 blocks: the second tile/group is partial
+  check_nf4_dequant_fast(out, 37, 128, false, 0);     // plain absmax
+  check_nf4_dequant_fast(out, 1031, 3072, true, 3);   // 194 tiles over 3 blocks: the grid-stride loop
+  check_nf4_dequant_fast(out, 1031, 3072, true, 0);   // the default grid
   check_embedding(out);
   check_rmsnorm(out, 33, 3072);
   check_rmsnorm(out, 1, 67);

@@ -1,0 +1,22 @@
+// nf4_dequant_fast — a bandwidth-shaped NF4 → bf16 dequantize (native/cuda/nf4_dequant_fast.cu),
+// behind a switch, OFF by default: MIMIC_NF4_DEQUANT_FAST=1 (read once per process) makes
+// nf4_dequantize (nf4.cu) take it wherever the shape and alignment allow; otherwise the original
+// kernel (nf4_dequantize_legacy) runs. Output is bit for bit the legacy kernel's: the same
+// fp32 absmax (code2[u8]·absmax2 + offset, one FMA), the same fp32 product NF4_CODE·absmax
+// rounded to nearest bf16.
+#pragma once
+#include "cuda/cuda_ops.h"
+
+namespace mimic::cuda {
+
+// True when the environment sets MIMIC_NF4_DEQUANT_FAST=1 (read on the first call).
+bool nf4_dequant_fast_enabled();
+// out[M, K] = dequant(W) with the fast kernel. Returns false (and launches nothing) when it
+// cannot: M·K/2 not a multiple of 32 bytes, `out` or the packed codes not 16-byte aligned, or
+// the block statistics missing. max_blocks > 0 caps the grid (the checks use it to exercise
+// the grid-stride loop); 0 = SM count × resident blocks per SM.
+bool nf4_dequantize_fast(bf16* out, const NF4Device& W, int max_blocks = 0);
+// The original kernel (8 bytes a thread), whatever the switch says — the checks' reference.
+void nf4_dequantize_legacy(bf16* out, const NF4Device& W);
+
+}  // namespace mimic::cuda
