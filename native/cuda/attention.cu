@@ -17,6 +17,7 @@
 // cores: correct and memory-light; the tensor-core version is the speed issue's.
 #include <cmath>
 
+#include "cuda/attention_tc.h"
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
 
@@ -371,6 +372,8 @@ void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, cons
                        int q_offset, int Hq, int Hkv, int D) {
   if (B == 0 || Tq == 0) return;
   MIMIC_CHECK(Hkv > 0 && Hq % Hkv == 0, "ESHAPE", "attention: Hq=", Hq, " is not a multiple of Hkv=", Hkv);
+  // tensor-core path (attention_tc.cu) when MIMIC_ATTN_TC=1 and the shape is supported; default off
+  if (attention_forward_tc(out, lse, q, k, v, B, Tq, Tk, q_offset, Hq, Hkv, D)) return;
   switch (D) {
     case 16: return fwd<16>(out, lse, q, k, v, B, Tq, Tk, q_offset, Hq, Hkv);
     case 32: return fwd<32>(out, lse, q, k, v, B, Tq, Tk, q_offset, Hq, Hkv);
@@ -384,6 +387,7 @@ void attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf
                         const bf16* out, const float* lse, int B, int T, int Hq, int Hkv, int D) {
   if (B == 0 || T == 0) return;
   MIMIC_CHECK(Hkv > 0 && Hq % Hkv == 0, "ESHAPE", "attention: Hq=", Hq, " is not a multiple of Hkv=", Hkv);
+  if (attention_backward_tc(dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv, D)) return;
   switch (D) {
     case 16: return bwd<16>(dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv);
     case 32: return bwd<32>(dq, dk, dv, dout, q, k, v, out, lse, B, T, Hq, Hkv);

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/opcheck.h"
+#include "cuda/attention_tc.h"
 #include "cuda/cuda_ops.h"
 #include "cuda/nf4_dequant_fast.h"
 #include "ops/adamw.h"
@@ -510,6 +511,17 @@ std::vector<OpCheckRow> cuda_op_checks() {
   check_attention(out, 3, 45, 0, 4, 2, 16, true);
   check_attention(out, 1, 1, 40, 6, 2, 128, false);   // decode: one query against a 41-token cache
   check_attention(out, 1, 3, 17, 4, 2, 16, false);    // a short chunk appended to a cache
+  {  // the tensor-core kernels (attention_tc.cu), forced on whatever MIMIC_ATTN_TC says
+    const size_t first = out.size();
+    attention_tc_override(1);
+    check_attention(out, 2, 77, 0, 6, 2, 128, true);   // GQA 3:1, T not a multiple of 64
+    check_attention(out, 1, 512, 0, 8, 2, 128, true);  // GQA 4:1, the training length
+    check_attention(out, 2, 77, 0, 8, 2, 64, true);    // D = 64
+    check_attention(out, 1, 100, 60, 6, 2, 128, false);  // prefill chunk after a 60-token cache
+    check_attention(out, 1, 1, 40, 6, 2, 128, false);    // decode: one query against a 41-token cache
+    attention_tc_override(-1);
+    for (size_t i = first; i < out.size(); ++i) out[i].op = "attention_tc";
+  }
   check_swiglu(out);
   check_ce<float>(out, 23, 1531, "fp32 V=1531");
   check_ce<bf16>(out, 23, 1531, "bf16 V=1531");
