@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 # attention_tc_emu.py — no-GPU sanity check of attention_tc.cu: a lane-level numpy emulation of its
 # ldmatrix / mma.m16n8k16 fragment logic, tiling, masks and online softmax (transcribed from the kernels),
-# against a float64 reference. Not a substitute for the op-check rows on the GPU.  python3 native/cuda/attention_tc_emu.py
+# against a float64 reference. Not a substitute for the op-check rows on the GPU.  python3 bench/gpu/attention_tc_emu.py
 import numpy as np
 L = np.arange(32); G = L >> 2; T4 = L & 3
 def bf(x):
