@@ -1,35 +1,12 @@
 import t from 'tap'
-import { Command } from 'commander'
 import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { registerPrepare } from '../../../lib/cli/prepare.ts'
+import { runPrepare } from './run-prepare.ts'
 
 const FX = join(import.meta.dirname, '../../fixtures/data')
 const CSV = join(FX, 'processed_messages.csv')
 
-async function run(args: string[]): Promise<{ out: string; err: string; code: number | undefined }> {
-  const program = new Command().name('mimic').exitOverride()
-  registerPrepare(program)
-  let out = ''
-  let err = ''
-  const w1 = process.stdout.write
-  const w2 = process.stderr.write
-  const code0 = process.exitCode
-  process.exitCode = undefined
-  process.stdout.write = ((s: string) => ((out += s), true)) as typeof process.stdout.write
-  process.stderr.write = ((s: string) => ((err += s), true)) as typeof process.stderr.write
-  try {
-    await program.parseAsync(['node', 'mimic', 'prepare', ...args])
-  } catch (e) {
-    err += (e as Error).message
-  } finally {
-    process.stdout.write = w1
-    process.stderr.write = w2
-  }
-  const code = process.exitCode as number | undefined
-  process.exitCode = code0
-  return { out, err, code }
-}
+const run = runPrepare
 
 t.test('mimic prepare writes train/val and prints the report', async (t) => {
   const dir = t.testdir({})

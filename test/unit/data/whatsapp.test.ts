@@ -1,12 +1,11 @@
 import t from 'tap'
 import { readFileSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { Command } from 'commander'
 import { detectKind } from '../../../lib/data/importers/detect.ts'
 import { parseOffset, parseWhatsApp, readWhatsApp, timeReader } from '../../../lib/data/importers/whatsapp.ts'
 import { prepare, readMessages } from '../../../lib/data/prepare.ts'
 import { formatReport } from '../../../lib/data/report.ts'
-import { registerPrepare } from '../../../lib/cli/prepare.ts'
+import { runPrepare } from './run-prepare.ts'
 import type { Message } from '../../../lib/data/types.ts'
 
 const FX = join(import.meta.dirname, '../../fixtures/data')
@@ -216,29 +215,7 @@ t.test('prepare() end to end on WhatsApp exports', async (t) => {
 t.test('mimic prepare --me --date-order --time-zone', async (t) => {
   const dir = t.testdir({})
   const out = join(dir, 'train.jsonl')
-  const run = async (args: string[]) => {
-    const program = new Command().name('mimic').exitOverride()
-    registerPrepare(program)
-    let o = ''
-    let err = ''
-    const w1 = process.stdout.write
-    const w2 = process.stderr.write
-    const code0 = process.exitCode
-    process.exitCode = undefined
-    process.stdout.write = ((s: string) => ((o += s), true)) as typeof process.stdout.write
-    process.stderr.write = ((s: string) => ((err += s), true)) as typeof process.stderr.write
-    try {
-      await program.parseAsync(['node', 'mimic', 'prepare', ...args])
-    } catch (e) {
-      err += (e as Error).message
-    } finally {
-      process.stdout.write = w1
-      process.stderr.write = w2
-    }
-    const code = process.exitCode as number | undefined
-    process.exitCode = code0
-    return { out: o, err, code }
-  }
+  const run = runPrepare
   const ok = await run([ANDROID, '--out', out, '--me', 'Nobody', '--me', ME, '--date-order', 'mdy', '--time-zone', 'UTC', '--val-fraction', '0'])
   t.equal(ok.err, '')
   t.equal(ok.code, undefined)
