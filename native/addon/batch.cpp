@@ -38,13 +38,18 @@ class NextBatchWorker : public Worker {
       : Worker(env, "mimic.model.nextBatch"), m_(std::move(m)), e_(std::move(entries)) {}
 
  protected:
+  // A session joins only with tokens to feed and under the adapter its cache was filled with.
+  static void check_entry(const BatchEntry& e, size_t i, uint64_t lv) {
+    const uint64_t v = e.s->cache.len == 0 ? lv : e.s->lora_version;
+    MIMIC_CHECK(v == lv, "ESTALE", "nextBatch: session ", i,
+                ": the model's LoRA adapter changed after this session cached its tokens; call session.reset() and "
+                "feed the prompt again");
+    MIMIC_CHECK(!e.ids.empty(), "EINVAL", "nextBatch: ids[", i, "] is empty; give at least one token id");
+  }
+
   void Run() override {
     ModelState& ms = *m_;
-    std::lock_guard<std::mutex> g(ms.mu);
-    struct Release {  // frees the weights after this call if dispose() came while it ran
-      ModelState& ms;
-      ~Release() { ms.dispose_if_requested(); }
-    } release{ms};
+    ModelCall call(ms);
     LlamaModel& m = ms.weights();
     const uint64_t lv = ms.lora_version.load();
 #ifdef MIMIC_CUDA
@@ -58,11 +63,7 @@ class NextBatchWorker : public Worker {
     std::vector<DecodeSeq> seqs(e_.size());
     for (size_t i = 0; i < e_.size(); ++i) {
       BatchEntry& e = e_[i];
-      const uint64_t v = e.s->cache.len == 0 ? lv : e.s->lora_version;
-      MIMIC_CHECK(v == lv, "ESTALE", "nextBatch: session ", i,
-                  ": the model's LoRA adapter changed after this session cached its tokens; call session.reset() and "
-                  "feed the prompt again");
-      MIMIC_CHECK(!e.ids.empty(), "EINVAL", "nextBatch: ids[", i, "] is empty; give at least one token id");
+      check_entry(e, i, lv);
       DecodeSeq& q = seqs[i];
       q.cache = &e.s->cache;
       q.ids = e.ids.data();
@@ -83,11 +84,7 @@ class NextBatchWorker : public Worker {
     const LlamaConfig& c = m.cfg;
     for (size_t i = 0; i < e_.size(); ++i) {
       BatchEntry& e = e_[i];
-      const uint64_t v = e.s->cache.len == 0 ? lv : e.s->lora_version;
-      MIMIC_CHECK(v == lv, "ESTALE", "nextBatch: session ", i,
-                  ": the model's LoRA adapter changed after this session cached its tokens; call session.reset() and "
-                  "feed the prompt again");
-      MIMIC_CHECK(!e.ids.empty(), "EINVAL", "nextBatch: ids[", i, "] is empty; give at least one token id");
+      check_entry(e, i, lv);
       MIMIC_CHECK(e.s->cache.len + (int)e.ids.size() <= e.s->cache.max_len, "EFULL", "nextBatch: session ", i,
                   ": the KV cache holds ", e.s->cache.max_len, " tokens; ", e.s->cache.len, " are used and ",
                   e.ids.size(), " more do not fit. Create the session with a larger maxLength.");

@@ -98,22 +98,16 @@ class LogitsWorker : public Worker {
 
  protected:
   void Run() override {
-    std::lock_guard<std::mutex> g(s_->mu);
+    ModelCall call(*s_);
     LlamaModel& m = s_->weights();
     MIMIC_CHECK(!ids_.empty(), "EINVAL", "logits() needs at least one token id");
     out_.resize(ids_.size() * (size_t)m.cfg.vocab_size);
-    try {
 #ifdef MIMIC_CUDA
-      if (s_->on_gpu())
-        cuda::llama_forward(s_->device_model(), ids_.data(), (int)ids_.size(), nullptr, out_.data(), (int)ids_.size());
-      else
+    if (s_->on_gpu())
+      cuda::llama_forward(s_->device_model(), ids_.data(), (int)ids_.size(), nullptr, out_.data(), (int)ids_.size());
+    else
 #endif
-        llama_forward(m, ids_.data(), (int)ids_.size(), nullptr, out_.data(), (int)ids_.size());
-    } catch (...) {
-      s_->dispose_if_requested();
-      throw;
-    }
-    s_->dispose_if_requested();
+      llama_forward(m, ids_.data(), (int)ids_.size(), nullptr, out_.data(), (int)ids_.size());
   }
   Napi::Value Resolve(Napi::Env env) override { return ToFloat32Array(env, out_); }
 
@@ -132,7 +126,7 @@ class CachedLogitsWorker : public Worker {
 
  protected:
   void Run() override {
-    std::lock_guard<std::mutex> g(s_->mu);
+    ModelCall call(*s_);
     LlamaModel& m = s_->weights();
     MIMIC_CHECK(!ids_.empty(), "EINVAL", "_logitsCached needs at least one token id");
     const int T = (int)ids_.size(), V = m.cfg.vocab_size;

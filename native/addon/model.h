@@ -60,6 +60,21 @@ struct ModelState {
   }
 };
 
+// One async call's hold on the model (on its libuv thread): ModelState::mu for the whole call,
+// and — when dispose() came while it ran — the weights freed as it ends, on success and on error
+// alike (the destructor body runs before the lock is released).
+class ModelCall {
+ public:
+  explicit ModelCall(ModelState& s) : s_(s), lock_(s.mu) {}
+  ~ModelCall() { s_.dispose_if_requested(); }
+  ModelCall(const ModelCall&) = delete;
+  ModelCall& operator=(const ModelCall&) = delete;
+
+ private:
+  ModelState& s_;
+  std::lock_guard<std::mutex> lock_;
+};
+
 class Model : public Napi::ObjectWrap<Model> {
  public:
   static Napi::Function Init(Napi::Env env);

@@ -40,11 +40,7 @@ class NextWorker : public Worker {
  protected:
   void Run() override {
     ModelState& ms = *s_->model;
-    std::lock_guard<std::mutex> g(ms.mu);
-    struct Release {  // frees the weights after this call if dispose() came while it ran
-      ModelState& ms;
-      ~Release() { ms.dispose_if_requested(); }
-    } release{ms};
+    ModelCall call(ms);
     LlamaModel& m = ms.weights();
     MIMIC_CHECK(!ids_.empty(), "EINVAL", "session.next(ids, ...) needs at least one token id");
     if (s_->cache.len == 0) s_->lora_version = ms.lora_version.load();

@@ -84,15 +84,9 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
   // What an async call does, on the libuv thread, with the model's mutex held.
   template <class F>
   void run_locked(F&& f) {
-    std::lock_guard<std::mutex> lock(state_->mu);
-    try {
-      state_->weights();  // EDISPOSED once the model is gone
-      f(*trainer_);
-    } catch (...) {
-      state_->dispose_if_requested();
-      throw;
-    }
-    state_->dispose_if_requested();
+    ModelCall call(*state_);
+    state_->weights();  // EDISPOSED once the model is gone
+    f(*trainer_);
   }
 
   // Sync methods: never block the event loop.
