@@ -9,21 +9,14 @@ import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { decodeSafetensors, encodeSafetensors, type TensorIn } from './safetensors.ts';
 import { nodeFs, writeFilesAtomic, type WriteFs } from './atomic.ts';
-import type { NativeLoraSpec } from '../native.ts';
+import type { NativeLoraSpec, NativeModelConfig } from '../native.ts';
 
 /** The seven projections of a Llama layer, in PEFT's short names. */
 export const ALL_TARGETS = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const;
 export type LoraTarget = (typeof ALL_TARGETS)[number];
 
-/** The model dimensions an adapter's shapes depend on (a subset of config.json). */
-export interface ModelDims {
-  hiddenSize: number;
-  intermediateSize: number;
-  numLayers: number;
-  numHeads: number;
-  numKvHeads: number;
-  headDim: number;
-}
+/** The model dimensions an adapter's shapes depend on: the native config's (a subset of config.json). */
+export type ModelDims = Pick<NativeModelConfig, 'hiddenSize' | 'intermediateSize' | 'numLayers' | 'numHeads' | 'numKvHeads' | 'headDim'>;
 
 /** Reads the dimensions from a checkpoint's config.json (head_dim defaults to hidden / heads). */
 export async function readModelDims(modelDir: string): Promise<ModelDims> {
