@@ -3,6 +3,7 @@ import type { Command } from 'commander';
 import { Option } from 'commander';
 import { evaluate } from '../train/evaluate.ts';
 import { intArg } from './args.ts';
+import { FORMAT_DEFAULTS } from '../tokenize/format.ts';
 
 export function registerEval(program: Command): void {
   program
@@ -15,7 +16,7 @@ export function registerEval(program: Command): void {
     .addOption(new Option('--quant <q>', 'base weight format').choices(['nf4', 'none']).default('nf4'))
     .option('--batch-tokens <n>', 'tokens per batch, padding included', intArg('--batch-tokens', 1), 4096)
     .option('--max-seq-len <n>', 'longest example in tokens, as in training', intArg('--max-seq-len', 2), 512)
-    .option('--stop-marker <text>', 'appended to every answer, as in training', ' DONE')
+    .option('--stop-marker <text>', 'appended to every answer, as in training', FORMAT_DEFAULTS.stopMarker)
     .addOption(new Option('--format <f>', 'training format').choices(['auto', 'chat', 'plain']).default('auto'))
     .option('--json', 'print {"loss": L, "tokens": N} as the last line')
     .action(async (f: Record<string, unknown>) => {

@@ -5,11 +5,10 @@
 import type { Command } from 'commander';
 import { Option } from 'commander';
 import { intArg, numArg } from './args.ts';
+import { TRAINED_STOPS } from '../tokenize/format.ts';
 import { loadModel, type LoadModelOptions, type Model } from '../infer/model.ts';
 import { GENERATE_DEFAULTS, type GenerateOptions } from '../infer/options.ts';
 
-/** The stops a mimic-trained model needs: its ' DONE' end marker, with or without the space. */
-export const TRAINED_STOPS = [' DONE', 'DONE'];
 
 const collect = (v: string, prev: string[] | undefined) => [...(prev ?? []), v];
 
@@ -52,7 +51,7 @@ export function samplingFrom(f: Record<string, unknown>): GenerateOptions {
     topP: f.topP as number,
     repetitionPenalty: f.repetitionPenalty as number,
     seed: f.seed as number | undefined,
-    stop: (f.stop as string[] | undefined) ?? TRAINED_STOPS,
+    stop: (f.stop as string[] | undefined) ?? [...TRAINED_STOPS],
   };
 }
 

@@ -5,6 +5,7 @@ import { intArg, rangeArg as numArg } from './args.ts';
 import { finetune, type FinetuneOptions, type TrainReport } from '../train/finetune.ts';
 import { ALL_TARGETS, type LoraTarget } from '../train/adapter.ts';
 import { ProgressBar, formatDuration, formatRate } from '../train/progress.ts';
+import { FORMAT_DEFAULTS } from '../tokenize/format.ts';
 
 const targetsArg = (v: string) => {
   const list = v.split(',').map((s) => s.trim()).filter(Boolean);
@@ -102,7 +103,7 @@ export function registerTrain(program: Command): void {
     .option('--seed <n>', 'seed of data order, LoRA init and dropout', intArg('--seed', 0), 42)
     .option('--eval-every <n>', 'also validate every n steps (0 = epoch ends only)', intArg('--eval-every', 0), 0)
     .option('--checkpoint-every <n>', 'checkpoint every n steps (and at each epoch end)', intArg('--checkpoint-every', 0), 100)
-    .option('--stop-marker <text>', 'appended to every answer', ' DONE')
+    .option('--stop-marker <text>', 'appended to every answer', FORMAT_DEFAULTS.stopMarker)
     .addOption(new Option('--format <f>', 'training format').choices(['auto', 'chat', 'plain']).default('auto'))
     .option('--threads <n>', 'CPU threads (0 = all cores)', intArg('--threads', 0), 0)
     .option('--gpus <n>', 'data parallel on the first n GPUs, one worker process each (docs/distributed.md)', intArg('--gpus', 1))

@@ -13,6 +13,7 @@ import type { AddressInfo } from 'node:net';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { loadModel, Model, type DeviceOption } from '../infer/model.ts';
 import type { GenerateResult } from '../infer/options.ts';
+import { TRAINED_STOPS } from '../tokenize/format.ts';
 import { ApiError, badRequest, toApiError } from './errors.ts';
 import { parseChatRequest, parseCompletionRequest, parseSeedRequest, type SamplingRequest } from './requests.ts';
 
@@ -119,7 +120,7 @@ export async function serve(options: ServeOptions): Promise<Server> {
   const defaultMaxTokens = options.defaultMaxTokens ?? 256;
   const requestTimeoutMs = options.requestTimeoutMs ?? 300_000;
   const logPrompts = options.logPrompts ?? false;
-  const serverStops = options.stop ?? [' DONE', 'DONE'];
+  const serverStops = options.stop ?? [...TRAINED_STOPS];
 
   let model: Model;
   let owned = false;

@@ -38,6 +38,9 @@ export interface FormatOptions {
 
 export const FORMAT_DEFAULTS = { format: 'auto' as TrainFormat, stopMarker: ' DONE', maxSeqLen: 512 };
 
+/** The stops generation needs for a model trained with the default marker: ' DONE', and 'DONE' where the space went elsewhere. */
+export const TRAINED_STOPS: readonly string[] = [FORMAT_DEFAULTS.stopMarker, FORMAT_DEFAULTS.stopMarker.trim()];
+
 /** One tokenized training example. */
 export interface TokenizedExample {
   ids: Int32Array;
