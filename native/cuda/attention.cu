@@ -372,7 +372,7 @@ void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, cons
                        int q_offset, int Hq, int Hkv, int D) {
   if (B == 0 || Tq == 0) return;
   MIMIC_CHECK(Hkv > 0 && Hq % Hkv == 0, "ESHAPE", "attention: Hq=", Hq, " is not a multiple of Hkv=", Hkv);
-  // tensor-core path (attention_tc.cu) when MIMIC_ATTN_TC=1 and the shape is supported; default off
+  // tensor-core path (attention_tc.cu) unless MIMIC_ATTN_TC=0, when the shape is supported (the default)
   if (attention_forward_tc(out, lse, q, k, v, B, Tq, Tk, q_offset, Hq, Hkv, D)) return;
   switch (D) {
     case 16: return fwd<16>(out, lse, q, k, v, B, Tq, Tk, q_offset, Hq, Hkv);

@@ -6,7 +6,7 @@
 
 namespace mimic::cuda {
 
-// True when the TC path is on: MIMIC_ATTN_TC=1 in the environment (read once), unless overridden.
+// True when the TC path is on: unless MIMIC_ATTN_TC=0 in the environment (read once) or overridden.
 bool attention_tc_enabled();
 // Override for tests: 1 forces the TC path on, 0 off, -1 back to the environment's choice.
 void attention_tc_override(int mode);

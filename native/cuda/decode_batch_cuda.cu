@@ -25,7 +25,7 @@
 // that session's own decode graph (decode_step.cu): the same kernels, no table copy.
 // MIMIC_BATCH_GRAPH=0 launches the batched step eagerly (same kernels, for checks).
 //
-// Wide steps (S >= kBatchGemmMinRows = 9 one-token rows) take another route for the projections: each
+// Wide steps (S >= kBatchGemmMinRows = 6 one-token rows) take another route for the projections: each
 // NF4 weight is dequantized ONCE into a bf16 scratch [M, K] and one cuBLAS GEMM serves all S rows
 // (LoRA as two small GEMMs, lm_head one bf16 GEMM). The fused GEMV's cost grows with its rows
 // (round 4: ~1.5-2 ms per row on the 3B step), the GEMM's hardly (the dequant write + read is per
@@ -46,13 +46,13 @@
 namespace mimic::cuda {
 
 // Rows from which a batched step runs dequantize-once + cuBLAS GEMMs instead of the fused GEMV.
-// Measured (bench/NOTES.md round 5, H200, 3B NF4, one call): the GEMM step is flat in S, 12.8-13.2 ms
-// forward at S = 2..32 (the dequant write + read of ~2.8e9 weights a step); the GEMV step grows with
-// the rows: 2.4 / 5.8 / 12.4 ms forward at S = 1 / 4 / 8 (round 4: 32 ms at 16, 63 at 32). They cross
-// at S ≈ 8 (12.9 ms GEMV vs 13.4 GEMM), so S <= 8 stays on the GEMV — also bit-exact with stepping
-// each session alone — and S >= 9 takes the GEMM. MIMIC_BATCH_GEMM_MIN=<rows> overrides (the
-// checks force either route with it).
-constexpr int kBatchGemmMinRows = 9;
+// Measured (bench/NOTES.md round 7, H200, 3B NF4, one call, fast dequant): the GEMM forward is
+// nearly flat in S, 7.3 ms at S = 2..4 and 7.75 ms at 32 (one dequant pass + skinny GEMMs); the
+// GEMV forward grows ~1.5 ms a row: 2.4 / 5.8 / 12.4 ms at S = 1 / 4 / 8. They cross at S ≈ 5, so
+// S <= 5 stays on the GEMV — also bit-exact with stepping each session alone — and S >= 6 takes
+// the GEMM (round 5, with the legacy dequant, crossed at 8). MIMIC_BATCH_GEMM_MIN=<rows>
+// overrides (the checks force either route with it).
+constexpr int kBatchGemmMinRows = 6;
 
 int batch_gemm_min_rows() {
   const char* e = std::getenv("MIMIC_BATCH_GEMM_MIN");

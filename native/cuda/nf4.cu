@@ -247,7 +247,7 @@ NF4Device nf4_quantize_device(const void* src, mimic::DType dtype, int M, int K,
 }
 
 // The original kernel (8 bytes a thread). nf4_dequantize below takes nf4_dequant_fast.cu's kernel
-// instead only when MIMIC_NF4_DEQUANT_FAST=1 and the shape/alignment allow (default: this one).
+// whenever the shape/alignment allow (the default since round 7; MIMIC_NF4_DEQUANT_FAST=0 keeps this one).
 void nf4_dequantize_legacy(bf16* out, const NF4Device& W) {
   ensure_code();
   const int64_t n_bytes = (int64_t)W.M * W.K / 2;

@@ -127,8 +127,8 @@ int resident_grid() {
 
 bool nf4_dequant_fast_enabled() {
   static const bool on = [] {
-    const char* e = std::getenv("MIMIC_NF4_DEQUANT_FAST");
-    return e && std::strcmp(e, "1") == 0;
+    const char* e = std::getenv("MIMIC_NF4_DEQUANT_FAST");  // on unless "0" (round 7: the default)
+    return !(e && std::strcmp(e, "0") == 0);
   }();
   return on;
 }
