@@ -171,5 +171,14 @@ void add_inplace(float* x, const bf16* y, int64_t n);   // x += y (residual adds
 // in place. Draws exactly one rng.uniform() when sampling (none when greedy), as the CPU twin.
 int32_t sample_token(float* logits, int64_t V, const mimic::SamplingParams& p, const int32_t* history,
                      int64_t n_history, mimic::Rng& rng);
+// S rows of one batch: logits [S, V] (row s = logits + s·V) with their own parameters, histories
+// and rngs; out[s] is exactly what sample_token gives row s alone, in a fixed number of launches.
+struct SampleRow {
+  const mimic::SamplingParams* params;
+  const int32_t* history;
+  int64_t n_history;
+  mimic::Rng* rng;
+};
+void sample_tokens(float* logits, int64_t V, int S, const SampleRow* rows, int32_t* out);
 
 }  // namespace mimic::cuda

@@ -418,6 +418,50 @@ void check_sampling(std::vector<OpCheckRow>& out) {
   r.tol = 0;
   r.pass = agree == total;
   out.push_back(r);
+
+  // sample_tokens: 37 rows of one batch, every kind mixed (greedy, top-k 40 and 7 side by side,
+  // top-k off, penalties with repeated ids, one empty history), 3 rounds — each row's token and
+  // rng state must be the CPU twin's for that row alone.
+  const int S = 37;
+  int same = 0, n = 0;
+  for (int round = 0; round < 3; ++round) {
+    std::vector<float> all((size_t)S * V);
+    std::vector<SamplingParams> ps(S);
+    std::vector<std::vector<int32_t>> hs(S);
+    std::vector<Rng> rg, rc;
+    for (int s = 0; s < S; ++s) {
+      auto row = rnd(V, 7000 + 97 * round + s, 6.f, false);
+      std::copy(row.begin(), row.end(), all.begin() + (size_t)s * V);
+      SamplingParams& p = ps[(size_t)s];
+      p.temperature = s % 5 == 0 ? 0.f : 0.7f + 0.05f * (s % 4);
+      p.top_k = s % 7 == 3 ? 0 : s % 2 ? 40 : 7;
+      p.top_p = s % 3 ? 0.9f : 1.f;
+      p.repetition_penalty = s % 4 == 1 ? 1.25f : 1.f;
+      if (s != 9) hs[(size_t)s] = {s, 17, s, 999, 50000, (int32_t)(round * 131 + s)};
+      rg.emplace_back(round * 100 + s);
+      rc.emplace_back(round * 100 + s);
+    }
+    auto d = upload(all);
+    std::vector<SampleRow> rows(S);
+    for (int s = 0; s < S; ++s)
+      rows[(size_t)s] = SampleRow{&ps[(size_t)s], hs[(size_t)s].data(), (int64_t)hs[(size_t)s].size(), &rg[(size_t)s]};
+    std::vector<int32_t> got((size_t)S);
+    sample_tokens(d.p, V, S, rows.data(), got.data());
+    for (int s = 0; s < S; ++s) {
+      std::vector<float> c(all.begin() + (size_t)s * V, all.begin() + (size_t)(s + 1) * V);
+      const int32_t want = cpu::sample_token(c.data(), V, ps[(size_t)s], hs[(size_t)s].data(),
+                                             (int64_t)hs[(size_t)s].size(), rc[(size_t)s]);
+      same += want == got[(size_t)s] && rg[(size_t)s].uniform() == rc[(size_t)s].uniform();
+      ++n;
+    }
+  }
+  OpCheckRow b;
+  b.op = "sampling";
+  b.check = "sample_tokens, 37 mixed rows in one call == CPU per row (token + rng), 3 rounds";
+  b.max_rel_err = 1.0 - (double)same / n;
+  b.tol = 0;
+  b.pass = same == n;
+  out.push_back(b);
 }
 
 // ---- nf4_dequant_fast (nf4_dequant_fast.cu), forced by a direct call whatever MIMIC_NF4_DEQUANT_FAST says:
