@@ -15,9 +15,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
+
+#include <cuda_profiler_api.h>
 
 #include "core/error.h"
 #include "core/json.h"
@@ -561,6 +564,80 @@ void bench(const std::string& dir, int steps, const std::string& out_dir) {
   }
 }
 
+// ---- profile windows for ncu (--profile-from-start off): ONE eager pass of a phase between
+// cudaProfilerStart/Stop after warm-up, so `ncu --print-summary per-kernel` splits that pass by
+// kernel. Phases: decode (batch 1, one token), batch32 (32 one-token rows, GEMM route), prefill512,
+// train (one 8×512 step, recompute on, r = 16 on all seven projections).
+void profile_phase(const std::string& dir, const std::string& phase) {
+  setenv("MIMIC_DECODE_GRAPH", "0", 1);  // eager: every kernel its own launch (same kernels as the graphs)
+  setenv("MIMIC_BATCH_GRAPH", "0", 1);
+  cuda::Context& ctx = cuda::Context::get();
+  std::unique_ptr<LlamaModel> cpu;
+  auto gpu = cuda::load_model(dir, true, &cpu);
+  const LlamaConfig& c = cpu->cfg;
+  std::function<void()> once;
+  cuda::DeviceKV kv;
+  std::vector<std::shared_ptr<cuda::DeviceKV>> kvs;
+  std::vector<cuda::DeviceKV*> kp;
+  std::vector<int32_t> ids, labels;
+  std::unique_ptr<Trainer> tr;
+  std::unique_ptr<cuda::DeviceTrainer> dt;
+  if (phase == "decode" || phase == "prefill512") {
+    kv.init(c, 1024);
+    ids.resize(512);
+    for (int i = 0; i < 512; ++i) ids[i] = (i * 17 + 3) % 128000;
+    if (phase == "decode") {
+      cuda::llama_forward(*gpu, ids.data(), 128, &kv, nullptr, 1);
+      once = [&] { cuda::llama_forward(*gpu, ids.data(), 1, &kv, nullptr, 1); };
+    } else {
+      once = [&] { kv.len = 0; cuda::llama_forward(*gpu, ids.data(), 512, &kv, nullptr, 1); };
+    }
+  } else if (phase == "batch32") {
+    for (int s = 0; s < 32; ++s) {
+      kvs.push_back(cuda::kv_acquire(*gpu, 512));
+      std::vector<int32_t> p(128);
+      for (int i = 0; i < 128; ++i) p[i] = (i * 31 + 7 * s) % 128000;
+      cuda::llama_forward(*gpu, p.data(), 128, kvs.back().get(), nullptr, 1);
+      kp.push_back(kvs.back().get());
+    }
+    ids.assign(32, 1234);
+    once = [&] { cuda::decode_batch_logits(*gpu, kp.data(), ids.data(), 32); };
+  } else if (phase == "train") {
+    TrainerOptions to;
+    to.r = 16; to.alpha = 32.f; to.dropout = 0.f; to.seed = 1; to.recompute = true;
+    to.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+    tr = std::make_unique<Trainer>(*cpu, to);
+    dt = std::make_unique<cuda::DeviceTrainer>(*gpu, *tr);
+    const int B = 8, T = 512;
+    ids.resize((size_t)B * T); labels.resize((size_t)B * T);
+    for (int b = 0; b < B; ++b)
+      for (int t = 0; t < T; ++t) {
+        ids[(size_t)b * T + t] = (int32_t)((b * 1000 + (t % 37) * 11 + 100) % 128000);
+        labels[(size_t)b * T + t] = t < T / 2 ? -100 : ids[(size_t)b * T + t];
+      }
+    once = [&] {
+      LossSum ls = dt->accumulate(ids.data(), labels.data(), B, T);
+      StepOptions so;
+      so.adamw.lr = 1e-4f;
+      so.grad_scale = 1.f / ls.tokens;
+      dt->step(so);
+    };
+  } else {
+    throw mimic::Error("EINVAL", "prof: phase is decode | batch32 | prefill512 | train, got " + phase);
+  }
+  for (int w = 0; w < 3; ++w) once();
+  ctx.sync();
+  double a = now();
+  once();
+  ctx.sync();
+  std::printf("PROF %s eager pass %.3f ms (outside the profiler)\n", phase.c_str(), (now() - a) * 1e3);
+  cudaProfilerStart();
+  once();
+  ctx.sync();
+  cudaProfilerStop();
+  for (auto& k : kvs) cuda::kv_release(std::move(k));
+}
+
 // ---- the 3B shape, batched decode: equality at S = 32, then step rates by S ------------------
 void batch_bench(const std::string& dir) {
   cuda::Context& ctx = cuda::Context::get();
@@ -640,6 +717,8 @@ int main(int argc, char** argv) {
       std::ofstream f(std::string(argc > 3 ? argv[3] : ".") + "/logits_3b_bf16.bin", std::ios::binary);
       f.write((const char*)lg.data(), sizeof(float) * lg.size());
       std::printf("BENCH bf16 3B weights on GPU %.3f GiB\n", gpu->weight_bytes / 1073741824.0);
+    } else if (mode == "prof") {
+      profile_phase(argv[2], argc > 3 ? argv[3] : "decode");
     } else if (mode == "batch") {
       batch_bench(argv[2]);
     } else if (mode == "bench") {
