@@ -7,7 +7,9 @@
 // tokens/s (median of steady steps, and the wall of the training loops) → the 2-GPU / 1-GPU ratio.
 //   node bench/gpu/dp-round.mjs <ckpt> <steps> <gradAccum> <outDir>   (dist/ built: npm run build:ts)
 import { writeFileSync, mkdirSync, readFileSync } from 'node:fs';
-const { finetune } = await import(process.cwd() + '/dist/index.js');
+// dist/train, not dist/index.js: the package root also loads the data importers (better-sqlite3, a
+// native addon the device machine's carried tree leaves out)
+const { finetune } = await import(process.cwd() + '/dist/train/index.js');
 const [ck, steps, accum, out] = [process.argv[2], +process.argv[3], +process.argv[4], process.argv[5]];
 mkdirSync(out, { recursive: true });
 let s = 12345; const rnd = () => ((s = (s * 1103515245 + 12345) >>> 0) / 2 ** 32);
