@@ -24,7 +24,8 @@ writeFileSync(`${out}/train.jsonl`, lines.join('\n') + '\n');
 const base = { model: ck, data: `${out}/train.jsonl`, quant: 'nf4', epochs: 1, lr: 2e-4, lora: { r: 16, alpha: 32, dropout: 0 },
   batchTokens: 4096, maxSeqLen: 512, gradAccum: accum, seed: 7, stopAfterSteps: steps, checkpointEvery: 0, cacheDir: null, recompute: true };
 const runs = {};
-for (const [name, extra] of [['1gpu', { device: 'cuda' }], ['2gpu', { devices: [0, 1] }]]) {
+const legs = (process.env.DP_LEGS ?? '1gpu,2gpu,kill').split(',');
+for (const [name, extra] of [['1gpu', { device: 'cuda' }], ['2gpu', { devices: [0, 1] }]].filter(([n]) => legs.includes(n))) {
   const t0 = Date.now();
   try {
     const r = await finetune({ ...base, ...extra, out: `${out}/${name}` });
@@ -38,6 +39,23 @@ for (const [name, extra] of [['1gpu', { device: 'cuda' }], ['2gpu', { devices: [
   } catch (e) {
     console.log(`RUN ${name}: FAILED after ${((Date.now() - t0) / 1000).toFixed(1)} s: ${e?.code ?? ''} ${e?.message ?? e}`);
   }
+}
+// a worker that dies: SIGKILL rank 1 at step 2 of a 2-GPU run; rank 0 must stop by itself with an
+// error naming the cause (NCCL abort after the TCP side sees the disconnect), not hang
+if (legs.includes('kill')) {
+  const { runDistributed } = await import(process.cwd() + '/dist/train/distributed/launch.js');
+  let pids = [], killedAt = 0;
+  const t0 = Date.now();
+  const err = await runDistributed({ ...base, devices: [0, 1], stopAfterSteps: 50, out: `${out}/kill`, onProgress: (p) => {
+    if (p.step === 2 && !killedAt) { killedAt = Date.now(); process.kill(pids[1], 'SIGKILL'); }
+  } }, { onSpawn: (p) => { pids = p; } }).then(() => null, (e) => e);
+  const took = killedAt ? Date.now() - killedAt : NaN;
+  const r0 = err?.workers?.[0];
+  const ok = !!err && killedAt > 0 && took < 60_000 && r0?.code === 1;
+  console.log(`KILL rank 1 killed at step 2 (${((killedAt - t0) / 1000).toFixed(1)} s in): run ${err ? 'failed' : 'did NOT fail'} ${took} ms later; rank 0 exit ${r0?.code} signal ${r0?.signal}`);
+  console.log(`KILL message: ${err?.message}`);
+  console.log(`KILL rank 0 said: ${r0?.error}`);
+  console.log(`RESULT a killed worker stops the other within ${took} ms (limit 60000, rank 0 exits 1 by itself) ${ok ? 'PASS' : 'FAIL'}`);
 }
 const a = runs['1gpu'], b = runs['2gpu'];
 if (a && b) {

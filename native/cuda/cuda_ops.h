@@ -122,6 +122,20 @@ GemvJob gemv_job_nf4(const NF4Device& W);   // the weight fields of a job
 // False when the environment sets MIMIC_NF4_GEMV=0 (then NF4 products dequantize + cuBLAS, as before).
 bool gemv_enabled();
 
+// ---- nf4_gemm_small (native/cuda/nf4_gemm_small.cu): y[S, M] = β·y + α · x[S, K] · dequant(W)ᵀ ------
+// for S <= kNF4GemmSmallMaxS rows on the tensor cores, the 4-bit weight read once and dequantized in
+// registers (bit for bit nf4_dequantize's bf16 values). Needs M % 16 == 0, K % 128 == 0, 16-byte
+// aligned x and codes, and a workspace of nf4_gemm_small_workspace(S, M, K) bytes; returns false
+// (nothing launched) otherwise, and the caller dequantizes + multiplies instead. Deterministic.
+// Used by the batched decode step's GEMM route and nf4_matmul_forward for 17..64 rows, unless
+// MIMIC_NF4_GEMM_SMALL=0 (read once: dequantize + cuBLAS instead, round 7's path).
+constexpr int kNF4GemmSmallMaxS = 64;
+bool nf4_gemm_small_enabled();
+size_t nf4_gemm_small_workspace(int S, int M, int K);
+template <class TO>
+bool nf4_gemm_small(TO* y, const bf16* x, const NF4Device& W, int S, float alpha, float beta, float* workspace,
+                    size_t workspace_bytes);
+
 // ---- embedding (native/cuda/embedding.cu) ---------------------------------------------------
 // out[n, :] = table[ids[n], :]  (fp32 residual stream from a bf16 table)
 void embedding_forward(float* out, const int32_t* ids, const bf16* table, int64_t N, int C);

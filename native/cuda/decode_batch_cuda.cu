@@ -75,6 +75,7 @@ struct BatchDecode {
   // the GEMM route (S >= kBatchGemmMinRows): one projection's bf16 weight, fp32 gate/up, bf16 LoRA h
   DevBuf<bf16> wdq, lh16;
   DevBuf<float> gate_f, up_f;
+  DevBuf<float> gws;                 // nf4_gemm_small's K-slice partials
   int gemm_cap = 0, gemm_R = -1;
   struct Graph {
     cudaGraph_t graph = nullptr;
@@ -124,6 +125,11 @@ BatchDecode& ensure(DeviceModel& d, int S, bool gemm) {
       for (auto& p : l.proj)
         if (p.is_nf4) mk = std::max(mk, (size_t)p.M * p.K);
     if (mk) b.wdq.reserve(mk);
+    size_t ws = 0;
+    for (auto& l : d.layers)
+      for (auto& p : l.proj)
+        if (p.is_nf4) ws = std::max(ws, nf4_gemm_small_workspace(std::min(b.cap, kNF4GemmSmallMaxS), p.M, p.K));
+    if (ws) b.gws.alloc(ws / sizeof(float)); else b.gws.release();
     b.gate_f.alloc((size_t)b.cap * c.intermediate_size);
     b.up_f.alloc((size_t)b.cap * c.intermediate_size);
     if (b.R) b.lh16.alloc((size_t)b.cap * b.R); else b.lh16.release();
@@ -264,12 +270,16 @@ void record_gemm(DeviceModel& d, BatchDecode& b, int S) {
   embedding_forward(b.x0.p, b.ids(L), d.embed.p, S, C);
   float* x = b.x0.p;
   float* xo = b.x1.p;
-  // y = β·y + x·Wᵀ (+ s·(x·Aᵀ)·Bᵀ), W dequantized into b.wdq when NF4
+  // y = β·y + x·Wᵀ (+ s·(x·Aᵀ)·Bᵀ): NF4 through nf4_gemm_small (the codes read once, dequantized in
+  // registers) where it applies, else dequantized into b.wdq for one cuBLAS GEMM
+  const bool small = nf4_gemm_small_enabled() && S <= kNF4GemmSmallMaxS;
   auto proj = [&](const DLinear& P, const bf16* xin, auto* y, float beta) {
     using TO = std::remove_pointer_t<decltype(y)>;
-    const bf16* W = P.W.p;
-    if (P.is_nf4) { nf4_dequantize(b.wdq.p, P.nf4); W = b.wdq.p; }
-    matmul_forward<TO>(y, xin, W, S, P.K, P.M, 1.f, beta);
+    if (!P.is_nf4) matmul_forward<TO>(y, xin, P.W.p, S, P.K, P.M, 1.f, beta);
+    else if (!(small && nf4_gemm_small<TO>(y, xin, P.nf4, S, 1.f, beta, b.gws.p, b.gws.bytes()))) {
+      nf4_dequantize(b.wdq.p, P.nf4);
+      matmul_forward<TO>(y, xin, b.wdq.p, S, P.K, P.M, 1.f, beta);
+    }
     if (P.src && P.r > 0) {
       matmul_forward<bf16>(b.lh16.p, xin, d.lb.p + P.offA, S, P.K, P.r, 1.f, 0.f);
       matmul_forward<TO>(y, b.lh16.p, d.lb.p + P.offB, S, P.r, P.M, P.scale, 1.f);

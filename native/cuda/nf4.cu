@@ -270,6 +270,12 @@ void nf4_matmul_forward(TO* out, const bf16* x, const NF4Device& W, int64_t N, b
     gemv(&j, 1, N);
     return;
   }
+  // a short prompt chunk (17..64 rows): the tensor-core kernel reads the codes once; its K-slice
+  // partials fit the dequant scratch (sized for the largest projection, ≥ M·K bf16 of this one)
+  if (N > kGemvMaxN && N <= kNF4GemmSmallMaxS && nf4_gemm_small_enabled() &&
+      nf4_gemm_small_workspace((int)N, W.M, W.K) <= (size_t)W.M * W.K * sizeof(bf16) &&
+      nf4_gemm_small<TO>(out, x, W, (int)N, alpha, beta, reinterpret_cast<float*>(scratch), (size_t)W.M * W.K * sizeof(bf16)))
+    return;
   nf4_dequantize(scratch, W);
   matmul_forward<TO>(out, x, scratch, N, W.K, W.M, alpha, beta);
 }

@@ -112,6 +112,39 @@ void check_nf4(std::vector<OpCheckRow>& out, int M, int K, bool dq) {
   out.push_back(row("nf4", "matmul bwd dx " + tag, host_f32(dxd.p, dx.size()), dx, kBf16Tol));
 }
 
+// nf4_gemm_small (tensor cores, NF4 dequantized in registers) vs (a) dequantize + cuBLAS on the GPU —
+// the same bf16 weights and inputs, fp32 sums in another order: fp32-out 1e-5, bf16-out one rounding
+// (kBf16Tol) — and (b) the CPU twin at kBf16Tol. S spans 1..64 (every n-tile count, partial tiles),
+// shapes span one and several K slices; α = 0.5, β = 1 accumulates into a random y.
+void check_nf4_gemm_small(std::vector<OpCheckRow>& out, int S, int M, int K, bool dq) {
+  auto w = rnd((int64_t)M * K, 41 + S, 0.05f, false);
+  NF4Weight q = nf4_quantize(w.data(), M, K, dq);
+  NF4Device d = nf4_upload(q);
+  auto x = rnd((int64_t)S * K, 42 + S), y0 = rnd((int64_t)S * M, 43 + S);
+  std::vector<float> ycpu((size_t)S * M);
+  cpu::nf4_matmul_forward(ycpu.data(), x.data(), q, S);
+  for (size_t i = 0; i < ycpu.size(); ++i) ycpu[i] = 0.5f * ycpu[i] + y0[i];
+  auto xd = dev_bf16(x);
+  DevBuf<bf16> wdq((size_t)M * K);
+  DevBuf<float> yref = upload(y0), y32 = upload(y0);
+  DevBuf<bf16> yref16 = dev_bf16(y0), y16 = dev_bf16(y0);
+  nf4_dequantize(wdq.p, d);
+  matmul_forward<float>(yref.p, xd.p, wdq.p, S, K, M, 0.5f, 1.f);
+  matmul_forward<bf16>(yref16.p, xd.p, wdq.p, S, K, M, 0.5f, 1.f);
+  const size_t ws = nf4_gemm_small_workspace(S, M, K);
+  DevBuf<float> work(ws / sizeof(float) + 1);
+  const bool a = nf4_gemm_small<float>(y32.p, xd.p, d, S, 0.5f, 1.f, work.p, work.bytes());
+  const bool b = nf4_gemm_small<bf16>(y16.p, xd.p, d, S, 0.5f, 1.f, work.p, work.bytes());
+  const std::string tag = std::string(dq ? "dq " : "plain ") + "S=" + std::to_string(S) + " " + std::to_string(M) + "x" +
+                          std::to_string(K);
+  std::vector<float> g32 = host_f32(y32.p, ycpu.size()), g16 = host_f32(y16.p, ycpu.size());
+  if (!a) g32.assign(g32.size(), NAN);
+  if (!b) g16.assign(g16.size(), NAN);
+  out.push_back(row("nf4_gemm_small", "fp32-out vs dequant+cuBLAS " + tag, g32, host_f32(yref.p, ycpu.size()), 1e-5));
+  out.push_back(row("nf4_gemm_small", "bf16-out vs dequant+cuBLAS " + tag, g16, host_f32(yref16.p, ycpu.size()), kBf16Tol));
+  out.push_back(row("nf4_gemm_small", "fp32-out vs CPU " + tag, g32, ycpu, kBf16Tol));
+}
+
 // The fused decode GEMV (gemv.cu) through nf4_matmul_forward (N <= 16 routes there) vs the CPU
 // twin: N = 1, 3, 16; odd M; K % 32 != 0 takes the kernel's scalar path. fp32 and bf16 outputs,
 // and beta = 1 accumulation. Tolerance: bf16 inputs, fp32 accumulation — the fp32-out row only
@@ -527,6 +560,14 @@ std::vector<OpCheckRow> cuda_op_checks() {
   check_matmul(out, 1, 3072, 1031, "decode 1x3072x1031");
   check_nf4(out, 96, 192, false);
   check_nf4(out, 160, 320, true);
+  check_nf4_gemm_small(out, 1, 64, 128, true);
+  check_nf4_gemm_small(out, 5, 48, 256, false);
+  check_nf4_gemm_small(out, 8, 1024, 3072, true);
+  check_nf4_gemm_small(out, 13, 3072, 3072, true);
+  check_nf4_gemm_small(out, 32, 8192, 3072, true);
+  check_nf4_gemm_small(out, 32, 3072, 8192, true);
+  check_nf4_gemm_small(out, 40, 1024, 3072, false);
+  check_nf4_gemm_small(out, 64, 3072, 3072, true);
   check_gemv_nf4(out, 37, 192, 1, true);
   check_gemv_nf4(out, 37, 192, 3, true);
   check_gemv_nf4(out, 37, 192, 16, true);
