@@ -25,15 +25,17 @@
 // that session's own decode graph (decode_step.cu): the same kernels, no table copy.
 // MIMIC_BATCH_GRAPH=0 launches the batched step eagerly (same kernels, for checks).
 //
-// Wide steps (S >= kBatchGemmMinRows = 6 one-token rows) take another route for the projections: each
-// NF4 weight is dequantized ONCE into a bf16 scratch [M, K] and one cuBLAS GEMM serves all S rows
-// (LoRA as two small GEMMs, lm_head one bf16 GEMM). The fused GEMV's cost grows with its rows
-// (round 4: ~1.5-2 ms per row on the 3B step), the GEMM's hardly (the dequant write + read is per
-// weight, not per row: ~13 ms a 3B step on an H200 whatever S, round 5). Rounding the dequantized weights to bf16 makes these rows differ from the
-// GEMV's in the last bits: tokens equal a session alone where the top-2 logit margin allows, not
-// bit for bit. Steps of fewer rows keep the GEMV and stay bit-exact. Its graph is captured on the
-// second step of a width (the first runs eagerly, so cuBLAS has picked and loaded its kernels);
-// a capture that fails sends that route eager for the rest of the process.
+// Wide steps (S >= kBatchGemmMinRows = 3 one-token rows) take another route for the projections:
+// nf4_gemm_small (tensor cores, the NF4 codes read once for all S rows and dequantized in registers to
+// nf4_dequantize's bf16 values; S <= 64), else each weight dequantized ONCE into a bf16 scratch
+// [M, K] and one cuBLAS GEMM for all S rows (MIMIC_NF4_GEMM_SMALL=0, or S > 64); LoRA as two small
+// GEMMs, lm_head one bf16 GEMM. The fused GEMV's cost grows with its rows (~1.5 ms a row on the 3B
+// step), the fused GEMM's hardly (round 8: 3.4 ms forward at S = 2..8, 4.4 at 32). Rounding the
+// dequantized weights to bf16 makes these rows differ from the GEMV's in the last bits: tokens equal
+// a session alone where the top-2 logit margin allows, not bit for bit. Steps of fewer rows keep the
+// GEMV and stay bit-exact. Its graph is captured on the second step of a width (the first runs
+// eagerly, so cuBLAS has picked and loaded its kernels); a capture that fails sends that route eager
+// for the rest of the process.
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -45,14 +47,14 @@
 
 namespace mimic::cuda {
 
-// Rows from which a batched step runs dequantize-once + cuBLAS GEMMs instead of the fused GEMV.
-// Measured (bench/NOTES.md round 7, H200, 3B NF4, one call, fast dequant): the GEMM forward is
-// nearly flat in S, 7.3 ms at S = 2..4 and 7.75 ms at 32 (one dequant pass + skinny GEMMs); the
-// GEMV forward grows ~1.5 ms a row: 2.4 / 5.8 / 12.4 ms at S = 1 / 4 / 8. They cross at S ≈ 5, so
-// S <= 5 stays on the GEMV — also bit-exact with stepping each session alone — and S >= 6 takes
-// the GEMM (round 5, with the legacy dequant, crossed at 8). MIMIC_BATCH_GEMM_MIN=<rows>
-// overrides (the checks force either route with it).
-constexpr int kBatchGemmMinRows = 6;
+// Rows from which a batched step runs the GEMM route (nf4_gemm_small) instead of the fused GEMV.
+// Measured (bench/NOTES.md round 8, H200, 3B NF4, one call): the fused-GEMM forward is nearly flat,
+// 3.43 / 3.45 / 3.48 / 4.41 ms at S = 2 / 4 / 8 / 32; the GEMV forward grows ~1.1-1.5 ms a row:
+// 2.38 / 5.81 ms at S = 1 / 4 (≈ 3.6 at S = 2). They cross at S ≈ 2, so S <= 2 stays on the GEMV —
+// also bit-exact with stepping each session alone — and S >= 3 takes the GEMM route (round 7,
+// dequantize + cuBLAS, crossed at 5; round 5 at 8). MIMIC_BATCH_GEMM_MIN=<rows> overrides (the
+// checks force either route with it).
+constexpr int kBatchGemmMinRows = 3;
 
 int batch_gemm_min_rows() {
   const char* e = std::getenv("MIMIC_BATCH_GEMM_MIN");
