@@ -184,12 +184,11 @@ __device__ __forceinline__ void prefetch_next(const Params& P, int vb, int lane)
   if (P.glu) prefetch_row(P.j[1], m, lane);
 }
 
-// One launch walks "virtual blocks" of kWarps rows (first_block[] maps them to jobs). With the
-// persistent grid (the default since round 9) a block loops over virtual blocks
-// blockIdx.x, blockIdx.x + gridDim.x, …: the tables are staged once per block and a warp goes
-// straight from one row to the next, instead of a short-lived block per 8 rows paying its launch,
-// a barrier behind a global load of code2, and one DRAM round trip each (round 8 profile: gemv at
-// ≤ 1.4 TB/s, small matrices latency-bound). MIMIC_GEMV_PERSIST=0: one block per virtual block.
+// One launch walks "virtual blocks" of kWarps rows (first_block[] maps them to jobs): by default one
+// block each. MIMIC_GEMV_PERSIST=1 launches a persistent grid instead (resident blocks × SMs; a block
+// loops over virtual blocks blockIdx.x, blockIdx.x + gridDim.x, …, tables staged once, the next row
+// pulled into L2 while this one computes) — tried in round 9 against the short-lived blocks that
+// pay a launch and a barrier each: batch-1 decode 381 → 374 tok/s (no gain), so it stays off.
 template <int NT>
 __global__ void __launch_bounds__(kThreads, NT >= 8 ? 1 : 3) gemv_kernel(const __grid_constant__ Params P) {
   __shared__ float lut[16];
@@ -254,7 +253,7 @@ bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
 bool persist_enabled() {
   static const bool on = [] {
     const char* e = std::getenv("MIMIC_GEMV_PERSIST");
-    return !(e && std::strcmp(e, "0") == 0);
+    return e && std::strcmp(e, "1") == 0;
   }();
   return on;
 }

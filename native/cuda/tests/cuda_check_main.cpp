@@ -587,8 +587,10 @@ void bench(const std::string& dir, int steps, const std::string& out_dir) {
 // kernel. Phases: decode (batch 1, one token), batch32 (32 one-token rows, GEMM route), prefill512,
 // train (one 8×512 step, recompute on, r = 16 on all seven projections).
 void profile_phase(const std::string& dir, const std::string& phase) {
-  setenv("MIMIC_DECODE_GRAPH", "0", 1);  // eager: every kernel its own launch (same kernels as the graphs)
-  setenv("MIMIC_BATCH_GRAPH", "0", 1);
+  if (phase != "decodegraph") {  // eager: every kernel its own launch (same kernels as the graphs)
+    setenv("MIMIC_DECODE_GRAPH", "0", 1);
+    setenv("MIMIC_BATCH_GRAPH", "0", 1);
+  }
   cuda::Context& ctx = cuda::Context::get();
   std::unique_ptr<LlamaModel> cpu;
   auto gpu = cuda::load_model(dir, true, &cpu);
@@ -600,11 +602,11 @@ void profile_phase(const std::string& dir, const std::string& phase) {
   std::vector<int32_t> ids, labels;
   std::unique_ptr<Trainer> tr;
   std::unique_ptr<cuda::DeviceTrainer> dt;
-  if (phase == "decode" || phase == "prefill512") {
+  if (phase == "decode" || phase == "decodegraph" || phase == "prefill512") {
     kv.init(c, 1024);
     ids.resize(512);
     for (int i = 0; i < 512; ++i) ids[i] = (i * 17 + 3) % 128000;
-    if (phase == "decode") {
+    if (phase != "prefill512") {
       cuda::llama_forward(*gpu, ids.data(), 128, &kv, nullptr, 1);
       once = [&] { cuda::llama_forward(*gpu, ids.data(), 1, &kv, nullptr, 1); };
     } else {
@@ -620,20 +622,20 @@ void profile_phase(const std::string& dir, const std::string& phase) {
     }
     ids.assign(32, 1234);
     once = [&] { cuda::decode_batch_logits(*gpu, kp.data(), ids.data(), 32); };
-  } else if (phase == "train") {
+  } else if (phase == "train" || phase == "train2") {
     TrainerOptions to;
     to.r = 16; to.alpha = 32.f; to.dropout = 0.f; to.seed = 1; to.recompute = true;
     to.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
     tr = std::make_unique<Trainer>(*cpu, to);
     dt = std::make_unique<cuda::DeviceTrainer>(*gpu, *tr);
-    const int B = 8, T = 512;
+    const int B = phase == "train2" ? 2 : 8, T = 512;
     ids.resize((size_t)B * T); labels.resize((size_t)B * T);
     for (int b = 0; b < B; ++b)
       for (int t = 0; t < T; ++t) {
         ids[(size_t)b * T + t] = (int32_t)((b * 1000 + (t % 37) * 11 + 100) % 128000);
         labels[(size_t)b * T + t] = t < T / 2 ? -100 : ids[(size_t)b * T + t];
       }
-    once = [&] {
+    once = [&, B, T] {
       LossSum ls = dt->accumulate(ids.data(), labels.data(), B, T);
       StepOptions so;
       so.adamw.lr = 1e-4f;
@@ -641,7 +643,7 @@ void profile_phase(const std::string& dir, const std::string& phase) {
       dt->step(so);
     };
   } else {
-    throw mimic::Error("EINVAL", "prof: phase is decode | batch32 | prefill512 | train, got " + phase);
+    throw mimic::Error("EINVAL", "prof: phase is decode | decodegraph | batch32 | prefill512 | train | train2, got " + phase);
   }
   for (int w = 0; w < 3; ++w) once();
   ctx.sync();
