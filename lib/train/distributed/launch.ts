@@ -12,7 +12,8 @@
  * The parent only supervises: it picks a free port, forks the workers with MIMIC_RANK /
  * MIMIC_WORLD_SIZE / MIMIC_MASTER_ADDR / MIMIC_MASTER_PORT (and CUDA_VISIBLE_DEVICES, one
  * GPU each, NCCL_NVLS_ENABLE=0), hands them the options over IPC, forwards rank 0's progress,
- * and resolves with rank 0's report. A worker that exits non-zero (or is killed) fails the run:
+ * and resolves with rank 0's report (a worker's end is read on 'close', once its last message is
+ * in). A worker that exits non-zero (or is killed) fails the run:
  * the others stop on their own (their communicator sees the peer's socket close) and are
  * killed after a grace period if they do not; the error names every worker's end.
  */
@@ -48,6 +49,10 @@ export interface LaunchHooks {
   onSpawn?: (pids: number[]) => void;
   /** Grace period for the surviving workers to stop on their own after one failed. Default 10 000 ms. */
   graceMs?: number;
+  /** The worker script (tests: a stand-in that needs no addon). Default ./worker.ts (./worker.js when built). */
+  workerFile?: URL;
+  /** Starts one worker (tests: a scripted child). Default node:child_process fork with an IPC channel. */
+  fork?: (file: URL, env: NodeJS.ProcessEnv) => ChildProcess;
 }
 
 const envInt = (name: string): number | undefined => {
@@ -155,7 +160,7 @@ export async function runDistributed(options: FinetuneOptions, hooks: LaunchHook
   const { signal, onProgress, fs: _fs, devices: _d, workers: _w, ...plain } = options;
   if (options.fs) throw new Error('mimic: a custom fs cannot be used with workers (each worker writes through node:fs)');
   const childOptions: FinetuneOptions = { ...plain, device: gpuIds ? 'cuda' : 'cpu', threads };
-  const workerFile = new URL(import.meta.url.endsWith('.ts') ? './worker.ts' : './worker.js', import.meta.url);
+  const workerFile = hooks.workerFile ?? new URL(import.meta.url.endsWith('.ts') ? './worker.ts' : './worker.js', import.meta.url);
 
   const children: ChildProcess[] = [];
   const ends: (WorkerEnd | undefined)[] = new Array(world);
@@ -191,15 +196,20 @@ export async function runDistributed(options: FinetuneOptions, hooks: LaunchHook
         MIMIC_MASTER_PORT: String(port), MIMIC_RUN_ID: runId, NCCL_NVLS_ENABLE: '0',
       };
       if (gpuIds) env.CUDA_VISIBLE_DEVICES = gpuIds[rank];
-      const child = fork(workerFile, [], { env, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'advanced' });
+      const child = hooks.fork ? hooks.fork(workerFile, env)
+        : fork(workerFile, [], { env, stdio: ['ignore', 'inherit', 'inherit', 'ipc'], serialization: 'advanced' });
       children.push(child);
       child.on('message', (m: { type: string; progress?: Parameters<NonNullable<FinetuneOptions['onProgress']>>[0]; report?: TrainReport; message?: string; name?: string }) => {
         if (m.type === 'progress' && m.progress) { try { onProgress?.(m.progress); } catch { /* the caller's callback */ } }
         else if (m.type === 'report') report = m.report;
         else if (m.type === 'error') errors[rank] = { message: m.message ?? '', name: m.name ?? 'Error' };
       });
-      child.on('error', () => undefined); // 'exit' follows
-      child.on('exit', (code, sig) => {
+      child.on('error', () => undefined); // 'close' follows
+      // A worker's end is taken from 'close', not 'exit': 'close' comes after the process exited
+      // AND its IPC channel closed, i.e. after every message it sent (rank 0's report, a rank's
+      // error) was emitted here. 'exit' can come first, and would then fail a good run for want
+      // of the report still in the pipe.
+      child.on('close', (code, sig) => {
         ends[rank] = { rank, pid: child.pid ?? -1, code, signal: sig, error: errors[rank]?.message, name: errors[rank]?.name };
         if ((code !== 0) && failedFirst === null) {
           failedFirst = rank;

@@ -1,11 +1,14 @@
 // The data-parallel plumbing without the addon: the TCP communicator (rendezvous, collectives,
-// determinism, failures, timeouts), the step sharding and the CLI flags.
+// determinism, failures, timeouts), the step sharding, how the parent reads its workers' ends,
+// and the CLI flags.
 import t from 'tap';
 import net from 'node:net';
+import { EventEmitter } from 'node:events';
+import type { ChildProcess } from 'node:child_process';
 import { rendezvous, type TcpCommunicator } from '../../../lib/train/distributed/comm.ts';
 import { shardStep } from '../../../lib/train/distributed/shard.ts';
 import { decodeJsonAndTensors, encodeJsonAndTensors } from '../../../lib/train/distributed/context.ts';
-import { freePort, resolveDistributed } from '../../../lib/train/distributed/launch.ts';
+import { freePort, resolveDistributed, runDistributed } from '../../../lib/train/distributed/launch.ts';
 import { distributedFlags } from '../../../lib/cli/train.ts';
 import { Rng } from '../../../lib/train/rng.ts';
 
@@ -103,6 +106,64 @@ t.test('shardStep: every example once, balanced, deterministic', async (t) => {
   t.ok(Math.abs(s2[0] - s2[1]) <= 9, `balanced padded tokens ${s2.join(' / ')}`);
   t.same(shardStep([[4, 5, 6, 7, 8]], lengths, 2), [[[4, 5, 6]], [[7, 8]]], 'fewer micro-batches than ranks: rows split');
   t.same(shardStep([[4]], lengths, 3), [[[4]], [], []], 'a one-row step leaves the others idle');
+});
+
+/** A scripted worker: on 'start' it plays `events` (emit name, args) in order, one a macrotask. */
+function scriptedFork(scripts: Record<number, [string, ...unknown[]][]>) {
+  let next = 0;
+  return (_file: URL, env: NodeJS.ProcessEnv): ChildProcess => {
+    const rank = Number(env.MIMIC_RANK);
+    const c = new EventEmitter() as EventEmitter & { pid: number; exitCode: number | null; signalCode: string | null; connected: boolean; send(m: { type: string }): boolean; kill(): boolean };
+    Object.assign(c, { pid: 90000 + next++, exitCode: null, signalCode: null, connected: true, kill: () => true });
+    c.send = (m) => {
+      if (m.type === 'start') {
+        (async () => {
+          for (const [name, ...args] of scripts[rank]) {
+            await new Promise((r) => setImmediate(r));
+            if (name === 'exit') { c.exitCode = args[0] as number | null; c.signalCode = args[1] as string | null; }
+            if (name === 'close') c.connected = false;
+            c.emit(name, ...args);
+          }
+        })();
+      }
+      return true;
+    };
+    return c as unknown as ChildProcess;
+  };
+}
+
+t.test('the parent reads a worker\'s end on close, after its last message (exit can come first)', async (t) => {
+  const opts = { model: 'm', data: 'd', out: 'o', workers: 2 };
+  const report = { steps: 7, worldSize: 2 };
+  // rank 0's exit notice overtakes its report, still in the IPC pipe
+  const ok = await runDistributed(opts, { fork: scriptedFork({
+    0: [['exit', 0, null], ['message', { type: 'report', report }], ['close', 0, null]],
+    1: [['exit', 0, null], ['close', 0, null]],
+  }) });
+  t.same(ok, report, 'the report that came after the exit notice resolves the run');
+
+  const err = await runDistributed(opts, { graceMs: 100, fork: scriptedFork({
+    0: [['exit', 1, null], ['message', { type: 'error', message: 'mimic: distributed training stopped: worker rank 1 disconnected' }], ['close', 1, null]],
+    1: [['exit', 3, null], ['message', { type: 'error', message: 'mimic: rank 1 ran out of memory' }], ['close', 3, null]],
+  }) }).then(() => null, (e: Error) => e);
+  t.ok(err, 'a failed worker fails the run');
+  t.match(err!.message, /worker rank 1 \(pid \d+\) exited with code 3: rank 1 ran out of memory/, 'with the error it sent before its channel closed');
+  t.match(err!.message, /worker rank 0 .* exited with code 1: distributed training stopped: worker rank 1 disconnected/);
+});
+
+t.test('real worker processes (a stand-in script): the report and errors arrive', async (t) => {
+  const workerFile = new URL('./fake-dist-worker.ts', import.meta.url);
+  const saved = { ...process.env };
+  t.teardown(() => { process.env = saved; });
+  process.env.MIMIC_FAKE_REPORT_MB = '4';
+  const steps: number[] = [];
+  const r = await runDistributed({ model: 'm', data: 'd', out: 'o', workers: 2, onProgress: (p) => steps.push(p.step) }, { workerFile }) as unknown as { steps: number; blob: string };
+  t.equal(r.steps, 7);
+  t.equal(r.blob.length, 4 << 20, 'a 4 MiB report, whole');
+  t.same(steps, [1], 'progress forwarded');
+  process.env.MIMIC_FAKE_EXIT = '3';
+  await t.rejects(runDistributed({ model: 'm', data: 'd', out: 'o', workers: 2 }, { workerFile, graceMs: 2000 }),
+    { message: /worker rank 1 \(pid \d+\) exited with code 3: rank 1 ran out of luck/ });
 });
 
 t.test('state over the wire; options from the environment; CLI flags', async (t) => {
