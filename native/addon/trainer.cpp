@@ -65,7 +65,8 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
                         InstanceMethod<&TrainerWrap::SetGradients>("setGradients"),
                         InstanceMethod<&TrainerWrap::NcclInit>("ncclInit"),
                         InstanceMethod<&TrainerWrap::NcclAllReduce>("ncclAllReduce"),
-                        InstanceMethod<&TrainerWrap::NcclAbort>("ncclAbort")});
+                        InstanceMethod<&TrainerWrap::NcclAbort>("ncclAbort"),
+                        InstanceMethod<&TrainerWrap::NcclDestroy>("ncclDestroy")});
   }
 
   explicit TrainerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TrainerWrap>(info) {
@@ -143,6 +144,7 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
   Napi::Value Step(const Napi::CallbackInfo& info);
   Napi::Value NcclInit(const Napi::CallbackInfo& info);
   Napi::Value NcclAllReduce(const Napi::CallbackInfo& info);
+  Napi::Value NcclDestroy(const Napi::CallbackInfo& info);
 
   // setGradients(tensors): replaces the accumulated gradients (every tensor under its PEFT name,
   // as gradients() returns them): the CPU all-reduce of data-parallel training writes the global
@@ -505,6 +507,32 @@ class NcclAllReduceWorker : public Worker {
   int64_t timeout_ms_;
 };
 
+// ncclDestroy(timeoutMs): ends the communicator (dist::NcclComm::destroy); resolves with what it
+// did. Never takes the model's mutex, and works after dispose() (the communicator outlives it).
+class NcclDestroyWorker : public Worker {
+ public:
+  NcclDestroyWorker(Napi::Env env, Napi::Object self, TrainerWrap* t, std::shared_ptr<dist::NcclComm> c, int64_t timeout_ms)
+      : Worker(env, "mimic.Trainer.ncclDestroy"), t_(t), c_(std::move(c)), timeout_ms_(timeout_ms) {
+    self_ = Napi::Persistent(self);
+  }
+
+ protected:
+  void Run() override { end_ = c_->destroy(timeout_ms_); }
+  Napi::Value Resolve(Napi::Env env) override { return Napi::String::New(env, dist::nccl_end_name(end_)); }
+  void Finally() override {
+    t_->busy_ = false;
+    if (t_->dispose_requested_) t_->finish_dispose();
+    self_.Reset();
+  }
+
+ private:
+  TrainerWrap* t_;
+  Napi::ObjectReference self_;
+  std::shared_ptr<dist::NcclComm> c_;
+  int64_t timeout_ms_;
+  dist::NcclEnd end_ = dist::NcclEnd::kNone;
+};
+
 // Starts `make()`'s worker unless the trainer is disposed or busy; argument errors reject.
 template <class F>
 Napi::Value start(Napi::Env env, TrainerWrap* t, F&& make) {
@@ -591,6 +619,33 @@ Napi::Value TrainerWrap::NcclAllReduce(const Napi::CallbackInfo& info) {
     const int64_t timeout = int_arg(info[1], "timeoutMs", 0);
     return new NcclAllReduceWorker(env, Value(), this, bucket, timeout);
   });
+}
+
+// Idempotent; 'none' at once where there is no communicator (never initialized — always so on a
+// build without NCCL — or already ended). Rejects EBUSY while another call of this trainer runs.
+Napi::Value TrainerWrap::NcclDestroy(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string code, msg;
+  try {
+    // the finalize's deadline (0 = none); default 60 s, so that a lost peer never holds the exit
+    const int64_t timeout = info.Length() >= 1 && !info[0].IsUndefined() ? int_arg(info[0], "timeoutMs", 0) : 60000;
+    if (!nccl_) {
+      auto d = Napi::Promise::Deferred::New(env);
+      d.Resolve(Napi::String::New(env, dist::nccl_end_name(dist::NcclEnd::kNone)));
+      return d.Promise();
+    }
+    MIMIC_CHECK(!busy_, "EBUSY", "a call of this trainer is still running; await it before ncclDestroy");
+    Worker* w = new NcclDestroyWorker(env, Value(), this, nccl_, timeout);
+    busy_ = true;
+    Napi::Promise p = w->Promise();
+    w->Queue();
+    return p;
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    Classify(e, &code, &msg);
+  }
+  return Rejected(env, code, msg);
 }
 
 // ---- options → engine -------------------------------------------------------------------------

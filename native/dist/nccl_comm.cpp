@@ -112,7 +112,32 @@ void NcclComm::wait(void* stream, int64_t timeout_ms, const char* what) {
   }
 }
 
+NcclEnd NcclComm::destroy(int64_t timeout_ms) {
+  if (ended_.exchange(true)) return NcclEnd::kNone;
+  if (!comm_) return NcclEnd::kNone;  // init never created one (kill() already marked it broken)
+  if (broken_ || abort_requested_) {  // after an error: abort, never wait on peers
+    kill();
+    return NcclEnd::kAborted;
+  }
+  const ncclResult_t f = ncclCommFinalize(as_comm(comm_));
+  if (f != ncclSuccess && f != ncclInProgress) {
+    kill();
+    return NcclEnd::kAborted;
+  }
+  try {
+    wait(nullptr, timeout_ms, "finalizing the NCCL communicator");  // on failure it has aborted
+  } catch (const std::exception&) {
+    return NcclEnd::kAborted;
+  }
+  std::lock_guard<std::mutex> g(kill_mu_);
+  if (broken_.exchange(true)) return NcclEnd::kAborted;  // (killed meanwhile)
+  const ncclResult_t r = ncclCommDestroy(as_comm(comm_));
+  comm_ = nullptr;  // gone either way (a failed destroy is not retried, nor aborted: the handle may be half freed)
+  return r == ncclSuccess || r == ncclInProgress ? NcclEnd::kDestroyed : NcclEnd::kAborted;
+}
+
 void NcclComm::all_reduce_sum(float* dev, size_t n, void* stream, size_t bucket_elems, int64_t timeout_ms) {
+  MIMIC_CHECK(!ended_, "EABORTED", "the NCCL communicator was destroyed: the run is over");
   MIMIC_CHECK(!broken_, "EABORTED", "the NCCL communicator was aborted earlier; the run cannot continue");
   MIMIC_CHECK(comm_, "EINVAL", "the NCCL communicator is not initialized (init first)");
   if (n == 0 || world_ == 1) return;

@@ -15,6 +15,12 @@
 // makes the waiting call ncclCommAbort the communicator and throw mimic::Error (ENCCL,
 // ETIMEDOUT, EABORTED). An aborted communicator stays unusable; the run ends.
 //
+// A rank ends its communicator with destroy() when its run is over (lib/train/distributed/
+// context.ts: close): a healthy one is finalized (ncclCommFinalize, polled against the deadline)
+// and destroyed (ncclCommDestroy); one that broke, or whose abort() was asked for, or whose
+// finalize fails or times out, is aborted (ncclCommAbort). The destructor — a trainer collected
+// without destroy() — aborts.
+//
 // Built only where CMake found CUDA and NCCL (MIMIC_NCCL, see CMakeLists.txt); elsewhere the
 // inline stubs below say so with ENOTSUP, and training falls back to the TCP all-reduce.
 #pragma once
@@ -30,6 +36,13 @@
 namespace mimic::dist {
 
 constexpr int kNcclIdBytes = 128;  // sizeof(ncclUniqueId)
+
+// What NcclComm::destroy() did: nothing (never initialized, or an earlier destroy ended it),
+// ncclCommDestroy after a clean finalize, or ncclCommAbort.
+enum class NcclEnd { kNone, kDestroyed, kAborted };
+inline const char* nccl_end_name(NcclEnd e) {
+  return e == NcclEnd::kDestroyed ? "destroyed" : e == NcclEnd::kAborted ? "aborted" : "none";
+}
 
 #ifdef MIMIC_NCCL
 
@@ -53,6 +66,11 @@ class NcclComm {
   void all_reduce_sum(float* dev, size_t n, void* stream, size_t bucket_elems, int64_t timeout_ms);
   // Any thread: the waiting call (or the next one) aborts the communicator and throws EABORTED.
   void abort();
+  // Ends the communicator (see the top of this file): finalize + ncclCommDestroy when healthy,
+  // ncclCommAbort when broken or aborted or when the finalize fails or outlasts timeout_ms.
+  // Idempotent (a second call returns kNone); never throws. The caller makes sure no other call
+  // (init, all_reduce_sum) is in flight.
+  NcclEnd destroy(int64_t timeout_ms);
   int rank() const { return rank_; }
   int world() const { return world_; }
 
@@ -63,6 +81,7 @@ class NcclComm {
   int rank_ = 0, world_ = 1;
   std::atomic<bool> abort_requested_{false};
   std::atomic<bool> broken_{false};
+  std::atomic<bool> ended_{false};  // destroy() ran: the communicator is gone
   std::mutex kill_mu_;
 };
 
@@ -79,6 +98,7 @@ class NcclComm {
   void init(const uint8_t*, int64_t) { (void)nccl_unique_id(); }
   void all_reduce_sum(float*, size_t, void*, size_t, int64_t) { (void)nccl_unique_id(); }
   void abort() {}
+  NcclEnd destroy(int64_t) { return NcclEnd::kNone; }
   int rank() const { return 0; }
   int world() const { return 1; }
 };

@@ -10,6 +10,7 @@ import { finetune, type FinetuneOptions, type TrainReport } from '../../lib/trai
 import { loadAdapter } from '../../lib/train/adapter.ts';
 import { freePort, runDistributed } from '../../lib/train/distributed/launch.ts';
 import { native, type NativeAddonDistributed, type NativeTrainerDistributed } from '../../lib/native.ts';
+import type { NcclTrainer } from '../../lib/train/distributed/context.ts';
 
 const root = new URL('../..', import.meta.url).pathname;
 const tiny = path.join(root, 'assets', 'tiny');
@@ -138,7 +139,7 @@ t.test('a killed worker stops the others with a clear error', async (t) => {
   t.ok(took < 10_000, `within ${took} ms of the kill`);
 });
 
-t.test('native hooks: setGradients round trip and checks; NCCL says ENOTSUP on a CPU build', async (t) => {
+t.test('native hooks: setGradients round trip and checks; NCCL says ENOTSUP on a CPU build; ncclDestroy is a no-op there', async (t) => {
   const m = await native().loadModel(tiny, { device: 'cpu', quant: 'none' });
   t.teardown(() => m.dispose());
   const tr = m.createTrainer({ lora: { r: 2, alpha: 4, dropout: 0, targets: ['q_proj', 'v_proj'] }, seed: 1, recompute: false }) as NativeTrainerDistributed;
@@ -159,4 +160,7 @@ t.test('native hooks: setGradients round trip and checks; NCCL says ENOTSUP on a
     await t.rejects(tr.ncclInit(new Uint8Array(128), 0, 2, 1000), { code: 'ENOTSUP' });
     t.doesNotThrow(() => tr.ncclAbort(), 'ncclAbort without a communicator is a no-op');
   }
+  const nt = tr as NcclTrainer;
+  t.equal(await nt.ncclDestroy(1000), 'none', 'ncclDestroy without a communicator (never on a CPU build): nothing to end');
+  t.equal(await nt.ncclDestroy(), 'none', 'and again: idempotent');
 });

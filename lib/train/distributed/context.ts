@@ -29,6 +29,28 @@ export interface DistContext {
   reduceStep(trainer: NativeTrainer, sums: StepSums): Promise<StepSums>;
   /** Called once the trainer exists (NCCL: joins the communicator). */
   attach?(trainer: NativeTrainer): Promise<void>;
+  /**
+   * Ends the gradient transport once the rank's run is over, also after dispose() (NCCL: the
+   * communicator is finalized and destroyed when healthy, aborted after an error or an abort of
+   * the communicator). Idempotent; never rejects; resolves with what happened to the NCCL
+   * communicator ('none' without one: TCP, a CPU build).
+   */
+  close(): Promise<NcclEnd>;
+}
+
+/** What ncclDestroy did to the communicator. */
+export type NcclEnd = 'none' | 'destroyed' | 'aborted';
+
+/** The trainer's NCCL teardown (native/addon/trainer.cpp). */
+export interface NcclTrainer extends NativeTrainerDistributed {
+  /**
+   * Ends this rank's communicator: ncclCommFinalize (polled up to timeoutMs) + ncclCommDestroy
+   * when it is healthy, ncclCommAbort when it failed, ncclAbort() was called, or the finalize
+   * fails or times out. Works after dispose(); idempotent ('none' without a communicator — always
+   * on a build without NCCL — or after an earlier call). Rejects EBUSY while another call runs.
+   * timeoutMs: the finalize's deadline, 0 for none; default 60 000.
+   */
+  ncclDestroy(timeoutMs?: number): Promise<NcclEnd>;
 }
 
 /** Options of the gradient transport. */
@@ -42,15 +64,29 @@ export interface ReduceOptions {
 export function makeDistContext(comm: Communicator, transport: 'tcp' | 'nccl', o: ReduceOptions & { timeoutMs: number; ncclId?: Uint8Array }): DistContext {
   const scalars = (s: StepSums) => Float64Array.of(s.lossSum, s.targets, s.tokens, s.stop);
   const sums = (a: Float64Array): StepSums => ({ lossSum: a[0], targets: a[1], tokens: a[2], stop: a[3] });
+  let attached: NcclTrainer | undefined;
   return {
     rank: comm.rank, worldSize: comm.worldSize, comm, transport,
     async attach(trainer) {
       if (transport !== 'nccl') return;
-      const t = trainer as NativeTrainerDistributed;
+      const t = trainer as NcclTrainer;
+      attached = t;
       comm.onAbort(() => t.ncclAbort()); // a dead peer seen over TCP also frees a rank waiting inside NCCL
       const id = comm.rank === 0 ? o.ncclId : undefined;
       const bytes = await comm.broadcast(id);
       await t.ncclInit(bytes, comm.rank, comm.worldSize, o.timeoutMs);
+    },
+    async close() {
+      const t = attached;
+      attached = undefined;
+      if (!t || typeof t.ncclDestroy !== 'function') return 'none';
+      // after an abort of the run the onAbort hook above has called ncclAbort: ncclDestroy then
+      // aborts the communicator instead of finalizing it (it never waits on the peers)
+      try {
+        return await t.ncclDestroy(o.timeoutMs);
+      } catch {
+        return 'none'; // ENOTSUP (no NCCL) or EBUSY: the process exit (or the trainer's finalizer) ends it
+      }
     },
     async reduceStep(trainer, s) {
       const head = scalars(s);

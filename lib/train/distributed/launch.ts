@@ -96,10 +96,12 @@ export async function runRank(options: FinetuneOptions, d: Required<DistributedO
   try {
     const { devices: _d, workers: _w, ...rest } = options;
     const report = await finetuneWith({ ...rest, device }, { dist });
+    await dist.close(); // NCCL: finalize + ncclCommDestroy (every rank gets here at the same step)
     await comm.close();
     return report;
   } catch (e) {
     comm.abort(`rank ${d.rank} failed: ${(e as Error).message.replace(/^mimic: /, '')}`);
+    await dist.close(); // NCCL: ncclCommAbort (the abort above reached the communicator)
     throw e;
   }
 }

@@ -1,14 +1,15 @@
 // The data-parallel plumbing without the addon: the TCP communicator (rendezvous, collectives,
-// determinism, failures, timeouts), the step sharding, how the parent reads its workers' ends,
-// and the CLI flags.
+// determinism, failures, timeouts), the step sharding, the NCCL teardown of a rank, how the
+// parent reads its workers' ends, and the CLI flags.
 import t from 'tap';
 import net from 'node:net';
 import { EventEmitter } from 'node:events';
 import type { ChildProcess } from 'node:child_process';
-import { rendezvous, type TcpCommunicator } from '../../../lib/train/distributed/comm.ts';
+import { rendezvous, type Communicator, type TcpCommunicator } from '../../../lib/train/distributed/comm.ts';
 import { shardStep } from '../../../lib/train/distributed/shard.ts';
-import { decodeJsonAndTensors, encodeJsonAndTensors } from '../../../lib/train/distributed/context.ts';
+import { decodeJsonAndTensors, encodeJsonAndTensors, makeDistContext, type NcclEnd } from '../../../lib/train/distributed/context.ts';
 import { freePort, resolveDistributed, runDistributed } from '../../../lib/train/distributed/launch.ts';
+import type { NativeTrainer } from '../../../lib/native.ts';
 import { distributedFlags } from '../../../lib/cli/train.ts';
 import { Rng } from '../../../lib/train/rng.ts';
 
@@ -106,6 +107,56 @@ t.test('shardStep: every example once, balanced, deterministic', async (t) => {
   t.ok(Math.abs(s2[0] - s2[1]) <= 9, `balanced padded tokens ${s2.join(' / ')}`);
   t.same(shardStep([[4, 5, 6, 7, 8]], lengths, 2), [[[4, 5, 6]], [[7, 8]]], 'fewer micro-batches than ranks: rows split');
   t.same(shardStep([[4]], lengths, 3), [[[4]], [], []], 'a one-row step leaves the others idle');
+});
+
+t.test('DistContext.close: destroys a healthy NCCL communicator, aborts after an error, once; tolerates a build without NCCL', async (t) => {
+  const fakeComm = () => {
+    const listeners: ((r: string) => void)[] = [];
+    const c = {
+      rank: 0, worldSize: 2, aborted: null as string | null,
+      onAbort(cb: (r: string) => void) { if (c.aborted) cb(c.aborted); else listeners.push(cb); },
+      abort(reason: string) { c.aborted = reason; for (const cb of listeners.splice(0)) cb(reason); },
+      async broadcast(x?: Uint8Array) { return x ?? new Uint8Array(128); },
+    };
+    return c as unknown as Communicator;
+  };
+  const fakeTrainer = (destroy: (calls: string[]) => Promise<NcclEnd>) => {
+    const calls: string[] = [];
+    let aborted = false;
+    const tr = {
+      async ncclInit() { calls.push('init'); },
+      ncclAbort() { calls.push('abort'); aborted = true; },
+      ncclDestroy(ms?: number) { calls.push(`destroy ${ms}`); return aborted ? Promise.resolve('aborted' as NcclEnd) : destroy(calls); },
+    };
+    return { tr: tr as unknown as NativeTrainer, calls };
+  };
+
+  let comm = fakeComm();
+  let ctx = makeDistContext(comm, 'nccl', { timeoutMs: 1234, ncclId: new Uint8Array(128) });
+  let f = fakeTrainer(async () => 'destroyed');
+  await ctx.attach!(f.tr);
+  t.equal(await ctx.close(), 'destroyed', 'a healthy communicator: ncclDestroy');
+  t.equal(await ctx.close(), 'none', 'idempotent');
+  t.same(f.calls, ['init', 'destroy 1234'], 'destroyed once, with the collective deadline; never aborted');
+
+  comm = fakeComm();
+  ctx = makeDistContext(comm, 'nccl', { timeoutMs: 50, ncclId: new Uint8Array(128) });
+  f = fakeTrainer(async () => 'destroyed');
+  await ctx.attach!(f.tr);
+  comm.abort('rank 1 failed');
+  t.equal(await ctx.close(), 'aborted', 'after an abort of the run: ncclCommAbort');
+  t.same(f.calls, ['init', 'abort', 'destroy 50'], 'ncclAbort first, so that the destroy never waits on the peers');
+
+  ctx = makeDistContext(fakeComm(), 'nccl', { timeoutMs: 50, ncclId: new Uint8Array(128) });
+  f = fakeTrainer(async () => { throw Object.assign(new Error('no NCCL in this build'), { code: 'ENOTSUP' }); });
+  await ctx.attach!(f.tr);
+  t.equal(await ctx.close(), 'none', 'ENOTSUP is tolerated');
+
+  ctx = makeDistContext(fakeComm(), 'nccl', { timeoutMs: 50 });
+  t.equal(await ctx.close(), 'none', 'never attached: nothing to end');
+  ctx = makeDistContext(fakeComm(), 'tcp', { timeoutMs: 50 });
+  await ctx.attach!(fakeTrainer(async () => 'destroyed').tr);
+  t.equal(await ctx.close(), 'none', 'the TCP transport has no communicator to end');
 });
 
 /** A scripted worker: on 'start' it plays `events` (emit name, args) in order, one a macrotask. */
