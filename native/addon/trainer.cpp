@@ -347,9 +347,9 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
 class BatchWorker : public Worker {
  public:
   BatchWorker(Napi::Env env, Napi::Object self, TrainerWrap* t, std::vector<int32_t> ids, std::vector<int32_t> labels,
-              int B, int T, bool eval)
+              int B, int T, bool eval, bool keyed, MicroBatchKey key)
       : Worker(env, eval ? "mimic.Trainer.evaluate" : "mimic.Trainer.accumulate"), t_(t), ids_(std::move(ids)),
-        labels_(std::move(labels)), B_(B), T_(T), eval_(eval) {
+        labels_(std::move(labels)), B_(B), T_(T), eval_(eval), keyed_(keyed), key_(key) {
     self_ = Napi::Persistent(self);
   }
 
@@ -365,7 +365,7 @@ class BatchWorker : public Worker {
           return;
         }
         try {
-          res_ = t_->gpu_->accumulate(ids_.data(), labels_.data(), B_, T_);
+          res_ = t_->gpu_->accumulate(ids_.data(), labels_.data(), B_, T_, keyed_ ? &key_ : nullptr);
         } catch (...) {  // a failed micro-batch leaves no partial gradient behind (as on the CPU)
           try {
             t_->gpu_->zero_grad();
@@ -377,7 +377,8 @@ class BatchWorker : public Worker {
         return;
       }
 #endif
-      res_ = eval_ ? tr.evaluate(ids_.data(), labels_.data(), B_, T_) : tr.accumulate(ids_.data(), labels_.data(), B_, T_);
+      res_ = eval_ ? tr.evaluate(ids_.data(), labels_.data(), B_, T_)
+                   : tr.accumulate(ids_.data(), labels_.data(), B_, T_, keyed_ ? &key_ : nullptr);
     });
   }
   Napi::Value Resolve(Napi::Env env) override {
@@ -398,6 +399,8 @@ class BatchWorker : public Worker {
   std::vector<int32_t> ids_, labels_;
   int B_, T_;
   bool eval_;
+  bool keyed_;
+  MicroBatchKey key_;
   LossSum res_;
 };
 
@@ -566,7 +569,27 @@ Napi::Value TrainerWrap::Batch(const Napi::CallbackInfo& info, bool eval) {
                 B, " x ", T, " = ", (int64_t)B * T, " (rows are right-padded to seqLen)");
     MIMIC_CHECK(labels.size() == ids.size(), "ESHAPE", "labels has ", labels.size(), " values but ids has ", ids.size(),
                 ": labels are aligned with ids (-100 where masked)");
-    return new BatchWorker(env, Value(), this, std::move(ids), std::move(labels), B, T, eval);
+    // accumulate(..., { step, micro, part? }): the micro-batch's place in the run seeds its dropout
+    // (engine/train.h MicroBatchKey), so that data-parallel ranks draw one device's masks.
+    MicroBatchKey key;
+    const bool keyed = !eval && info.Length() >= 5 && !info[4].IsUndefined() && !info[4].IsNull();
+    if (keyed) {
+      MIMIC_CHECK(info[4].IsObject(), "EINVAL", "accumulate's 5th argument must be { step, micro, part? }");
+      Napi::Object k = info[4].As<Napi::Object>();
+      const auto field = [&](const char* name, bool required) -> uint64_t {
+        Napi::Value v = k.Get(name);
+        if (!required && v.IsUndefined()) return 0;
+        MIMIC_CHECK(v.IsNumber(), "EINVAL", "key.", name, " must be an integer >= 0");
+        const double d = v.As<Napi::Number>().DoubleValue();
+        MIMIC_CHECK(std::isfinite(d) && d == std::floor(d) && d >= 0 && d <= 9007199254740991.0, "EINVAL", "key.", name,
+                    " must be an integer >= 0 (got ", d, ")");
+        return (uint64_t)d;
+      };
+      key.step = field("step", true);
+      key.micro = field("micro", true);
+      key.part = field("part", false);
+    }
+    return new BatchWorker(env, Value(), this, std::move(ids), std::move(labels), B, T, eval, keyed, key);
   });
 }
 

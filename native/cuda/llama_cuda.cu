@@ -528,14 +528,14 @@ void DeviceTrainer::pull() {
 
 void DeviceTrainer::zero_grad() { zero(d_.lg.p, sizeof(float) * d_.lora_n); }
 
-LossSum DeviceTrainer::accumulate(const int32_t* ids, const int32_t* labels, int B, int T) {
-  return run(ids, labels, B, T, true);
+LossSum DeviceTrainer::accumulate(const int32_t* ids, const int32_t* labels, int B, int T, const MicroBatchKey* key) {
+  return run(ids, labels, B, T, true, key);
 }
 LossSum DeviceTrainer::evaluate(const int32_t* ids, const int32_t* labels, int B, int T) {
   return run(ids, labels, B, T, false);
 }
 
-LossSum DeviceTrainer::run(const int32_t* ids, const int32_t* labels, int B, int T, bool train) {
+LossSum DeviceTrainer::run(const int32_t* ids, const int32_t* labels, int B, int T, bool train, const MicroBatchKey* key) {
   const LlamaConfig& c = d_.cfg;
   MIMIC_CHECK(B > 0 && T > 0, "ESHAPE", "batch and seqLen must be positive, got ", B, " x ", T);
   const int64_t N = (int64_t)B * T, C = c.hidden_size, V = c.vocab_size;
@@ -569,7 +569,8 @@ LossSum DeviceTrainer::run(const int32_t* ids, const int32_t* labels, int B, int
   MIMIC_CUDA_CHECK(cudaMemcpyAsync(w.rows.p, rows.data(), sizeof(int32_t) * rows.size(), cudaMemcpyHostToDevice, st));
   zero(w.loss.p, sizeof(double));
 
-  const uint64_t seed_base = (cpu_.options().seed * 0x9E3779B97F4A7C15ull) ^ (++dropout_calls_ * 0xD1B54A32D192ED03ull);
+  const uint64_t seed_base = key ? micro_batch_seed(cpu_.options().seed, *key)  // the micro-batch's place in the run
+                                 : (cpu_.options().seed * 0x9E3779B97F4A7C15ull) ^ (++dropout_calls_ * 0xD1B54A32D192ED03ull);
   LinCtx lc{d_, w, dropout, 0};
   LayerRun run{B, T, nullptr, 0};
   embedding_forward(w.xs[0].p, w.ids.p, d_.embed.p, N, (int)C);

@@ -141,7 +141,8 @@ float* llama_forward(DeviceModel& d, const int32_t* ids, int T, DeviceKV* cache,
 class DeviceTrainer {
  public:
   DeviceTrainer(DeviceModel& d, Trainer& cpu);
-  LossSum accumulate(const int32_t* ids, const int32_t* labels, int B, int T);
+  // key: as Trainer::accumulate (engine/train.h) — the dropout masks from (seed, key) alone.
+  LossSum accumulate(const int32_t* ids, const int32_t* labels, int B, int T, const MicroBatchKey* key = nullptr);
   LossSum evaluate(const int32_t* ids, const int32_t* labels, int B, int T);
   double step(const StepOptions& o);
   void zero_grad();
@@ -151,7 +152,7 @@ class DeviceTrainer {
   size_t peak_bytes() const { return peak_; }
 
  private:
-  LossSum run(const int32_t* ids, const int32_t* labels, int B, int T, bool train);
+  LossSum run(const int32_t* ids, const int32_t* labels, int B, int T, bool train, const MicroBatchKey* key = nullptr);
   DeviceModel& d_;
   Trainer& cpu_;
   std::vector<std::pair<int64_t, int64_t>> param_off_;  // (offset, size) per cpu_.params() entry

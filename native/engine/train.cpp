@@ -360,7 +360,20 @@ double Trainer::head(const float* xL, const int32_t* target, int64_t N, float* d
 
 // ---- public entry points ----------------------------------------------------------------------
 
-LossSum Trainer::accumulate(const int32_t* ids, const int32_t* labels, int B, int T) {
+uint64_t micro_batch_seed(uint64_t seed, const MicroBatchKey& key) {
+  const auto mix = [](uint64_t z) {  // splitmix64's finalizer
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  };
+  uint64_t h = mix(seed ^ 0x6A09E667F3BCC909ull);
+  h = mix(h ^ key.step);
+  h = mix(h ^ key.micro);
+  return mix(h ^ key.part);
+}
+
+LossSum Trainer::accumulate(const int32_t* ids, const int32_t* labels, int B, int T, const MicroBatchKey* key) {
   check_attached();
   for (Param& p : params_)  // after release_gradients()
     if (p.g->size() != p.p->size()) p.g->assign(p.p->size(), 0.f);
@@ -369,7 +382,7 @@ LossSum Trainer::accumulate(const int32_t* ids, const int32_t* labels, int B, in
   const std::vector<int32_t> target = shift_targets(labels, B, T, &out.tokens);
   if (out.tokens == 0) return out;  // nothing in the loss: no gradient
   try {
-    out.loss_sum = forward_backward(ids, target.data(), B, T);
+    out.loss_sum = forward_backward(ids, target.data(), B, T, key);
   } catch (...) {
     zero_grad();  // a failure half-way (out of memory) must never leave a partial gradient to step on
     throw;
@@ -377,7 +390,7 @@ LossSum Trainer::accumulate(const int32_t* ids, const int32_t* labels, int B, in
   return out;
 }
 
-double Trainer::forward_backward(const int32_t* ids, const int32_t* target, int B, int T) {
+double Trainer::forward_backward(const int32_t* ids, const int32_t* target, int B, int T, const MicroBatchKey* key) {
   const LlamaConfig& c = model_.cfg;
   const int nl = c.num_layers, C = c.hidden_size;
   const int64_t N = (int64_t)B * T, NC = N * C;
@@ -388,8 +401,12 @@ double Trainer::forward_backward(const int32_t* ids, const int32_t* target, int 
   std::vector<LayerActs> acts((size_t)nl);
   std::vector<float> xL;
   embed(nl > 0 ? acts[0].x : xL, ids, N);
+  // dropout seeds: from the micro-batch's key when given (data parallel: independent of the rank),
+  // else the trainer's sequential stream
+  Rng keyed(key ? micro_batch_seed(opt_.seed, *key) : 0);
+  Rng& seeds = key ? keyed : rng_;
   for (int l = 0; l < nl; ++l) {
-    for (int i = 0; i < 7; ++i) acts[l].seeds[i] = opt_.dropout > 0.f ? rng_.next() : 0;
+    for (int i = 0; i < 7; ++i) acts[l].seeds[i] = opt_.dropout > 0.f ? seeds.next() : 0;
     std::vector<float>& next = l + 1 < nl ? acts[l + 1].x : xL;
     next.resize((size_t)NC);
     layer_forward(l, acts[l], next.data(), B, T, /*save=*/!opt_.recompute, /*train=*/true);

@@ -53,6 +53,21 @@ struct LossSum {
   int64_t tokens = 0;
 };
 
+// Where a micro-batch sits in the run: its optimizer step (0-based, counted over the whole run),
+// its index among that step's micro-batches, and — when data parallelism split the micro-batch's
+// rows across ranks — which part (0 otherwise). accumulate() with a key draws the dropout masks
+// from micro_batch_seed(seed, key) alone: the same micro-batch gets the same masks whichever
+// rank runs it and however many micro-batches that rank ran before (lib/train/finetune.ts passes
+// it; docs/distributed.md). Without a key the masks come from the trainer's sequential Rng.
+struct MicroBatchKey {
+  uint64_t step = 0;
+  uint64_t micro = 0;
+  uint64_t part = 0;
+};
+
+// splitmix64 chained over (seed, step, micro, part): the dropout seed of one micro-batch.
+uint64_t micro_batch_seed(uint64_t seed, const MicroBatchKey& key);
+
 // PEFT's name of a projection's adapter tensor, e.g.
 // "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight".
 std::string peft_name(int layer, const std::string& proj, bool is_a);
@@ -93,8 +108,9 @@ class Trainer {
 
   // Forward + backward of one micro-batch; dA/dB accumulate the gradient of lossSum. Should it
   // fail half-way (out of memory), every accumulated gradient is zeroed before the error
-  // propagates: a later step never uses a partial gradient.
-  LossSum accumulate(const int32_t* ids, const int32_t* labels, int B, int T);
+  // propagates: a later step never uses a partial gradient. With `key` the dropout masks are
+  // those of micro_batch_seed(seed, *key) (the Rng is not advanced); without, the next draws of rng().
+  LossSum accumulate(const int32_t* ids, const int32_t* labels, int B, int T, const MicroBatchKey* key = nullptr);
   // Masked loss only: no gradients, no dropout.
   LossSum evaluate(const int32_t* ids, const int32_t* labels, int B, int T);
   // Scale, clip, AdamW, zero gradients. Returns the global gradient norm before clipping.
@@ -120,7 +136,7 @@ class Trainer {
   std::vector<int32_t> shift_targets(const int32_t* labels, int B, int T, int64_t* tokens) const;
   void embed(std::vector<float>& x, const int32_t* ids, int64_t N) const;
   // embed → layers (saving or checkpointing) → head → layers backward; returns lossSum.
-  double forward_backward(const int32_t* ids, const int32_t* target, int B, int T);
+  double forward_backward(const int32_t* ids, const int32_t* target, int B, int T, const MicroBatchKey* key);
   // Runs layer ℓ on acts.x (input) producing out; with `save` every activation and linear cache
   // stays in acts, else scratch is released as soon as it is dead.
   void layer_forward(int l, LayerActs& acts, float* out, int B, int T, bool save, bool train);

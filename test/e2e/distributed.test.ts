@@ -1,7 +1,8 @@
 // Data-parallel finetune on the CPU (the TCP transport; the NCCL one needs GPUs: bench/gpu/dp-round.sh):
-// 2 workers give 1 worker's run, uneven shards keep the loss token-weighted, resume with 2 ranks
-// is bit for bit, and a killed worker stops the others with a clear error. Skipped (with the
-// reason) when the addon is not built.
+// 2 workers give 1 worker's run (with LoRA dropout too: a micro-batch's masks follow its place in
+// the step, not the rank), uneven shards keep the loss token-weighted, resume with 2 ranks is bit
+// for bit, and a killed worker stops the others with a clear error. Skipped (with the reason) when
+// the addon is not built.
 import t, { type Test } from 'tap';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -39,7 +40,8 @@ function writeData(dir: string) {
   return { data: path.join(dir, 'train.jsonl'), val: path.join(dir, 'val.jsonl') };
 }
 
-// dropout 0: with dropout the ranks draw other (equally distributed) masks than one device would
+// dropout 0 unless a test says otherwise: with rows split across ranks (gradAccum 1 below) each
+// part of a micro-batch draws its own masks, not one device's (docs/distributed.md)
 const recipe = (dir: string, extra: Partial<FinetuneOptions> = {}): FinetuneOptions => ({
   model: tiny, ...writeData(dir), out: path.join(dir, 'out'), device: 'cpu', quant: 'nf4', epochs: 2, lr: 5e-3,
   lora: { r: 8, alpha: 16, dropout: 0 }, batchTokens: 96, seed: 3, checkpointEvery: 0, threads: 1, ...extra,
@@ -94,6 +96,33 @@ t.test('2 workers = 1 worker: loss curve, validation, adapter; uneven shards sta
   for (const f of ['adapter_model.safetensors', 'adapter_config.json', 'metrics.jsonl', 'loss.svg', 'best/adapter_model.safetensors', 'checkpoint']) {
     t.ok(existsSync(path.join(dir, 'two', f)), `rank 0 wrote ${f}`);
   }
+});
+
+t.test('LoRA dropout: 2 workers = 1 worker, each micro-batch draws the masks it draws on one device; resume is bit for bit', async (t) => {
+  // gradAccum 4 (16 micro-batches an epoch): every step has whole micro-batches for both ranks. A
+  // step with fewer micro-batches than ranks splits rows, and the parts draw masks of their own
+  // (with gradAccum 3 here the last step of each epoch has one micro-batch: 9e-3 off from there on).
+  const dir = tempDir(t);
+  const lora = { r: 8, alpha: 16, dropout: 0.1 };
+  const one = await finetune(recipe(dir, { out: path.join(dir, 'one'), gradAccum: 4, lora }));
+  const two = await finetune(recipe(dir, { out: path.join(dir, 'two'), gradAccum: 4, lora, workers: 2 }));
+  const nodrop = await finetune(recipe(dir, { out: path.join(dir, 'nodrop'), gradAccum: 4 }));
+  const dl = Math.max(...one.trainLoss.map((x, i) => rel(x.loss, two.trainLoss[i].loss)));
+  const dv = Math.max(...one.valLoss.map((x, i) => rel(x.loss, two.valLoss[i].loss)));
+  const da = await adapterDiff(path.join(dir, 'one'), path.join(dir, 'two'));
+  const dd = Math.max(...one.trainLoss.map((x, i) => rel(x.loss, nodrop.trainLoss[i].loss)));
+  t.comment(`dropout 0.1, ${one.steps} steps: max rel diff 2 vs 1 worker: train ${dl.toExponential(2)}, val ${dv.toExponential(2)}, adapter ${da.toExponential(2)}; dropout 0.1 vs 0: ${dd.toExponential(2)}`);
+  t.ok(dd > 100 * TOL, 'the masks matter: dropout moves the curve far beyond the tolerance');
+  t.ok(dl <= TOL, `train loss within ${TOL}`);
+  t.ok(dv <= TOL, `val loss within ${TOL}`);
+  t.ok(da <= ADAPTER_TOL, `adapter within ${ADAPTER_TOL} (normwise)`);
+
+  const part = await finetune(recipe(dir, { out: path.join(dir, 'resumed'), gradAccum: 4, lora, workers: 2, stopAfterSteps: 3 }));
+  t.equal(part.stopped, 'stopAfterSteps');
+  const rest = await finetune(recipe(dir, { out: path.join(dir, 'resumed'), gradAccum: 4, lora, workers: 2, resume: true }));
+  t.equal(rest.resumedFrom, 3);
+  t.same(rest.trainLoss, two.trainLoss, 'resumed with dropout: the same loss curve, bit for bit');
+  t.same(readFileSync(path.join(dir, 'resumed', 'adapter_model.safetensors')), readFileSync(path.join(dir, 'two', 'adapter_model.safetensors')), 'the same adapter bytes');
 });
 
 /** The two ranks of a "multi-host" job, both in this process (the same code path as two hosts). */
@@ -163,4 +192,40 @@ t.test('native hooks: setGradients round trip and checks; NCCL says ENOTSUP on a
   const nt = tr as NcclTrainer;
   t.equal(await nt.ncclDestroy(1000), 'none', 'ncclDestroy without a communicator (never on a CPU build): nothing to end');
   t.equal(await nt.ncclDestroy(), 'none', 'and again: idempotent');
+});
+
+t.test('native: accumulate\'s key seeds the dropout masks, whatever ran before; without a key the sequential stream', async (t) => {
+  const m = await native().loadModel(tiny, { device: 'cpu', quant: 'none' });
+  t.teardown(() => m.dispose());
+  type Key = { step: number; micro: number; part?: number };
+  type Keyed = NcclTrainer & { accumulate(ids: Int32Array, labels: Int32Array, b: number, s: number, key?: Key): Promise<{ lossSum: number; tokens: number }> };
+  const make = () => m.createTrainer({ lora: { r: 2, alpha: 4, dropout: 0.3, targets: ['q_proj', 'v_proj'] }, seed: 5, recompute: false }) as Keyed;
+  const B = 2, T = 6;
+  const ids = Int32Array.from({ length: B * T }, (_, i) => 3 + ((i * 7) % 20));
+  const labels = Int32Array.from(ids);
+  // lora_B starts at zero, so the loss ignores the masks; dB = scale · gᵀ · (dropout(x) · Aᵀ) does not
+  const grads = async (tr: Keyed, key?: Key) => {
+    tr.zeroGrad();
+    await tr.accumulate(ids, labels, B, T, key);
+    return Object.values(tr.gradients()).map((g) => Array.from(g));
+  };
+  let tr = make();
+  const first = await grads(tr, { step: 4, micro: 2 });
+  await grads(tr);
+  await grads(tr, { step: 0, micro: 0 });
+  t.same(await grads(tr, { step: 4, micro: 2 }), first, 'the same key, the same masks, after other calls');
+  t.same(await grads(tr, { step: 4, micro: 2, part: 0 }), first, 'part defaults to 0');
+  for (const k of [{ step: 4, micro: 3 }, { step: 5, micro: 2 }, { step: 4, micro: 2, part: 1 }]) {
+    t.notSame(await grads(tr, k), first, `another key, other masks: ${JSON.stringify(k)}`);
+  }
+  await t.rejects(tr.accumulate(ids, labels, B, T, { step: -1, micro: 0 }), { code: 'EINVAL' }, 'a negative step is refused');
+  await t.rejects(tr.accumulate(ids, labels, B, T, { step: 1.5, micro: 0 }), { code: 'EINVAL' }, 'a fractional step is refused');
+  tr.dispose();
+  tr = make();
+  const plain = await grads(tr);
+  tr.dispose();
+  tr = make();
+  await grads(tr, { step: 9, micro: 1 });
+  t.same(await grads(tr), plain, 'a keyed call leaves the sequential stream where it was');
+  tr.dispose();
 });

@@ -1,12 +1,12 @@
 // The data-parallel plumbing without the addon: the TCP communicator (rendezvous, collectives,
-// determinism, failures, timeouts), the step sharding, the NCCL teardown of a rank, how the
-// parent reads its workers' ends, and the CLI flags.
+// determinism, failures, timeouts), the step sharding and its dropout keys, the NCCL teardown of
+// a rank, how the parent reads its workers' ends, and the CLI flags.
 import t from 'tap';
 import net from 'node:net';
 import { EventEmitter } from 'node:events';
 import type { ChildProcess } from 'node:child_process';
 import { rendezvous, type Communicator, type TcpCommunicator } from '../../../lib/train/distributed/comm.ts';
-import { shardStep } from '../../../lib/train/distributed/shard.ts';
+import { shardStep, shardStepKeyed } from '../../../lib/train/distributed/shard.ts';
 import { decodeJsonAndTensors, encodeJsonAndTensors, makeDistContext, type NcclEnd } from '../../../lib/train/distributed/context.ts';
 import { freePort, resolveDistributed, runDistributed } from '../../../lib/train/distributed/launch.ts';
 import type { NativeTrainer } from '../../../lib/native.ts';
@@ -107,6 +107,26 @@ t.test('shardStep: every example once, balanced, deterministic', async (t) => {
   t.ok(Math.abs(s2[0] - s2[1]) <= 9, `balanced padded tokens ${s2.join(' / ')}`);
   t.same(shardStep([[4, 5, 6, 7, 8]], lengths, 2), [[[4, 5, 6]], [[7, 8]]], 'fewer micro-batches than ranks: rows split');
   t.same(shardStep([[4]], lengths, 3), [[[4]], [], []], 'a one-row step leaves the others idle');
+});
+
+t.test('shardStepKeyed: each share knows its place in the step (the dropout key)', async (t) => {
+  const lengths = [5, 9, 3, 7, 7, 2, 8, 4, 6, 1];
+  const micro = [[0, 2], [1], [3, 4], [5, 9], [6], [7, 8]];
+  t.same(shardStepKeyed(micro, lengths, 1), [micro.map((idx, j) => ({ idx, micro: j, part: 0 }))], 'one rank: index j, part 0');
+  for (const world of [2, 3, 6]) {
+    const s = shardStepKeyed(micro, lengths, world);
+    t.same(s.map((r) => r.map((x) => x.idx)), shardStep(micro, lengths, world), `world ${world}: the same shares as shardStep`);
+    const seen = s.flat().map((x) => x.micro).sort((a, b) => a - b);
+    t.same(seen, micro.map((_, j) => j), `world ${world}: every micro-batch once, under its global index`);
+    t.ok(s.flat().every((x) => x.part === 0 && x.idx.join() === micro[x.micro].join()), 'whole micro-batches: part 0, the same rows as on one device');
+    for (const r of s) t.same(r.map((x) => x.micro), [...r.map((x) => x.micro)].sort((a, b) => a - b), 'each rank in the global order');
+  }
+  t.same(shardStepKeyed([[4, 5, 6, 7, 8], [1, 2]], lengths, 3), [
+    [{ idx: [4, 5], micro: 0, part: 1 }, { idx: [1], micro: 1, part: 1 }],
+    [{ idx: [6, 7], micro: 0, part: 2 }, { idx: [2], micro: 1, part: 2 }],
+    [{ idx: [8], micro: 0, part: 3 }],
+  ], 'rows split: parts 1.. of the same micro-batch index');
+  t.same(shardStepKeyed([[4]], lengths, 2), [[{ idx: [4], micro: 0, part: 0 }], []], 'a one-row micro-batch stays whole: part 0');
 });
 
 t.test('DistContext.close: destroys a healthy NCCL communicator, aborts after an error, once; tolerates a build without NCCL', async (t) => {
