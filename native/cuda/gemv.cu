@@ -30,7 +30,6 @@ struct Params {
   GemvJob j[kGemvMaxJobs];
   int first_block[kGemvMaxJobs + 1];
   int nj, N;
-  int xstage;  // > 0: every job reads the same x [N, K]; its N·K bf16 are staged in shared memory
   int glu;  // 1: two jobs (gate, up) of one shape, out of job 0 = silu(gate)·up
   float lut[16];
 };
@@ -43,8 +42,8 @@ __device__ __forceinline__ T ldg_stream(const T* p) { return __ldcs(p); }  // we
 
 // acc[n] = Σ_k x[n, k]·W[m, k] (+ s·h[n, :]·B[m, :]), reduced over the warp (every lane holds it).
 template <int NT>
-__device__ __forceinline__ void row_dot(const GemvJob& J, const bf16* __restrict__ X, int m, int lane, int N,
-                                        const float* lut, const float* code2, float (&acc)[NT]) {
+__device__ __forceinline__ void row_dot(const GemvJob& J, int m, int lane, int N, const float* lut, const float* code2,
+                                        float (&acc)[NT]) {
   const int K = J.K;
 #pragma unroll
   for (int n = 0; n < NT; ++n) acc[n] = 0.f;
@@ -79,11 +78,11 @@ __device__ __forceinline__ void row_dot(const GemvJob& J, const bf16* __restrict
 #pragma unroll
             for (int n = 0; n < NT; ++n) {
               if (n < N) {
-                const uint4* xr = reinterpret_cast<const uint4*>(X + (int64_t)n * K + 32 * (int64_t)c);
+                const uint4* xr = reinterpret_cast<const uint4*>(J.x + (int64_t)n * K + 32 * (int64_t)c);
                 float s = 0.f;
 #pragma unroll
                 for (int q = 0; q < 4; ++q) {
-                  const uint4 xv = xr[q];
+                  const uint4 xv = __ldg(xr + q);
                   const uint32_t xs[4] = {xv.x, xv.y, xv.z, xv.w};
 #pragma unroll
                   for (int t = 0; t < 4; ++t) {
@@ -106,7 +105,7 @@ __device__ __forceinline__ void row_dot(const GemvJob& J, const bf16* __restrict
         const float w = lut[(e & 1) ? (byte & 15u) : (byte >> 4)] * am;
 #pragma unroll
         for (int n = 0; n < NT; ++n)
-          if (n < N) acc[n] = fmaf(w, __bfloat162float(X[(int64_t)n * K + k]), acc[n]);
+          if (n < N) acc[n] = fmaf(w, __bfloat162float(J.x[(int64_t)n * K + k]), acc[n]);
       }
     }
   } else {
@@ -127,7 +126,7 @@ __device__ __forceinline__ void row_dot(const GemvJob& J, const bf16* __restrict
 #pragma unroll
             for (int n = 0; n < NT; ++n) {
               if (n < N) {
-                const uint4 xv = reinterpret_cast<const uint4*>(X + (int64_t)n * K)[c];
+                const uint4 xv = __ldg(reinterpret_cast<const uint4*>(J.x + (int64_t)n * K) + c);
                 const uint32_t xs[4] = {xv.x, xv.y, xv.z, xv.w};
                 float s = acc[n];
 #pragma unroll
@@ -146,7 +145,7 @@ __device__ __forceinline__ void row_dot(const GemvJob& J, const bf16* __restrict
         const float w = __bfloat162float(wr[k]);
 #pragma unroll
         for (int n = 0; n < NT; ++n)
-          if (n < N) acc[n] = fmaf(w, __bfloat162float(X[(int64_t)n * K + k]), acc[n]);
+          if (n < N) acc[n] = fmaf(w, __bfloat162float(J.x[(int64_t)n * K + k]), acc[n]);
       }
     }
   }
@@ -190,28 +189,17 @@ __device__ __forceinline__ void prefetch_next(const Params& P, int vb, int lane)
 // loops over virtual blocks blockIdx.x, blockIdx.x + gridDim.x, …, tables staged once, the next row
 // pulled into L2 while this one computes) — tried in round 9 against the short-lived blocks that
 // pay a launch and a barrier each: batch-1 decode 381 → 374 tok/s (no gain), so it stays off.
-// Prologue (round 9 profile of the decode graph: the NF4 gemv at 11-17 % of DRAM bandwidth and
-// 28-37 % issue, i.e. latency-bound): the block's first rows are requested into L2 before anything
-// else, x is staged in shared memory once (every chunk's x then comes from shared memory instead of
-// a dependent L1/L2 round trip per chunk), and only then the barrier.
 template <int NT>
 __global__ void __launch_bounds__(kThreads, NT >= 8 ? 1 : 3) gemv_kernel(const __grid_constant__ Params P) {
   __shared__ float lut[16];
   __shared__ float code2[kGemvMaxJobs][256];  // each job's double-quant codes
-  extern __shared__ uint4 xs[];               // x [N, K] when P.xstage
-  const int lane = threadIdx.x & 31;
-  if ((int)blockIdx.x < P.first_block[P.nj]) prefetch_next(P, blockIdx.x, lane);
   if (threadIdx.x < 16) lut[threadIdx.x] = P.lut[threadIdx.x];
   const int njobs = P.glu ? 2 : P.nj;
 #pragma unroll
   for (int i = 0; i < kGemvMaxJobs; ++i)
     if (i < njobs && P.j[i].packed && !P.j[i].absmax) code2[i][threadIdx.x] = P.j[i].code2[threadIdx.x];
-  if (P.xstage) {
-    const uint4* src = reinterpret_cast<const uint4*>(P.j[0].x);
-    for (int i = threadIdx.x; i < P.xstage / 8; i += kThreads) xs[i] = src[i];
-  }
   __syncthreads();
-  const bf16* xsh = reinterpret_cast<const bf16*>(xs);
+  const int lane = threadIdx.x & 31;
   const int N = P.N;
   for (int vb = blockIdx.x; vb < P.first_block[P.nj]; vb += gridDim.x) {
     int ji = 0;
@@ -223,10 +211,10 @@ __global__ void __launch_bounds__(kThreads, NT >= 8 ? 1 : 3) gemv_kernel(const _
     if (m >= J.M) continue;  // no barrier in the loop
     if (vb + (int)gridDim.x < P.first_block[P.nj]) prefetch_next(P, vb + (int)gridDim.x, lane);
     float acc[NT];
-    row_dot<NT>(J, P.xstage ? xsh : J.x, m, lane, N, lut, code2[ji], acc);
+    row_dot<NT>(J, m, lane, N, lut, code2[ji], acc);
     if (P.glu) {  // out = silu(gate)·up, gate = job 0, up = job 1 (as swiglu.cu, without rounding gate/up to bf16)
       float up[NT];
-      row_dot<NT>(P.j[1], P.xstage ? xsh : P.j[1].x, m, lane, N, lut, code2[1], up);
+      row_dot<NT>(P.j[1], m, lane, N, lut, code2[1], up);
       if (lane == 0) {
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
@@ -262,15 +250,6 @@ __global__ void __launch_bounds__(kThreads, NT >= 8 ? 1 : 3) gemv_kernel(const _
 
 bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
 
-// MIMIC_GEMV_XSTAGE=0: x read from global memory in every chunk (the round-8 kernel).
-bool xstage_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("MIMIC_GEMV_XSTAGE");
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
-  return on;
-}
-
 bool persist_enabled() {
   static const bool on = [] {
     const char* e = std::getenv("MIMIC_GEMV_PERSIST");
@@ -281,7 +260,6 @@ bool persist_enabled() {
 
 template <int NT>
 void launch(const Params& P, int blocks) {
-  const size_t smem = sizeof(bf16) * (size_t)P.xstage;
   int grid = blocks;
   if (persist_enabled()) {  // resident blocks × SMs (per device and NT), at most one per virtual block
     static int cached[64] = {0};
@@ -290,13 +268,13 @@ void launch(const Params& P, int blocks) {
     int& full = cached[dev & 63];
     if (!full) {
       int per_sm = 0, sms = 0;
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_kernel<NT>, kThreads, smem);
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_kernel<NT>, kThreads, 0);
       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
       full = std::max(1, per_sm) * std::max(1, sms);
     }
     grid = std::min(blocks, full);
   }
-  gemv_kernel<NT><<<grid, kThreads, smem, Context::get().stream>>>(P);
+  gemv_kernel<NT><<<grid, kThreads, 0, Context::get().stream>>>(P);
   MIMIC_CUDA_LAUNCHED();
 }
 
@@ -329,13 +307,6 @@ void gemv_launch(const GemvJob* jobs, int n_jobs, int64_t N, bool glu) {
     if (!glu || i == 0) blocks += (j.M + kWarps - 1) / kWarps;
   }
   P.first_block[n_jobs] = blocks;
-  // stage x in shared memory when every job reads the same x through the 16-byte path and N·K bf16
-  // fit the default 48 KB (decode: K = 3072 or 8192 at N <= 2)
-  bool same_x = true;
-  for (int i = 0; i < n_jobs; ++i)
-    same_x = same_x && P.j[i].fast && P.j[i].x == P.j[0].x && P.j[i].K == P.j[0].K;
-  const int64_t xn = N * (int64_t)P.j[0].K;
-  P.xstage = same_x && xstage_enabled() && xn * (int64_t)sizeof(bf16) <= 48 * 1024 && xn % 8 == 0 ? (int)xn : 0;
   P.nj = glu ? 1 : n_jobs;  // glu: the blocks walk job 0's rows and compute job 1's alongside
   P.glu = glu ? 1 : 0;
   P.N = (int)N;
