@@ -26,7 +26,6 @@ namespace {
 
 constexpr int kWarps = 8, kThreads = kWarps * 32, kGroup = 4;
 
-
 struct Params {
   GemvJob j[kGemvMaxJobs];
   int first_block[kGemvMaxJobs + 1];
@@ -166,35 +165,6 @@ __device__ __forceinline__ void row_dot(const GemvJob& J, int m, int lane, int N
   }
 }
 
-// One 16-byte chunk (32 NF4 codes) against x's 32 values, into acc with its absmax — the same
-// products in the same order as row_dot's fast NF4 path (so gemv_rows_kernel is bit-identical to it).
-__device__ __forceinline__ void nf4_chunk_dot(const uint4& w, float am, const bf16* x, int c, const float* lut,
-                                              float& acc) {
-  const uint32_t ws[4] = {w.x, w.y, w.z, w.w};
-  const uint4* xr = reinterpret_cast<const uint4*>(x + 32 * (int64_t)c);
-  float s = 0.f;
-#pragma unroll
-  for (int q = 0; q < 4; ++q) {
-    const uint4 xv = __ldg(xr + q);
-    const uint32_t xs[4] = {xv.x, xv.y, xv.z, xv.w};
-#pragma unroll
-    for (int t = 0; t < 4; ++t) {
-      const uint32_t byte = (ws[q] >> (8 * t)) & 0xffu;  // the first element: HIGH nibble
-      s = fmaf(lut[byte >> 4], bf_lo(xs[t]), s);
-      s = fmaf(lut[byte & 15u], bf_hi(xs[t]), s);
-    }
-  }
-  acc = fmaf(am, s, acc);
-}
-
-__device__ __forceinline__ void lora_epilogue1(const GemvJob& J, int m, int lane, float& acc) {
-  if (!J.lora_B) return;
-  float t = 0.f;
-  for (int j = lane; j < J.r; j += 32) t = fmaf(J.lora_h[j], __bfloat162float(J.lora_B[(int64_t)m * J.r + j]), t);
-  acc = fmaf(J.scale, warp_sum(t), acc);
-}
-
-
 // While a warp works on its row, its row of the next virtual block is pulled into L2 (the lane's
 // own 16-byte chunks; both rows for glu): the loads after the jump then wait on L2, not DRAM.
 __device__ __forceinline__ void prefetch_row(const GemvJob& J, int m, int lane) {
@@ -219,25 +189,6 @@ __device__ __forceinline__ void prefetch_next(const Params& P, int vb, int lane)
 // loops over virtual blocks blockIdx.x, blockIdx.x + gridDim.x, …, tables staged once, the next row
 // pulled into L2 while this one computes) — tried in round 9 against the short-lived blocks that
 // pay a launch and a barrier each: batch-1 decode 381 → 374 tok/s (no gain), so it stays off.
-// out[m] (n-th row) = α·acc + res + β·out, lane 0 writes
-__device__ __forceinline__ void store_out(const GemvJob& J, int64_t o, float a) {
-  float v = J.alpha * a;
-  if (J.res) v += J.res[o];
-  if (J.out_f32) {
-    float* out = static_cast<float*>(J.out);
-    if (J.beta != 0.f) v += J.beta * out[o];
-    out[o] = v;
-  } else {
-    bf16* out = static_cast<bf16*>(J.out);
-    if (J.beta != 0.f) v += J.beta * __bfloat162float(out[o]);
-    out[o] = __float2bfloat16(v);
-  }
-}
-__device__ __forceinline__ void store_glu(const GemvJob& J, int64_t o, float g, float u) {
-  const float sg = 1.f / (1.f + __expf(-g));  // as swiglu.cu, without rounding gate/up to bf16
-  static_cast<bf16*>(J.out)[o] = __float2bfloat16(g * sg * u);
-}
-
 template <int NT>
 __global__ void __launch_bounds__(kThreads, NT >= 8 ? 1 : 3) gemv_kernel(const __grid_constant__ Params P) {
   __shared__ float lut[16];
@@ -248,7 +199,7 @@ __global__ void __launch_bounds__(kThreads, NT >= 8 ? 1 : 3) gemv_kernel(const _
   for (int i = 0; i < kGemvMaxJobs; ++i)
     if (i < njobs && P.j[i].packed && !P.j[i].absmax) code2[i][threadIdx.x] = P.j[i].code2[threadIdx.x];
   __syncthreads();
-  const int lane = threadIdx.x & 31, warp = (int)(threadIdx.x >> 5);
+  const int lane = threadIdx.x & 31;
   const int N = P.N;
   for (int vb = blockIdx.x; vb < P.first_block[P.nj]; vb += gridDim.x) {
     int ji = 0;
@@ -256,131 +207,48 @@ __global__ void __launch_bounds__(kThreads, NT >= 8 ? 1 : 3) gemv_kernel(const _
     for (int i = 1; i < kGemvMaxJobs; ++i)
       if (i < P.nj && vb >= P.first_block[i]) ji = i;
     const GemvJob& J = P.j[ji];
-    const int m = (vb - P.first_block[ji]) * kWarps + warp;
+    const int m = (vb - P.first_block[ji]) * kWarps + (int)(threadIdx.x >> 5);
     if (m >= J.M) continue;  // no barrier in the loop
     if (vb + (int)gridDim.x < P.first_block[P.nj]) prefetch_next(P, vb + (int)gridDim.x, lane);
     float acc[NT];
     row_dot<NT>(J, m, lane, N, lut, code2[ji], acc);
-    if (P.glu) {  // out = silu(gate)·up, gate = job 0, up = job 1
+    if (P.glu) {  // out = silu(gate)·up, gate = job 0, up = job 1 (as swiglu.cu, without rounding gate/up to bf16)
       float up[NT];
       row_dot<NT>(P.j[1], m, lane, N, lut, code2[1], up);
       if (lane == 0) {
 #pragma unroll
-        for (int n = 0; n < NT; ++n)
-          if (n < N) store_glu(J, (int64_t)n * J.M + m, acc[n], up[n]);
+        for (int n = 0; n < NT; ++n) {
+          if (n < N) {
+            const float g = acc[n], sg = 1.f / (1.f + __expf(-g));
+            static_cast<bf16*>(J.out)[(int64_t)n * J.M + m] = __float2bfloat16(g * sg * up[n]);
+          }
+        }
       }
       continue;
     }
     if (lane == 0) {
 #pragma unroll
-      for (int n = 0; n < NT; ++n)
-        if (n < N) store_out(J, (int64_t)n * J.M + m, acc[n]);
-    }
-  }
-}
-
-// N = 1 with every job NF4 on the 16-byte path (batch-1 decode): R rows a warp, the loads of all R
-// rows (G chunks a lane each) issued before any is used. Round 9's ncu profile of the decode graph:
-// gemv_kernel at 11-17 % of DRAM bandwidth and 28-37 % issue, 33 % occupancy — latency-bound, one
-// DRAM round trip per row a warp (two in a row for gate, then up). A warp here waits once for R
-// rows. Slots: plain jobs rows m, m + kWarps, …; glu (gate, up) pairs of m, m + kWarps, ….
-// Per row the same chunks in the same order as row_dot<1>: bit-identical outputs.
-template <int R, int G>
-__global__ void __launch_bounds__(kThreads, 2) gemv_rows_kernel(const __grid_constant__ Params P) {
-  __shared__ float lut[16];
-  __shared__ float code2[kGemvMaxJobs][256];
-  if (threadIdx.x < 16) lut[threadIdx.x] = P.lut[threadIdx.x];
-  const int njobs = P.glu ? 2 : P.nj;
-#pragma unroll
-  for (int i = 0; i < kGemvMaxJobs; ++i)
-    if (i < njobs && !P.j[i].absmax) code2[i][threadIdx.x] = P.j[i].code2[threadIdx.x];
-  __syncthreads();
-  const int lane = threadIdx.x & 31, warp = (int)(threadIdx.x >> 5);
-  constexpr int kRowsWarp = R;  // slots a warp
-  const int per_vb = P.glu ? kWarps * (R / 2) : kWarps * R;  // output rows a virtual block
-  for (int vb = blockIdx.x; vb < P.first_block[P.nj]; vb += gridDim.x) {
-    int ji = 0;
-#pragma unroll
-    for (int i = 1; i < kGemvMaxJobs; ++i)
-      if (i < P.nj && vb >= P.first_block[i]) ji = i;
-    const int base = (vb - P.first_block[ji]) * per_vb + warp;
-    const GemvJob* J[kRowsWarp];
-    const float* c2[kRowsWarp];
-    int m[kRowsWarp];
-    bool ok[kRowsWarp];
-#pragma unroll
-    for (int r = 0; r < kRowsWarp; ++r) {
-      const int jr = P.glu ? (r & 1) : ji;
-      J[r] = &P.j[jr];
-      c2[r] = code2[jr];
-      m[r] = base + kWarps * (P.glu ? (r >> 1) : r);
-      ok[r] = m[r] < J[r]->M;
-    }
-    if (!ok[0]) continue;  // no barrier in the loop
-    const int K = J[0]->K, nch = K / 32;
-    float acc[kRowsWarp];
-#pragma unroll
-    for (int r = 0; r < kRowsWarp; ++r) acc[r] = 0.f;
-    for (int c0 = lane; c0 < nch; c0 += 32 * G) {
-      uint4 w[kRowsWarp][G];
-      float a2[kRowsWarp][G];
-      uint32_t a8[kRowsWarp][G];
-#pragma unroll
-      for (int r = 0; r < kRowsWarp; ++r)
-#pragma unroll
-        for (int g = 0; g < G; ++g) {
-          const int c = c0 + 32 * g;
-          if (ok[r] && c < nch) {
-            const GemvJob& Jr = *J[r];
-            w[r][g] = ldg_stream(reinterpret_cast<const uint4*>(Jr.packed + (int64_t)m[r] * (K / 2)) + c);
-            const int64_t blk = ((int64_t)m[r] * K + 32 * (int64_t)c) >> 6;
-            if (Jr.absmax) { a2[r][g] = __ldg(Jr.absmax + blk); a8[r][g] = 256; }
-            else { a8[r][g] = __ldg(Jr.am_u8 + blk); a2[r][g] = __ldg(Jr.absmax2 + (blk >> 8)); }
+      for (int n = 0; n < NT; ++n) {
+        if (n < N) {
+          const int64_t o = (int64_t)n * J.M + m;
+          float v = J.alpha * acc[n];
+          if (J.res) v += J.res[o];
+          if (J.out_f32) {
+            float* out = static_cast<float*>(J.out);
+            if (J.beta != 0.f) v += J.beta * out[o];
+            out[o] = v;
+          } else {
+            bf16* out = static_cast<bf16*>(J.out);
+            if (J.beta != 0.f) v += J.beta * __bfloat162float(out[o]);
+            out[o] = __float2bfloat16(v);
           }
         }
-#pragma unroll
-      for (int r = 0; r < kRowsWarp; ++r)
-#pragma unroll
-        for (int g = 0; g < G; ++g) {
-          const int c = c0 + 32 * g;
-          if (ok[r] && c < nch) {
-            const float am = a8[r][g] == 256 ? a2[r][g] : fmaf(c2[r][a8[r][g]], a2[r][g], J[r]->offset);
-            nf4_chunk_dot(w[r][g], am, J[r]->x, c, lut, acc[r]);
-          }
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < kRowsWarp; ++r) {
-      acc[r] = warp_sum(acc[r]);
-      if (ok[r]) lora_epilogue1(*J[r], m[r], lane, acc[r]);
-    }
-    if (lane == 0) {
-#pragma unroll
-      for (int r = 0; r < kRowsWarp; ++r) {
-        if (!ok[r]) continue;
-        if (P.glu) { if (r & 1) store_glu(*J[r - 1], m[r], acc[r - 1], acc[r]); }
-        else store_out(*J[r], m[r], acc[r]);
       }
     }
   }
 }
 
 bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
-
-// MIMIC_GEMV_ROWS=0: one row a warp for N = 1 too (gemv_kernel<1>, round 8's layout; same results).
-bool rows_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("MIMIC_GEMV_ROWS");
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
-  return on;
-}
-
-void gemv_rows_launch(const Params& P, int blocks, bool short_rows) {
-  if (short_rows) gemv_rows_kernel<4, 3><<<blocks, kThreads, 0, Context::get().stream>>>(P);
-  else gemv_rows_kernel<2, 4><<<blocks, kThreads, 0, Context::get().stream>>>(P);
-  MIMIC_CUDA_LAUNCHED();
-}
 
 bool persist_enabled() {
   static const bool on = [] {
@@ -425,16 +293,6 @@ void gemv_launch(const GemvJob* jobs, int n_jobs, int64_t N, bool glu) {
   MIMIC_CHECK(N >= 1 && N <= kGemvMaxN, "EINVAL", "gemv: 1..", kGemvMaxN, " rows, got ", N);
   Params P{};
   std::memcpy(P.lut, mimic::NF4_CODE, sizeof P.lut);
-  // N = 1 with every job NF4 on the 16-byte path and one K: gemv_rows_kernel, R rows a warp
-  bool rows = N == 1 && rows_enabled();
-  for (int i = 0; i < n_jobs; ++i) {
-    const GemvJob& j = jobs[i];
-    rows = rows && j.packed && j.K % 32 == 0 && j.K == jobs[0].K && aligned16(j.packed) && aligned16(j.x);
-  }
-  // R = 4 rows of ≤ 3 chunks a lane (K ≤ 3072), else R = 2 rows of 4-chunk groups (K = 8192: 2 groups)
-  const bool short_rows = jobs[0].K <= 32 * 32 * 3;
-  const int R = short_rows ? 4 : 2;
-  const int rows_vb = rows ? kWarps * (glu ? R / 2 : R) : kWarps;
   int blocks = 0;
   for (int i = 0; i < n_jobs; ++i) {
     GemvJob j = jobs[i];
@@ -446,16 +304,12 @@ void gemv_launch(const GemvJob* jobs, int n_jobs, int64_t N, bool glu) {
       j.fast = j.K % 8 == 0 && aligned16(j.W) && aligned16(j.x);
     P.j[i] = j;
     P.first_block[i] = blocks;
-    if (!glu || i == 0) blocks += (j.M + rows_vb - 1) / rows_vb;
+    if (!glu || i == 0) blocks += (j.M + kWarps - 1) / kWarps;
   }
   P.first_block[n_jobs] = blocks;
   P.nj = glu ? 1 : n_jobs;  // glu: the blocks walk job 0's rows and compute job 1's alongside
   P.glu = glu ? 1 : 0;
   P.N = (int)N;
-  if (rows) {
-    gemv_rows_launch(P, blocks, short_rows);
-    return;
-  }
   if (N == 1) launch<1>(P, blocks);
   else if (N == 2) launch<2>(P, blocks);
   else if (N <= 4) launch<4>(P, blocks);
