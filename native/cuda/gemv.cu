@@ -165,83 +165,54 @@ __device__ __forceinline__ void row_dot(const GemvJob& J, int m, int lane, int N
   }
 }
 
-// While a warp works on its row, its row of the next virtual block is pulled into L2 (the lane's
-// own 16-byte chunks; both rows for glu): the loads after the jump then wait on L2, not DRAM.
-__device__ __forceinline__ void prefetch_row(const GemvJob& J, int m, int lane) {
-  if (m >= J.M || !J.fast) return;
-  const char* row = J.packed ? reinterpret_cast<const char*>(J.packed) + (int64_t)m * (J.K / 2)
-                             : reinterpret_cast<const char*>(J.W) + (int64_t)m * J.K * 2;
-  const int bytes = J.packed ? J.K / 2 : J.K * 2;
-  for (int off = lane * 16; off < bytes; off += 32 * 16) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + off));
-}
-__device__ __forceinline__ void prefetch_next(const Params& P, int vb, int lane) {
-  int ji = 0;
-#pragma unroll
-  for (int i = 1; i < kGemvMaxJobs; ++i)
-    if (i < P.nj && vb >= P.first_block[i]) ji = i;
-  const int m = (vb - P.first_block[ji]) * kWarps + (int)(threadIdx.x >> 5);
-  prefetch_row(P.j[ji], m, lane);
-  if (P.glu) prefetch_row(P.j[1], m, lane);
-}
-
-// One launch walks "virtual blocks" of kWarps rows (first_block[] maps them to jobs): by default one
-// block each. MIMIC_GEMV_PERSIST=1 launches a persistent grid instead (resident blocks × SMs; a block
-// loops over virtual blocks blockIdx.x, blockIdx.x + gridDim.x, …, tables staged once, the next row
-// pulled into L2 while this one computes) — tried in round 9 against the short-lived blocks that
-// pay a launch and a barrier each: batch-1 decode 381 → 374 tok/s (no gain), so it stays off.
 template <int NT>
 __global__ void __launch_bounds__(kThreads, NT >= 8 ? 1 : 3) gemv_kernel(const __grid_constant__ Params P) {
   __shared__ float lut[16];
-  __shared__ float code2[kGemvMaxJobs][256];  // each job's double-quant codes
+  __shared__ float code2[2][256];  // the double-quant codes of this block's job(s) (blocks never span jobs)
+  int ji = 0;
+#pragma unroll
+  for (int i = 1; i < kGemvMaxJobs; ++i)
+    if (i < P.nj && (int)blockIdx.x >= P.first_block[i]) ji = i;
+  const GemvJob& J = P.j[ji];
   if (threadIdx.x < 16) lut[threadIdx.x] = P.lut[threadIdx.x];
-  const int njobs = P.glu ? 2 : P.nj;
-#pragma unroll
-  for (int i = 0; i < kGemvMaxJobs; ++i)
-    if (i < njobs && P.j[i].packed && !P.j[i].absmax) code2[i][threadIdx.x] = P.j[i].code2[threadIdx.x];
+  if (J.packed && !J.absmax) code2[0][threadIdx.x] = J.code2[threadIdx.x];
+  if (P.glu && P.j[1].packed && !P.j[1].absmax) code2[1][threadIdx.x] = P.j[1].code2[threadIdx.x];
   __syncthreads();
+  const int m = ((int)blockIdx.x - P.first_block[ji]) * kWarps + (int)(threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
+  if (m >= J.M) return;  // no barrier follows
   const int N = P.N;
-  for (int vb = blockIdx.x; vb < P.first_block[P.nj]; vb += gridDim.x) {
-    int ji = 0;
-#pragma unroll
-    for (int i = 1; i < kGemvMaxJobs; ++i)
-      if (i < P.nj && vb >= P.first_block[i]) ji = i;
-    const GemvJob& J = P.j[ji];
-    const int m = (vb - P.first_block[ji]) * kWarps + (int)(threadIdx.x >> 5);
-    if (m >= J.M) continue;  // no barrier in the loop
-    if (vb + (int)gridDim.x < P.first_block[P.nj]) prefetch_next(P, vb + (int)gridDim.x, lane);
-    float acc[NT];
-    row_dot<NT>(J, m, lane, N, lut, code2[ji], acc);
-    if (P.glu) {  // out = silu(gate)·up, gate = job 0, up = job 1 (as swiglu.cu, without rounding gate/up to bf16)
-      float up[NT];
-      row_dot<NT>(P.j[1], m, lane, N, lut, code2[1], up);
-      if (lane == 0) {
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-          if (n < N) {
-            const float g = acc[n], sg = 1.f / (1.f + __expf(-g));
-            static_cast<bf16*>(J.out)[(int64_t)n * J.M + m] = __float2bfloat16(g * sg * up[n]);
-          }
-        }
-      }
-      continue;
-    }
+  float acc[NT];
+  row_dot<NT>(J, m, lane, N, lut, code2[0], acc);
+  if (P.glu) {  // out = silu(gate)·up, gate = job 0, up = job 1 (as swiglu.cu, without rounding gate/up to bf16)
+    float up[NT];
+    row_dot<NT>(P.j[1], m, lane, N, lut, code2[1], up);
     if (lane == 0) {
 #pragma unroll
       for (int n = 0; n < NT; ++n) {
         if (n < N) {
-          const int64_t o = (int64_t)n * J.M + m;
-          float v = J.alpha * acc[n];
-          if (J.res) v += J.res[o];
-          if (J.out_f32) {
-            float* out = static_cast<float*>(J.out);
-            if (J.beta != 0.f) v += J.beta * out[o];
-            out[o] = v;
-          } else {
-            bf16* out = static_cast<bf16*>(J.out);
-            if (J.beta != 0.f) v += J.beta * __bfloat162float(out[o]);
-            out[o] = __float2bfloat16(v);
-          }
+          const float g = acc[n], sg = 1.f / (1.f + __expf(-g));
+          static_cast<bf16*>(J.out)[(int64_t)n * J.M + m] = __float2bfloat16(g * sg * up[n]);
+        }
+      }
+    }
+    return;
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int n = 0; n < NT; ++n) {
+      if (n < N) {
+        const int64_t o = (int64_t)n * J.M + m;
+        float v = J.alpha * acc[n];
+        if (J.res) v += J.res[o];
+        if (J.out_f32) {
+          float* out = static_cast<float*>(J.out);
+          if (J.beta != 0.f) v += J.beta * out[o];
+          out[o] = v;
+        } else {
+          bf16* out = static_cast<bf16*>(J.out);
+          if (J.beta != 0.f) v += J.beta * __bfloat162float(out[o]);
+          out[o] = __float2bfloat16(v);
         }
       }
     }
@@ -250,31 +221,9 @@ __global__ void __launch_bounds__(kThreads, NT >= 8 ? 1 : 3) gemv_kernel(const _
 
 bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
 
-bool persist_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("MIMIC_GEMV_PERSIST");
-    return e && std::strcmp(e, "1") == 0;
-  }();
-  return on;
-}
-
 template <int NT>
 void launch(const Params& P, int blocks) {
-  int grid = blocks;
-  if (persist_enabled()) {  // resident blocks × SMs (per device and NT), at most one per virtual block
-    static int cached[64] = {0};
-    int dev = 0;
-    cudaGetDevice(&dev);
-    int& full = cached[dev & 63];
-    if (!full) {
-      int per_sm = 0, sms = 0;
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_kernel<NT>, kThreads, 0);
-      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-      full = std::max(1, per_sm) * std::max(1, sms);
-    }
-    grid = std::min(blocks, full);
-  }
-  gemv_kernel<NT><<<grid, kThreads, 0, Context::get().stream>>>(P);
+  gemv_kernel<NT><<<blocks, kThreads, 0, Context::get().stream>>>(P);
   MIMIC_CUDA_LAUNCHED();
 }
 
