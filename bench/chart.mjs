@@ -1,10 +1,10 @@
 // Tokens/s per configuration, mimic vs the PyTorch peer of the same device call, as an SVG.
-//   node bench/chart.mjs [bench/results/h200-round3.json] [bench/results/tokens-per-second.svg]
+//   node bench/chart.mjs [bench/results/h200-round9.json] [bench/results/tokens-per-second.svg]
 // Each configuration's bars share one linear scale (its own largest value), so configurations of
 // very different speeds (decode vs training) stay readable; the numbers are printed on the bars.
 import fs from 'node:fs'
 
-const src = process.argv[2] || 'bench/results/h200-round3.json'
+const src = process.argv[2] || 'bench/results/h200-round9.json'
 const dst = process.argv[3] || 'bench/results/tokens-per-second.svg'
 const R = JSON.parse(fs.readFileSync(src, 'utf8'))
 const js = R.mimic_js || {}, peer = R.peer_same_call || {}, cpp = R.mimic_cpp || {}
