@@ -1,7 +1,8 @@
 #!/bin/bash
 # ncu per-kernel profiles of single passes (mimic_cuda_check prof <phase>), two phases at a time on
 # two GPUs; logs packed into $OUT/prof.tgz. METRICS (default: duration, DRAM and SM throughput,
-# issue activity, achieved occupancy) go to every phase listed in PHASES_G0 / PHASES_G1.
+# issue activity, achieved occupancy) go to every phase listed in PHASES_G0 / PHASES_G1; STALL=1 adds
+# ncu's warp-state, memory and occupancy sections for the decode step's first gemv nodes.
 #   device: run(kind="nvidia-h200-x2", command="bash bench/gpu/prof.sh", carry=[".device-node", "dist", ".gpu-carry"])
 set -o pipefail
 source .device-node/activate.sh
@@ -27,4 +28,10 @@ run_phases() {  # gpu phases...
 run_phases 0 ${PHASES_G0:-decodegraph} &
 run_phases 1 ${PHASES_G1:-train2}
 wait
+if [ -n "$STALL" ]; then  # why the decode gemv warps wait: the first 4 gemv nodes of one decode step
+  CUDA_VISIBLE_DEVICES=0 timeout 150 $NCU --clock-control none --profile-from-start off -k regex:gemv_kernel -c 4 \
+    --section WarpStateStats --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy \
+    ./build/mimic_cuda_check prof $CK decodegraph > "$L/stall-gemv.txt" 2>&1
+  echo "stall rc $?"
+fi
 tar czf "$OUT/prof.tgz" -C "$L" . && rm -rf "$L"
