@@ -31,6 +31,7 @@ struct Workspace {
   std::vector<DevBuf<float>> xs;
   std::vector<Acts> acts;
   DevBuf<bf16> y16, dy16, dact, dgate, dup, datt, dq, dk, dv, dh, drop, drop2, xnf, gath, logits16, scratch;
+  DevBuf<bf16> layer_w;  // one layer's seven NF4 projections dequantized, for its recompute AND its backward
   DevBuf<float> dres, dn, rstdf, dg, dxnf, logits32;
   DevBuf<double> loss;
 };
@@ -91,14 +92,28 @@ struct LinCtx {
   Workspace& ws;
   float dropout;
   uint64_t seed;  // per (call, layer, projection)
+  // set during a recomputed layer's recompute + backward: its projections already dequantized in
+  // ws.layer_w (dense[i] for &layer->proj[i]), so both passes share one dequantize per weight
+  const DLayer* layer = nullptr;
+  const bf16* dense[7] = {};
 };
+
+// The bf16 copy of L prepared for this layer's recompute + backward, or null. Only for N > 64 rows:
+// there nf4_matmul_forward itself dequantizes + multiplies (N <= 64 rows take the GEMV / the fused
+// NF4 GEMM), so the dense path gives the same bits as the per-call dequantize.
+const bf16* dense_of(const LinCtx& c, const DLinear& L, int64_t N) {
+  if (!c.layer || N <= kNF4GemmSmallMaxS) return nullptr;
+  const ptrdiff_t i = &L - &c.layer->proj[0];
+  return i >= 0 && i < 7 ? c.dense[i] : nullptr;
+}
 
 const bf16* lora_A(const DeviceModel& d, const DLinear& L) { return d.lb.p + L.offA; }
 const bf16* lora_B(const DeviceModel& d, const DLinear& L) { return d.lb.p + L.offB; }
 
 // y[N, M] (bf16) = lin(x); h_out[N, r] keeps x_drop·Aᵀ for the backward.
 void lin_forward(LinCtx& c, bf16* y, const bf16* x, int64_t N, const DLinear& L, bf16* h_out) {
-  if (L.is_nf4) nf4_matmul_forward<bf16>(y, x, L.nf4, N, c.ws.scratch.p, 1.f, 0.f);
+  if (const bf16* W = L.is_nf4 ? dense_of(c, L, N) : nullptr) matmul_forward<bf16>(y, x, W, N, L.K, L.M, 1.f, 0.f);
+  else if (L.is_nf4) nf4_matmul_forward<bf16>(y, x, L.nf4, N, c.ws.scratch.p, 1.f, 0.f);
   else matmul_forward<bf16>(y, x, L.W.p, N, L.K, L.M, 1.f, 0.f);
   if (!L.src || L.r == 0) return;
   const bf16* xin = x;
@@ -115,7 +130,8 @@ void lin_forward(LinCtx& c, bf16* y, const bf16* x, int64_t N, const DLinear& L,
 template <class TO>
 void lin_backward(LinCtx& c, TO* dx, float beta, const bf16* dy, const bf16* x, int64_t N, const DLinear& L,
                   const bf16* h) {
-  if (L.is_nf4) nf4_matmul_backward_input<TO>(dx, dy, L.nf4, N, c.ws.scratch.p, 1.f, beta);
+  if (const bf16* W = L.is_nf4 ? dense_of(c, L, N) : nullptr) matmul_backward_input<TO>(dx, dy, W, N, L.K, L.M, 1.f, beta);
+  else if (L.is_nf4) nf4_matmul_backward_input<TO>(dx, dy, L.nf4, N, c.ws.scratch.p, 1.f, beta);
   else matmul_backward_input<TO>(dx, dy, L.W.p, N, L.K, L.M, 1.f, beta);
   if (!L.src || L.r == 0) return;
   DeviceModel& d = c.d;
@@ -187,6 +203,36 @@ struct LayerRun {
   DeviceKV* cache;     // inference only
   int q_offset;
 };
+
+// MIMIC_LAYER_DENSE=0: the recompute and the backward dequantize each weight on their own (3
+// dequantize passes a step instead of 2; same results).
+bool layer_dense_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("MIMIC_LAYER_DENSE");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
+  return on;
+}
+
+// Layer l's NF4 projections → bf16 in ws.layer_w (grow-only: the largest layer's Σ M·K), their
+// pointers in lc.dense; non-NF4 projections keep their own weights (dense[i] = null).
+void dequantize_layer(DeviceModel& d, int l, Workspace& w, LinCtx& lc) {
+  const DLayer& L = d.layers[l];
+  size_t total = 0;
+  for (const DLinear& p : L.proj) if (p.is_nf4) total += (size_t)p.M * p.K;
+  if (!total) return;
+  w.layer_w.reserve(total);
+  size_t at = 0;
+  for (int i = 0; i < 7; ++i) {
+    const DLinear& p = L.proj[i];
+    lc.dense[i] = nullptr;
+    if (!p.is_nf4) continue;
+    nf4_dequantize(w.layer_w.p + at, p.nf4);
+    lc.dense[i] = w.layer_w.p + at;
+    at += (size_t)p.M * p.K;
+  }
+  lc.layer = &L;
+}
 
 void layer_forward(DeviceModel& d, int l, Acts& a, const float* x, float* out, const LayerRun& run, LinCtx& lc,
                    uint64_t seed_base) {
@@ -610,12 +656,16 @@ LossSum DeviceTrainer::run(const int32_t* ids, const int32_t* labels, int B, int
     for (int l = c.num_layers - 1; l >= 0; --l) {
       Acts& a = w.acts[n_acts == 1 ? 0 : l];
       if (n_acts == 1) {
+        // one dequantize per NF4 weight for both the recompute and the backward-input GEMMs
+        // (round 10 profile, 2×512: the three dequantize passes of a step were 22 % of it)
+        if (layer_dense_enabled() && N > kNF4GemmSmallMaxS) dequantize_layer(d_, l, w, lc);
         // recompute this layer's activations from its saved input (its output goes to scratch:
         // xs[l + 1] must keep the value the next layer's backward already consumed — unchanged)
         w.dn.reserve((size_t)N * C);
         layer_forward(d_, l, a, w.xs[l].p, w.xs[l + 1].p, run, lc, seed_base);
       }
       layer_backward(d_, l, a, w.xs[l].p, run, lc, seed_base);
+      lc.layer = nullptr;
     }
   }
   double loss = 0;
