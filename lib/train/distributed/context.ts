@@ -83,7 +83,9 @@ export function makeDistContext(comm: Communicator, transport: 'tcp' | 'nccl', o
       // after an abort of the run the onAbort hook above has called ncclAbort: ncclDestroy then
       // aborts the communicator instead of finalizing it (it never waits on the peers)
       try {
-        return await t.ncclDestroy(o.timeoutMs);
+        // a healthy communicator finalizes at once (no collective is pending at the end of a run);
+        // never hold a finished run for the whole collective deadline: past 30 s it is aborted
+        return await t.ncclDestroy(o.timeoutMs > 0 ? Math.min(o.timeoutMs, 30_000) : 30_000);
       } catch {
         return 'none'; // ENOTSUP (no NCCL) or EBUSY: the process exit (or the trainer's finalizer) ends it
       }
