@@ -17,6 +17,7 @@
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
 #include "cuda/llama_cuda.h"
+#include "cuda/pdl.h"
 
 namespace mimic::cuda {
 namespace {
@@ -31,6 +32,8 @@ __global__ void rope_append_kernel(bf16* __restrict__ q, const bf16* __restrict_
                                    bf16* const* __restrict__ ktab, bf16* const* __restrict__ vtab, bf16* k1, bf16* v1,
                                    const int32_t* __restrict__ pos, const float* __restrict__ inv_freq, int Hq, int Hkv,
                                    int D) {
+  pdl_trigger();
+  pdl_wait();  // q/k/v and pos come from the kernels before (pdl.h)
   const int half = D / 2, b = blockIdx.x, s = blockIdx.y;
   const int p = pos[s];
   q += (int64_t)s * Hq * D;
@@ -63,8 +66,8 @@ __global__ void rope_append_kernel(bf16* __restrict__ q, const bf16* __restrict_
 }
 void rope_append(bf16* q, const bf16* k, const bf16* v, bf16* const* ktab, bf16* const* vtab, bf16* k1, bf16* v1,
                  const int32_t* pos, const float* inv_freq, int S, int Hq, int Hkv, int D) {
-  rope_append_kernel<<<dim3(Hq + Hkv, S), std::min(std::max(D / 2, 32), 128), 0, Context::get().stream>>>(
-      q, k, v, ktab, vtab, k1, v1, pos, inv_freq, Hq, Hkv, D);
+  launch_pdl(rope_append_kernel, dim3(Hq + Hkv, S), dim3(std::min(std::max(D / 2, 32), 128)), 0, Context::get().stream,
+             q, k, v, ktab, vtab, k1, v1, pos, inv_freq, Hq, Hkv, D);
   MIMIC_CUDA_LAUNCHED();
 }
 
@@ -72,6 +75,8 @@ void rope_append(bf16* q, const bf16* k, const bf16* v, bf16* const* ktab, bf16*
 // the generic kernel's strided loop costs a memory latency per iteration, which dominates at N = 1.
 __global__ void __launch_bounds__(kNormThreads) rmsnorm_rows_kernel(bf16* __restrict__ out, const float* __restrict__ x,
                                                                     const float* __restrict__ w, int C, float eps) {
+  pdl_trigger();
+  pdl_wait();
   __shared__ float sh[32];
   x += (int64_t)blockIdx.x * C;
   out += (int64_t)blockIdx.x * C;
@@ -98,7 +103,7 @@ __global__ void __launch_bounds__(kNormThreads) rmsnorm_rows_kernel(bf16* __rest
 }
 void rmsnorm_rows(bf16* out, const float* x, const float* w, int N, int C, float eps) {
   if (C > kNormThreads * kNormPer) { rmsnorm_forward(out, nullptr, x, w, N, C, eps); return; }
-  rmsnorm_rows_kernel<<<N, kNormThreads, 0, Context::get().stream>>>(out, x, w, C, eps);
+  launch_pdl(rmsnorm_rows_kernel, dim3(N), dim3(kNormThreads), 0, Context::get().stream, out, x, w, C, eps);
   MIMIC_CUDA_LAUNCHED();
 }
 
@@ -128,6 +133,8 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(bf16* __restr
                                                                    const bf16* k1, const bf16* v1,
                                                                    const int32_t* __restrict__ pos, int Hq, int Hkv,
                                                                    int Drt) {
+  pdl_trigger();
+  pdl_wait();
   const int D = DT ? DT : Drt;
   __shared__ float qs[256];
   __shared__ float red[32];
@@ -208,10 +215,8 @@ void decode_attn(bf16* out, const bf16* q, const bf16* const* ktab, const bf16* 
                  const bf16* v1, const int32_t* pos, int S, int Hq, int Hkv, int D) {
   const dim3 grid(Hq, S);
   cudaStream_t st = Context::get().stream;
-  if (D == 128)
-    decode_attn_kernel<128><<<grid, kAttnThreads, 0, st>>>(out, q, ktab, vtab, k1, v1, pos, Hq, Hkv, D);
-  else
-    decode_attn_kernel<0><<<grid, kAttnThreads, 0, st>>>(out, q, ktab, vtab, k1, v1, pos, Hq, Hkv, D);
+  launch_pdl(D == 128 ? decode_attn_kernel<128> : decode_attn_kernel<0>, grid, dim3(kAttnThreads), 0, st, out, q, ktab,
+             vtab, k1, v1, pos, Hq, Hkv, D);
   MIMIC_CUDA_LAUNCHED();
 }
 

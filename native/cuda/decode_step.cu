@@ -20,11 +20,13 @@
 #include "cuda/common.cuh"
 #include "cuda/decode_kernels.cuh"
 #include "cuda/llama_cuda.h"
+#include "cuda/pdl.h"
 
 namespace mimic::cuda {
 
 struct DecodeGraph {
   uint64_t model_uid = 0, lora_version = 0;
+  bool pdl = false;        // recorded with programmatic dependent launches (pdl.h)
   const void* k0 = nullptr;
   int max_len = 0;
   cudaGraph_t graph = nullptr;
@@ -44,6 +46,18 @@ struct DecodeGraph {
 namespace {
 
 constexpr int kRing = 64;
+
+// MIMIC_DECODE_PDL=1: record the step with programmatic dependent launches (pdl.h) — prepared in
+// session 2 without a GPU left to time it; decode_pdl_override(1|0|-1) forces it for the checks.
+int g_pdl_override = -1;
+bool g_pdl_broken = false;  // a capture with PDL failed once: plain launches from then on
+bool pdl_wanted() {
+  static const bool env = [] {
+    const char* e = std::getenv("MIMIC_DECODE_PDL");
+    return e && std::strcmp(e, "1") == 0;
+  }();
+  return !g_pdl_broken && (g_pdl_override >= 0 ? g_pdl_override == 1 : env);
+}
 
 bool graph_enabled() {
   const char* e = std::getenv("MIMIC_DECODE_GRAPH");
@@ -121,11 +135,25 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
   gemv(&j, 1, 1);
 }
 
+std::shared_ptr<DecodeGraph> build_with(DeviceModel& d, DeviceKV& kv, bool pdl);
 std::shared_ptr<DecodeGraph> build(DeviceModel& d, DeviceKV& kv) {
+  if (pdl_wanted()) {
+    try {
+      return build_with(d, kv, true);
+    } catch (const mimic::Error&) {
+      g_pdl_broken = true;  // e.g. a driver without PDL in graphs: the plain graph below
+      cudaGetLastError();
+    }
+  }
+  return build_with(d, kv, false);
+}
+
+std::shared_ptr<DecodeGraph> build_with(DeviceModel& d, DeviceKV& kv, bool pdl) {
   const LlamaConfig& c = d.cfg;
   auto g = std::make_shared<DecodeGraph>();
   g->model_uid = d.uid;
   g->lora_version = d.lora_version;
+  g->pdl = pdl;
   g->k0 = kv.k[0].p;
   g->max_len = kv.max_len;
   const int64_t C = c.hidden_size, QD = (int64_t)c.num_heads * c.head_dim, KD = (int64_t)c.num_kv_heads * c.head_dim,
@@ -143,15 +171,18 @@ std::shared_ptr<DecodeGraph> build(DeviceModel& d, DeviceKV& kv) {
   cudaStream_t st = Context::get().stream;
   Context::get().sync();
   MIMIC_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  g_pdl_active = pdl;
   try {
     record(d, kv, *g);
   } catch (...) {
+    g_pdl_active = false;
     cudaGraph_t broken = nullptr;
     cudaStreamEndCapture(st, &broken);
     if (broken) cudaGraphDestroy(broken);
     cudaGetLastError();
     throw;
   }
+  g_pdl_active = false;
   MIMIC_CUDA_CHECK(cudaStreamEndCapture(st, &g->graph));
   MIMIC_CUDA_CHECK(cudaGraphInstantiate(&g->exec, g->graph, 0));
   return g;
@@ -165,7 +196,7 @@ float* decode_step(DeviceModel& d, int32_t id, DeviceKV& kv) {
     return nullptr;
   DecodeGraph* g = kv.graph.get();
   if (!g || g->model_uid != d.uid || g->lora_version != d.lora_version || g->k0 != kv.k[0].p ||
-      g->max_len != kv.max_len) {
+      g->max_len != kv.max_len || g->pdl != pdl_wanted()) {
     kv.graph.reset();
     kv.graph = build(d, kv);
     g = kv.graph.get();
@@ -179,5 +210,7 @@ float* decode_step(DeviceModel& d, int32_t id, DeviceKV& kv) {
   kv.len += 1;
   return g->logits.p;
 }
+
+void decode_pdl_override(int mode) { g_pdl_override = mode; }
 
 }  // namespace mimic::cuda

@@ -325,6 +325,21 @@ void model_checks(const std::string& ref) {
           (eager ? " (eager, no graph)" : " (decode graph)"), rel(inc, full), 1e-2);
       if (eager) unsetenv("MIMIC_DECODE_GRAPH");
     }
+    {  // the decode graph recorded with programmatic dependent launches (pdl.h) vs without: the same
+       // kernels and order, so the same logits bit for bit (a missing griddepcontrol.wait shows here)
+      std::vector<float> runs[2];
+      for (int pdl = 0; pdl < 2; ++pdl) {
+        cuda::decode_pdl_override(pdl);
+        cuda::DeviceKV kv;
+        kv.init(cpu->cfg, T);
+        runs[pdl].assign((size_t)T * V, 0.f);
+        cuda::llama_forward(*gpu, ids.data(), 5, &kv, runs[pdl].data(), 5);
+        for (int t = 5; t < T; ++t) cuda::llama_forward(*gpu, ids.data() + t, 1, &kv, runs[pdl].data() + (size_t)t * V, 1);
+      }
+      cuda::decode_pdl_override(-1);
+      add(quant ? "model nf4" : "model fp32", "decode graph with PDL == without, bit for bit (5 + 1x7)",
+          rel(runs[1], runs[0]), 0.0);
+    }
     // batched decode (decode_batch_cuda.cu) vs each session alone: 20 sessions (two GEMV row blocks),
     // prompts up to 300 tokens (attention over more than one 256-key chunk), staggered joins
     {

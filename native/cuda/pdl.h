@@ -1,0 +1,61 @@
+// pdl — programmatic dependent launch (sm_90+) for the captured decode step (decode_step.cu).
+//
+// Why: a batch-1 decode token is ~230 small kernels in one CUDA graph; each boundary waits for the
+// previous grid to drain before the next one's blocks start, and the NF4 gemv then pays a DRAM
+// round trip before its first product (round 9/10 profiles: the gemv at 11-17 % of DRAM bandwidth,
+// latency-bound). With PDL a kernel's blocks are scheduled while its predecessor still runs: they
+// do what does not depend on it (stage tables, request their weight rows into L2), then
+// `griddepcontrol.wait` blocks until the predecessor grid has completed and its writes are
+// visible, and only then read its outputs or write anything. Every kernel launched through
+// launch_pdl while pdl_active() must call pdl_wait() before its first read of data another kernel
+// wrote and before its first global write; pdl_trigger() at its start lets its own successor be
+// scheduled as soon as all of its blocks are resident.
+// Off by default (MIMIC_DECODE_PDL=1 turns it on for the decode graph; not yet measured on a GPU).
+// Without the launch attribute griddepcontrol.wait returns at once: the same kernels serve every
+// other path unchanged.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <utility>
+
+#include "cuda/buffer.h"
+
+namespace mimic::cuda {
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Set by decode_step's recording while PDL is on (the thread that captures).
+inline thread_local bool g_pdl_active = false;
+inline bool pdl_active() { return g_pdl_active; }
+
+// kernel<<<grid, block, smem, st>>>(args...), with the programmatic-serialization attribute when
+// pdl_active().
+template <class... K, class... A>
+void launch_pdl(void (*kernel)(K...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, A&&... args) {
+  if (!pdl_active()) {
+    kernel<<<grid, block, smem, st>>>(std::forward<A>(args)...);
+    return;
+  }
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = st;
+  cudaLaunchAttribute at[1];
+  at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  at[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = at;
+  cfg.numAttrs = 1;
+  MIMIC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...));
+}
+
+}  // namespace mimic::cuda
