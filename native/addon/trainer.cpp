@@ -344,13 +344,32 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
 
 // ---- async calls ------------------------------------------------------------------------------
 
-class BatchWorker : public Worker {
+// One async call of a trainer: keeps the JS trainer alive while it runs, then (JS thread, success
+// or failure) frees the trainer for the next call and finishes a dispose() that came meanwhile.
+class TrainerCall : public Worker {
+ public:
+  TrainerCall(Napi::Env env, const char* name, Napi::Object self, TrainerWrap* t) : Worker(env, name), t_(t) {
+    self_ = Napi::Persistent(self);
+  }
+
+ protected:
+  void Finally() override {
+    t_->busy_ = false;
+    if (t_->dispose_requested_) t_->finish_dispose();
+    self_.Reset();
+  }
+  TrainerWrap* t_;
+
+ private:
+  Napi::ObjectReference self_;
+};
+
+class BatchWorker : public TrainerCall {
  public:
   BatchWorker(Napi::Env env, Napi::Object self, TrainerWrap* t, std::vector<int32_t> ids, std::vector<int32_t> labels,
               int B, int T, bool eval, bool keyed, MicroBatchKey key)
-      : Worker(env, eval ? "mimic.Trainer.evaluate" : "mimic.Trainer.accumulate"), t_(t), ids_(std::move(ids)),
+      : TrainerCall(env, eval ? "mimic.Trainer.evaluate" : "mimic.Trainer.accumulate", self, t), ids_(std::move(ids)),
         labels_(std::move(labels)), B_(B), T_(T), eval_(eval), keyed_(keyed), key_(key) {
-    self_ = Napi::Persistent(self);
   }
 
  protected:
@@ -387,15 +406,8 @@ class BatchWorker : public Worker {
     o.Set("tokens", Napi::Number::New(env, (double)res_.tokens));
     return o;
   }
-  void Finally() override {
-    t_->busy_ = false;
-    if (t_->dispose_requested_) t_->finish_dispose();
-    self_.Reset();
-  }
 
  private:
-  TrainerWrap* t_;
-  Napi::ObjectReference self_;  // keeps the trainer alive while this runs
   std::vector<int32_t> ids_, labels_;
   int B_, T_;
   bool eval_;
@@ -404,11 +416,10 @@ class BatchWorker : public Worker {
   LossSum res_;
 };
 
-class StepWorker : public Worker {
+class StepWorker : public TrainerCall {
  public:
   StepWorker(Napi::Env env, Napi::Object self, TrainerWrap* t, StepOptions o)
-      : Worker(env, "mimic.Trainer.step"), t_(t), o_(o) {
-    self_ = Napi::Persistent(self);
+      : TrainerCall(env, "mimic.Trainer.step", self, t), o_(o) {
   }
 
  protected:
@@ -437,51 +448,35 @@ class StepWorker : public Worker {
     o.Set("gradNorm", Napi::Number::New(env, norm_));
     return o;
   }
-  void Finally() override {
-    t_->busy_ = false;
-    if (t_->dispose_requested_) t_->finish_dispose();
-    self_.Reset();
-  }
 
  private:
-  TrainerWrap* t_;
-  Napi::ObjectReference self_;
   StepOptions o_;
   double norm_ = 0.0;
 };
 
 // ncclInit(id, rank, worldSize, timeoutMs): joins the communicator; never takes the model's mutex.
-class NcclInitWorker : public Worker {
+class NcclInitWorker : public TrainerCall {
  public:
   NcclInitWorker(Napi::Env env, Napi::Object self, TrainerWrap* t, std::shared_ptr<dist::NcclComm> c,
                  std::vector<uint8_t> id, int64_t timeout_ms)
-      : Worker(env, "mimic.Trainer.ncclInit"), t_(t), c_(std::move(c)), id_(std::move(id)), timeout_ms_(timeout_ms) {
-    self_ = Napi::Persistent(self);
+      : TrainerCall(env, "mimic.Trainer.ncclInit", self, t), c_(std::move(c)), id_(std::move(id)), timeout_ms_(timeout_ms) {
   }
 
  protected:
   void Run() override { c_->init(id_.data(), timeout_ms_); }
   Napi::Value Resolve(Napi::Env env) override { return env.Undefined(); }
-  void Finally() override {
-    t_->busy_ = false;
-    if (t_->dispose_requested_) t_->finish_dispose();
-    self_.Reset();
-  }
 
  private:
-  TrainerWrap* t_;
-  Napi::ObjectReference self_;
   std::shared_ptr<dist::NcclComm> c_;
   std::vector<uint8_t> id_;
   int64_t timeout_ms_;
 };
 
 // ncclAllReduce(bucketElems, timeoutMs): the device gradient arena summed over ranks, in place.
-class NcclAllReduceWorker : public Worker {
+class NcclAllReduceWorker : public TrainerCall {
  public:
   NcclAllReduceWorker(Napi::Env env, Napi::Object self, TrainerWrap* t, size_t bucket, int64_t timeout_ms)
-      : Worker(env, "mimic.Trainer.ncclAllReduce"), t_(t), bucket_(bucket), timeout_ms_(timeout_ms) {
-    self_ = Napi::Persistent(self);
+      : TrainerCall(env, "mimic.Trainer.ncclAllReduce", self, t), bucket_(bucket), timeout_ms_(timeout_ms) {
   }
 
  protected:
@@ -497,40 +492,25 @@ class NcclAllReduceWorker : public Worker {
 #endif
   }
   Napi::Value Resolve(Napi::Env env) override { return env.Undefined(); }
-  void Finally() override {
-    t_->busy_ = false;
-    if (t_->dispose_requested_) t_->finish_dispose();
-    self_.Reset();
-  }
 
  private:
-  TrainerWrap* t_;
-  Napi::ObjectReference self_;
   size_t bucket_;
   int64_t timeout_ms_;
 };
 
 // ncclDestroy(timeoutMs): ends the communicator (dist::NcclComm::destroy); resolves with what it
 // did. Never takes the model's mutex, and works after dispose() (the communicator outlives it).
-class NcclDestroyWorker : public Worker {
+class NcclDestroyWorker : public TrainerCall {
  public:
   NcclDestroyWorker(Napi::Env env, Napi::Object self, TrainerWrap* t, std::shared_ptr<dist::NcclComm> c, int64_t timeout_ms)
-      : Worker(env, "mimic.Trainer.ncclDestroy"), t_(t), c_(std::move(c)), timeout_ms_(timeout_ms) {
-    self_ = Napi::Persistent(self);
+      : TrainerCall(env, "mimic.Trainer.ncclDestroy", self, t), c_(std::move(c)), timeout_ms_(timeout_ms) {
   }
 
  protected:
   void Run() override { end_ = c_->destroy(timeout_ms_); }
   Napi::Value Resolve(Napi::Env env) override { return Napi::String::New(env, dist::nccl_end_name(end_)); }
-  void Finally() override {
-    t_->busy_ = false;
-    if (t_->dispose_requested_) t_->finish_dispose();
-    self_.Reset();
-  }
 
  private:
-  TrainerWrap* t_;
-  Napi::ObjectReference self_;
   std::shared_ptr<dist::NcclComm> c_;
   int64_t timeout_ms_;
   dist::NcclEnd end_ = dist::NcclEnd::kNone;

@@ -38,21 +38,10 @@ constexpr int kTileBlocks = kTileChunks / 2;                  // 64-blocks per t
 static_assert(kTileBlocks == 256, "a tile must be exactly one absmax2 group of 256 blocks");
 static_assert(kTileBlocks == kThreads, "one absmax per thread per tile");
 
-struct Lut {
-  float v[16];
-};
-
-__device__ __forceinline__ uint32_t bf2_bits(float lo, float hi) {
-  const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);  // .x = lo (lower address)
-  uint32_t u;
-  memcpy(&u, &p, sizeof u);
-  return u;
-}
-
 __global__ void __launch_bounds__(kThreads)
     dequant_fast_kernel(uint4* __restrict__ out, const uint4* __restrict__ packed, const float* __restrict__ absmax,
                         const uint8_t* __restrict__ am_u8, const float* __restrict__ absmax2,
-                        const float* __restrict__ code2, float offset, int64_t n_chunks, Lut lut) {
+                        const float* __restrict__ code2, float offset, int64_t n_chunks, NF4Lut lut) {
   __shared__ float s_code2[256];
   __shared__ float s_lut[16];
   __shared__ float s_am[2][kTileBlocks];
@@ -142,7 +131,7 @@ bool nf4_dequantize_fast(bf16* out, const NF4Device& W, int max_blocks) {
   const int64_t n_tiles = (n_chunks + kTileChunks - 1) / kTileChunks;
   int64_t grid = std::min<int64_t>(n_tiles, resident_grid());
   if (max_blocks > 0) grid = std::min<int64_t>(grid, max_blocks);
-  Lut lut;
+  NF4Lut lut;
   std::memcpy(lut.v, mimic::NF4_CODE, sizeof lut.v);
   dequant_fast_kernel<<<(unsigned)grid, kThreads, 0, Context::get().stream>>>(
       reinterpret_cast<uint4*>(out), reinterpret_cast<const uint4*>(W.packed.p),

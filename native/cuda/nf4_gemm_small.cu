@@ -37,17 +37,6 @@ namespace {
 constexpr int kWarps = 4, kThreads = kWarps * 32, kRowsPerBlock = 16 * kWarps, kChunk = 128;
 constexpr int kPitch = 288;  // bytes per x row in shared memory (256 + 32: the bank shift between rows)
 
-struct Lut {
-  float v[16];
-};
-
-__device__ __forceinline__ uint32_t bf2_bits(float lo, float hi) {
-  const __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);  // .x = lo (lower k)
-  uint32_t u;
-  memcpy(&u, &p, sizeof u);
-  return u;
-}
-
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
@@ -81,7 +70,7 @@ __global__ void __launch_bounds__(kThreads)
     nf4_gemm_small_kernel(float* __restrict__ part, const bf16* __restrict__ x, const uint8_t* __restrict__ packed,
                           const float* __restrict__ absmax, const uint8_t* __restrict__ am_u8,
                           const float* __restrict__ absmax2, const float* __restrict__ code2, float offset, int S,
-                          int M, int K, int chunks_per_split, Lut lut_in) {
+                          int M, int K, int chunks_per_split, NF4Lut lut_in) {
   extern __shared__ __align__(16) unsigned char smem[];  // [2][NT·8 rows][kPitch]
   __shared__ float lut[16];
   __shared__ float s_code2[256];
@@ -216,7 +205,7 @@ void launch(float* part, const bf16* x, const NF4Device& W, int S, int splits, i
     MIMIC_CUDA_CHECK(cudaFuncSetAttribute(nf4_gemm_small_kernel<NT>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     attr = true;
   }
-  Lut lut;
+  NF4Lut lut;
   std::memcpy(lut.v, mimic::NF4_CODE, sizeof lut.v);
   const dim3 grid((unsigned)((W.M + kRowsPerBlock - 1) / kRowsPerBlock), (unsigned)splits);
   nf4_gemm_small_kernel<NT><<<grid, kThreads, smem, Context::get().stream>>>(

@@ -1,0 +1,64 @@
+# lib.sh — what every device round script starts with (source it from the repository root on the
+# device machine). After `gpu_round NAME [deadline_s]`:
+#   $OUT, $L (logs folder, packed by `pack` into $OUT/NAME.tgz: a call returns at most 8 files),
+#   $NGPU, $G1 (the second card, or 0 on one card), $CK (the 3B checkpoint folder),
+#   left N / can N WHAT (time left under the deadline), NCCL/NVSHMEM multicast off, node_modules
+#   from .gpu-carry, the 3B checkpoint being written in the background on $G1 ($MK).
+# `gpu_build [cmake flags...]` builds with CUDA (sm_90) into build/ and exports MIMIC_ADDON;
+# `gpu_checkpoint` waits for the checkpoint and adds the tokenizer files.
+set -o pipefail
+source .device-node/activate.sh
+
+gpu_round() {
+  ROUND_NAME=$1
+  OUT=${OUT:-/tmp/out}; L=$OUT/logs; mkdir -p "$L"
+  T_START=$(date +%s)
+  DEADLINE=$((T_START + ${DEADLINE_S:-${2:-560}}))
+  export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+  nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader | head -1 | tee "$L/gpu.txt"
+  NGPU=$(nvidia-smi -L | wc -l)
+  G1=$([ "$NGPU" -ge 2 ] && echo 1 || echo 0)
+  mkdir -p node_modules && cp -rn .gpu-carry/node_modules/. node_modules/ 2>/dev/null
+  CK=/tmp/ckpt3b
+  [ -f $CK/config.json ] || ( CUDA_VISIBLE_DEVICES=$G1 timeout 240 python3 bench/make_3b.py write $CK > /tmp/make3b.log 2>&1 ) &
+  MK=$!
+}
+left() { local l=$((DEADLINE - $(date +%s))); [ "$l" -gt "$1" ] && echo "$1" || echo "$l"; }
+can() { [ $((DEADLINE - $(date +%s))) -gt "${1:-20}" ] || { echo "SKIPPED $2 (deadline)" | tee -a "$L/skipped.txt"; return 1; }; }
+pack() { tar czf "$OUT/$ROUND_NAME.tgz" -C "$L" . && rm -rf "$L"; }
+
+gpu_build() {
+  local t0; t0=$(date +%s)
+  cmake -S . -B build -G Ninja -DMIMIC_CUDA=ON -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 "$@" \
+    -DCMAKE_JS_INC="$NODE_API_INC" -DNODE_ADDON_API_DIR="$PWD/node_modules/node-addon-api" > "$L/build.log" 2>&1 &&
+    cmake --build build -j32 >> "$L/build.log" 2>&1 || { grep -B2 -A8 'error' "$L/build.log" | head -60; pack; exit 1; }
+  echo "build: $(( $(date +%s) - t0 )) s; $(grep -o 'mimic: NCCL [A-Z]*' "$L/build.log")"
+  export MIMIC_ADDON=$PWD/$(find build -name mimic.node | head -1)
+}
+
+# op table on GPU 0 beside the model table on $G1 (env for both: the caller's), then their tally
+gpu_tables() {
+  CUDA_VISIBLE_DEVICES=0 timeout $(left 150) ./build/mimic_cuda_check ops > "$L/ops.log" 2>&1 &
+  local ops=$!
+  CUDA_VISIBLE_DEVICES=$G1 timeout $(left 150) ./build/mimic_cuda_check model test/fixtures/ref > "$L/model.log" 2>&1
+  wait $ops
+  for f in ops model; do echo "$f: $(grep -c '^ROW.* PASS$' "$L/$f.log") pass, $(grep -c '^ROW.* FAIL$' "$L/$f.log") fail; $(tail -1 "$L/$f.log")"; done
+  grep -h '^ROW.* FAIL$\|^ERROR' "$L"/ops.log "$L"/model.log | head -20
+}
+
+gpu_checkpoint() {
+  wait $MK 2>/dev/null
+  [ -f $CK/config.json ] || { echo "no 3B checkpoint"; tail -3 /tmp/make3b.log; pack; exit 1; }
+  cp -n .gpu-carry/tok/tokenizer*.json $CK/ 2>/dev/null
+}
+
+# serve-load against the 3B at C clients on GPU 0 (serve-C.json / .err in $L), one summary line
+gpu_serve() {
+  local C=$1 R; R=$([ "$1" = 1 ] && echo 6 || echo 128)
+  can 25 "serve $C" || return 1
+  CUDA_VISIBLE_DEVICES=0 timeout $(left 60) node .gpu-carry/serve-load.mjs --model $CK --device cuda --quant nf4 \
+    --clients $C --requests $R --max-tokens 128 --max-sessions 32 --deadline 50 --json > "$L/serve-$C.json" 2> "$L/serve-$C.err"
+}
+serve_line() {
+  echo "serve $1: $(node -e "const r=JSON.parse(require('fs').readFileSync('$L/serve-$1.json','utf8'));console.log(r.tokensPerSecond,'tok/s p50',r.p50Ms,'p99',r.p99Ms,'errors',r.errors)" 2>&1 | tail -1)"
+}
