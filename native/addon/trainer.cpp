@@ -517,11 +517,12 @@ class NcclDestroyWorker : public TrainerCall {
 };
 
 // Starts `make()`'s worker unless the trainer is disposed or busy; argument errors reject.
+// after_dispose: the call is valid on a disposed trainer too (ncclDestroy: the communicator outlives it).
 template <class F>
-Napi::Value start(Napi::Env env, TrainerWrap* t, F&& make) {
+Napi::Value start(Napi::Env env, TrainerWrap* t, F&& make, bool after_dispose = false) {
   std::string code, msg;
   try {
-    MIMIC_CHECK(t->trainer_, "EDISPOSED", "this trainer was disposed");
+    MIMIC_CHECK(after_dispose || t->trainer_, "EDISPOSED", "this trainer was disposed");
     MIMIC_CHECK(!t->busy_, "EBUSY",
                 "a call of this trainer (accumulate/evaluate/step) is still running; await it before the next");
     Worker* w = make();
@@ -628,27 +629,16 @@ Napi::Value TrainerWrap::NcclAllReduce(const Napi::CallbackInfo& info) {
 // build without NCCL — or already ended). Rejects EBUSY while another call of this trainer runs.
 Napi::Value TrainerWrap::NcclDestroy(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  std::string code, msg;
-  try {
+  if (!nccl_) {  // nothing to end (a CPU build, or never initialised)
+    auto d = Napi::Promise::Deferred::New(env);
+    d.Resolve(Napi::String::New(env, dist::nccl_end_name(dist::NcclEnd::kNone)));
+    return d.Promise();
+  }
+  return start(env, this, [&]() -> Worker* {
     // the finalize's deadline (0 = none); default 60 s, so that a lost peer never holds the exit
     const int64_t timeout = info.Length() >= 1 && !info[0].IsUndefined() ? int_arg(info[0], "timeoutMs", 0) : 60000;
-    if (!nccl_) {
-      auto d = Napi::Promise::Deferred::New(env);
-      d.Resolve(Napi::String::New(env, dist::nccl_end_name(dist::NcclEnd::kNone)));
-      return d.Promise();
-    }
-    MIMIC_CHECK(!busy_, "EBUSY", "a call of this trainer is still running; await it before ncclDestroy");
-    Worker* w = new NcclDestroyWorker(env, Value(), this, nccl_, timeout);
-    busy_ = true;
-    Napi::Promise p = w->Promise();
-    w->Queue();
-    return p;
-  } catch (const Napi::Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    Classify(e, &code, &msg);
-  }
-  return Rejected(env, code, msg);
+    return new NcclDestroyWorker(env, Value(), this, nccl_, timeout);
+  }, /*after_dispose=*/true);
 }
 
 // ---- options → engine -------------------------------------------------------------------------
