@@ -1,10 +1,13 @@
 /**
  * `mimic chat --model DIR [--adapter A]`: an interactive chat in the terminal. Keeps the history
  * (earlier turns go into the prompt as the training format's context), streams replies,
- * Ctrl-C stops a reply, Ctrl-C twice (or Ctrl-D) exits. Lines piped on stdin are answered in turn.
+ * Ctrl-C stops a reply, Ctrl-C twice in a row at the prompt (or Ctrl-D) exits. Lines piped on stdin
+ * are answered in turn. A stopped reply stays in the history as far as it got; one stopped before
+ * its first word is left out, with its question.
  */
 import type { Command } from 'commander';
 import { createInterface } from 'node:readline';
+import type { Readable, Writable } from 'node:stream';
 import { loadModel, type Model } from '../infer/model.ts';
 import type { ChatMessage } from '../tokenize/tokenizer.ts';
 import { addModelOptions, addSamplingOptions, fail, modelOptionsFrom, samplingFrom } from './generate.ts';
@@ -30,20 +33,36 @@ export function registerChat(program: Command): void {
     });
 }
 
-async function chatLoop(model: Model, f: Record<string, unknown>): Promise<void> {
-  const tty = !!process.stdin.isTTY && !!process.stdout.isTTY;
-  const out = process.stdout;
+/** The chat's terminal: process.stdin / process.stdout, or streams a test drives (isTTY and setRawMode as a tty.ReadStream's). */
+export interface ChatIO {
+  input: Readable & { isTTY?: boolean };
+  output: Writable & { isTTY?: boolean };
+}
+
+/**
+ * Runs the chat on `model` with the parsed flags of `mimic chat` until Ctrl-C twice, Ctrl-D, /exit
+ * or the end of the input; resolves once the model is disposed.
+ */
+export async function chatLoop(model: Model, f: Record<string, unknown>,
+  io: ChatIO = { input: process.stdin, output: process.stdout }): Promise<void> {
+  const { input, output: out } = io;
+  const tty = !!input.isTTY && !!out.isTTY;
   const history: ChatMessage[] = [];
   const system: ChatMessage[] = typeof f.system === 'string' ? [{ role: 'system', content: f.system }] : [];
   const sampling = samplingFrom(f);
   const maxTurns = Number(f.maxTurns) || 0;
-  const rl = createInterface({ input: process.stdin, output: process.stdout, terminal: tty, prompt: tty ? '\x1b[1myou>\x1b[0m ' : '' });
+  const rl = createInterface({ input, output: out, terminal: tty, prompt: tty ? '\x1b[1myou>\x1b[0m ' : '' });
   const queue: string[] = [];
   let current: AbortController | null = null;
   let ended = false;
   let busy = false;
   let lastInterrupt = 0;
   let exiting = false;
+  let disposed = false;
+  let finished!: () => void;
+  const done = new Promise<void>((resolve) => { finished = resolve; });
+  /** Ends the chat once the model is disposed and no answer is being written. */
+  const settle = () => { if (disposed && !busy) finished(); };
 
   const exit = async () => {
     if (exiting) return;
@@ -52,6 +71,8 @@ async function chatLoop(model: Model, f: Record<string, unknown>): Promise<void>
     rl.close();
     await model.dispose();
     if (tty) out.write('\n');
+    disposed = true;
+    settle();
   };
 
   const interrupt = () => {
@@ -87,8 +108,10 @@ async function chatLoop(model: Model, f: Record<string, unknown>): Promise<void>
     if (tty) out.write('\x1b[1mme>\x1b[0m ');
     try {
       const r = await model.generate(buildPrompt(input), { ...sampling, signal: current.signal, onToken: (s) => out.write(s) });
-      out.write(r.stopReason === 'abort' ? ' [stopped]\n' : '\n');
-      history.push({ role: 'user', content: input }, { role: 'assistant', content: r.text.trim() });
+      const stopped = r.stopReason === 'abort';
+      out.write(stopped ? ' [stopped]\n' : '\n');
+      const reply = r.text.trim();
+      if (!(stopped && reply === '')) history.push({ role: 'user', content: input }, { role: 'assistant', content: reply });
     } catch (e) {
       out.write('\n');
       fail(e);
@@ -103,17 +126,16 @@ async function chatLoop(model: Model, f: Record<string, unknown>): Promise<void>
     busy = true;
     while (queue.length > 0 && !exiting) await answer(queue.shift()!);
     busy = false;
-    if (exiting) return;
+    if (exiting) { settle(); return; }
     if (ended) { await exit(); return; }
     if (tty) rl.prompt();
   };
 
-  rl.on('line', (line) => { queue.push(line); void pump(); });
+  // "twice in a row": a line in between starts the count again
+  rl.on('line', (line) => { lastInterrupt = 0; queue.push(line); void pump(); });
   rl.on('close', () => { ended = true; if (!busy) void pump(); });
   if (tty) out.write(`mimic chat · ${model.name} on ${model.device} · ${HELP}\n`);
   if (tty) rl.prompt();
-  await new Promise<void>((resolve) => {
-    const check = setInterval(() => { if (exiting && !busy) { clearInterval(check); resolve(); } }, 50);
-  });
+  await done;
   process.off('SIGINT', onSignal);
 }
