@@ -28,12 +28,12 @@ constexpr int kNormThreads = 1024, kNormPer = 8;  // C <= 8192 in registers
 // q [S, Hq, D], k/v [S, Hkv, D] of the new tokens (bf16). Block (b, s): b < Hq: query head b; else
 // KV head b − Hq. Each thread takes dimension pairs (i, i + D/2) with the angle as rope.cu (fp32,
 // double sincos).
+template <bool PDL>
 __global__ void rope_append_kernel(bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
                                    bf16* const* __restrict__ ktab, bf16* const* __restrict__ vtab, bf16* k1, bf16* v1,
                                    const int32_t* __restrict__ pos, const float* __restrict__ inv_freq, int Hq, int Hkv,
                                    int D) {
-  pdl_trigger();
-  pdl_wait();  // q/k/v and pos come from the kernels before (pdl.h)
+  if constexpr (PDL) { pdl_trigger(); pdl_wait(); }  // q/k/v and pos come from the kernels before (pdl.h)
   const int half = D / 2, b = blockIdx.x, s = blockIdx.y;
   const int p = pos[s];
   q += (int64_t)s * Hq * D;
@@ -66,17 +66,17 @@ __global__ void rope_append_kernel(bf16* __restrict__ q, const bf16* __restrict_
 }
 void rope_append(bf16* q, const bf16* k, const bf16* v, bf16* const* ktab, bf16* const* vtab, bf16* k1, bf16* v1,
                  const int32_t* pos, const float* inv_freq, int S, int Hq, int Hkv, int D) {
-  launch_pdl(rope_append_kernel, dim3(Hq + Hkv, S), dim3(std::min(std::max(D / 2, 32), 128)), 0, Context::get().stream,
+  launch_pdl(rope_append_kernel<false>, rope_append_kernel<true>, dim3(Hq + Hkv, S), dim3(std::min(std::max(D / 2, 32), 128)), 0, Context::get().stream,
              q, k, v, ktab, vtab, k1, v1, pos, inv_freq, Hq, Hkv, D);
   MIMIC_CUDA_LAUNCHED();
 }
 
 // One row a block of RMSNorm (as rmsnorm.cu: fp32 maths, bf16 out) with every load issued up front:
 // the generic kernel's strided loop costs a memory latency per iteration, which dominates at N = 1.
+template <bool PDL>
 __global__ void __launch_bounds__(kNormThreads) rmsnorm_rows_kernel(bf16* __restrict__ out, const float* __restrict__ x,
                                                                     const float* __restrict__ w, int C, float eps) {
-  pdl_trigger();
-  pdl_wait();
+  if constexpr (PDL) { pdl_trigger(); pdl_wait(); }
   __shared__ float sh[32];
   x += (int64_t)blockIdx.x * C;
   out += (int64_t)blockIdx.x * C;
@@ -103,7 +103,7 @@ __global__ void __launch_bounds__(kNormThreads) rmsnorm_rows_kernel(bf16* __rest
 }
 void rmsnorm_rows(bf16* out, const float* x, const float* w, int N, int C, float eps) {
   if (C > kNormThreads * kNormPer) { rmsnorm_forward(out, nullptr, x, w, N, C, eps); return; }
-  launch_pdl(rmsnorm_rows_kernel, dim3(N), dim3(kNormThreads), 0, Context::get().stream, out, x, w, C, eps);
+  launch_pdl(rmsnorm_rows_kernel<false>, rmsnorm_rows_kernel<true>, dim3(N), dim3(kNormThreads), 0, Context::get().stream, out, x, w, C, eps);
   MIMIC_CUDA_LAUNCHED();
 }
 
@@ -126,15 +126,14 @@ __device__ float attn_block_reduce(float v, float* sh, bool is_max) {
 // max updates the running max m, the running sum l and the accumulators are rescaled by
 // exp(m_old − m_new), then Σ p_j v_j with D/8 threads a key (8 dims each), 256/(D/8) keys at a time;
 // the groups' partial sums are reduced in shared memory at the end. D % 8 == 0, D <= 256.
-template <int DT>
+template <int DT, bool PDL>
 __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(bf16* __restrict__ out, const bf16* __restrict__ q,
                                                                    const bf16* const* __restrict__ ktab,
                                                                    const bf16* const* __restrict__ vtab,
                                                                    const bf16* k1, const bf16* v1,
                                                                    const int32_t* __restrict__ pos, int Hq, int Hkv,
                                                                    int Drt) {
-  pdl_trigger();
-  pdl_wait();
+  if constexpr (PDL) { pdl_trigger(); pdl_wait(); }
   const int D = DT ? DT : Drt;
   __shared__ float qs[256];
   __shared__ float red[32];
@@ -215,8 +214,12 @@ void decode_attn(bf16* out, const bf16* q, const bf16* const* ktab, const bf16* 
                  const bf16* v1, const int32_t* pos, int S, int Hq, int Hkv, int D) {
   const dim3 grid(Hq, S);
   cudaStream_t st = Context::get().stream;
-  launch_pdl(D == 128 ? decode_attn_kernel<128> : decode_attn_kernel<0>, grid, dim3(kAttnThreads), 0, st, out, q, ktab,
-             vtab, k1, v1, pos, Hq, Hkv, D);
+  if (D == 128)
+    launch_pdl(decode_attn_kernel<128, false>, decode_attn_kernel<128, true>, grid, dim3(kAttnThreads), 0, st, out, q,
+               ktab, vtab, k1, v1, pos, Hq, Hkv, D);
+  else
+    launch_pdl(decode_attn_kernel<0, false>, decode_attn_kernel<0, true>, grid, dim3(kAttnThreads), 0, st, out, q, ktab,
+               vtab, k1, v1, pos, Hq, Hkv, D);
   MIMIC_CUDA_LAUNCHED();
 }
 

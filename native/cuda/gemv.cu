@@ -32,7 +32,6 @@ struct Params {
   int first_block[kGemvMaxJobs + 1];
   int nj, N;
   int glu;  // 1: two jobs (gate, up) of one shape, out of job 0 = silu(gate)·up
-  int pdl;  // launched as a programmatic dependent (pdl.h): request the rows into L2 before waiting
   float lut[16];
 };
 
@@ -176,7 +175,7 @@ __device__ __forceinline__ void prefetch_row_l2(const GemvJob& J, int m, int lan
   for (int off = lane * 16; off < bytes; off += 32 * 16) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + off));
 }
 
-template <int NT>
+template <int NT, bool PDL>
 __global__ void __launch_bounds__(kThreads, NT >= 8 ? 1 : 3) gemv_kernel(const __grid_constant__ Params P) {
   __shared__ float lut[16];
   __shared__ float code2[2][256];  // the double-quant codes of this block's job(s) (blocks never span jobs)
@@ -185,7 +184,7 @@ __global__ void __launch_bounds__(kThreads, NT >= 8 ? 1 : 3) gemv_kernel(const _
   for (int i = 1; i < kGemvMaxJobs; ++i)
     if (i < P.nj && (int)blockIdx.x >= P.first_block[i]) ji = i;
   const GemvJob& J = P.j[ji];
-  pdl_trigger();
+  if constexpr (PDL) pdl_trigger();
   // weights only before pdl_wait (pdl.h): the tables, and with PDL the warp's row(s) into L2 while
   // the kernel before still runs
   if (threadIdx.x < 16) lut[threadIdx.x] = P.lut[threadIdx.x];
@@ -193,11 +192,11 @@ __global__ void __launch_bounds__(kThreads, NT >= 8 ? 1 : 3) gemv_kernel(const _
   if (P.glu && P.j[1].packed && !P.j[1].absmax) code2[1][threadIdx.x] = P.j[1].code2[threadIdx.x];
   const int m = ((int)blockIdx.x - P.first_block[ji]) * kWarps + (int)(threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
-  if (P.pdl) {
+  if constexpr (PDL) {
     prefetch_row_l2(J, m, lane);
     if (P.glu) prefetch_row_l2(P.j[1], m, lane);
+    pdl_wait();
   }
-  pdl_wait();
   __syncthreads();
   if (m >= J.M) return;  // no barrier follows
   const int N = P.N;
@@ -242,7 +241,7 @@ bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
 
 template <int NT>
 void launch(const Params& P, int blocks) {
-  launch_pdl(gemv_kernel<NT>, dim3(blocks), dim3(kThreads), 0, Context::get().stream, P);
+  launch_pdl(gemv_kernel<NT, false>, gemv_kernel<NT, true>, dim3(blocks), dim3(kThreads), 0, Context::get().stream, P);
   MIMIC_CUDA_LAUNCHED();
 }
 
@@ -277,7 +276,6 @@ void gemv_launch(const GemvJob* jobs, int n_jobs, int64_t N, bool glu) {
   P.first_block[n_jobs] = blocks;
   P.nj = glu ? 1 : n_jobs;  // glu: the blocks walk job 0's rows and compute job 1's alongside
   P.glu = glu ? 1 : 0;
-  P.pdl = pdl_active() ? 1 : 0;
   P.N = (int)N;
   if (N == 1) launch<1>(P, blocks);
   else if (N == 2) launch<2>(P, blocks);

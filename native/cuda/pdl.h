@@ -6,13 +6,11 @@
 // latency-bound). With PDL a kernel's blocks are scheduled while its predecessor still runs: they
 // do what does not depend on it (stage tables, request their weight rows into L2), then
 // `griddepcontrol.wait` blocks until the predecessor grid has completed and its writes are
-// visible, and only then read its outputs or write anything. Every kernel launched through
-// launch_pdl while pdl_active() must call pdl_wait() before its first read of data another kernel
+// visible, and only then read its outputs or write anything. A kernel's PDL instantiation (the
+// `dependent` of launch_pdl) must call pdl_wait() before its first read of data another kernel
 // wrote and before its first global write; pdl_trigger() at its start lets its own successor be
 // scheduled as soon as all of its blocks are resident.
 // Off by default (MIMIC_DECODE_PDL=1 turns it on for the decode graph; not yet measured on a GPU).
-// Without the launch attribute griddepcontrol.wait returns at once: the same kernels serve every
-// other path unchanged.
 #pragma once
 #include <cuda_runtime.h>
 
@@ -37,12 +35,15 @@ __device__ __forceinline__ void pdl_trigger() {
 inline thread_local bool g_pdl_active = false;
 inline bool pdl_active() { return g_pdl_active; }
 
-// kernel<<<grid, block, smem, st>>>(args...), with the programmatic-serialization attribute when
-// pdl_active().
+// plain<<<grid, block, smem, st>>>(args...), or — while pdl_active() — `dependent`, the kernel's
+// instantiation that waits (template flag PDL), with the programmatic-serialization attribute. The
+// plain instantiations hold no griddepcontrol instruction at all: every path but a PDL-recorded
+// decode graph runs exactly the kernels it ran before.
 template <class... K, class... A>
-void launch_pdl(void (*kernel)(K...), dim3 grid, dim3 block, size_t smem, cudaStream_t st, A&&... args) {
+void launch_pdl(void (*plain)(K...), void (*dependent)(K...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+                A&&... args) {
   if (!pdl_active()) {
-    kernel<<<grid, block, smem, st>>>(std::forward<A>(args)...);
+    plain<<<grid, block, smem, st>>>(std::forward<A>(args)...);
     return;
   }
   cudaLaunchConfig_t cfg{};
@@ -55,7 +56,7 @@ void launch_pdl(void (*kernel)(K...), dim3 grid, dim3 block, size_t smem, cudaSt
   at[0].val.programmaticStreamSerializationAllowed = 1;
   cfg.attrs = at;
   cfg.numAttrs = 1;
-  MIMIC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<A>(args)...));
+  MIMIC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, dependent, std::forward<A>(args)...));
 }
 
 }  // namespace mimic::cuda
