@@ -425,6 +425,17 @@ void check_adamw(std::vector<OpCheckRow>& out) {
   out.push_back(row("adamw", "3 steps exp_avg_sq", host_f32(vd.p, n), v, kF32Tol));
 }
 
+// A row that passes only when every one of `total` draws agreed (error = the fraction that did not).
+OpCheckRow agreement_row(const std::string& op, const std::string& check, int agree, int total) {
+  OpCheckRow r;
+  r.op = op;
+  r.check = check;
+  r.max_rel_err = 1.0 - (double)agree / total;
+  r.tol = 0;
+  r.pass = agree == total;
+  return r;
+}
+
 void check_sampling(std::vector<OpCheckRow>& out) {
   const int64_t V = 50021;
   int agree = 0, total = 0;
@@ -444,13 +455,8 @@ void check_sampling(std::vector<OpCheckRow>& out) {
     agree += got == want;
     ++total;
   }
-  OpCheckRow r;
-  r.op = "sampling";
-  r.check = "same token as CPU (greedy, top-k 40, top-p .9, penalty 1.3), 24 draws";
-  r.max_rel_err = 1.0 - (double)agree / total;
-  r.tol = 0;
-  r.pass = agree == total;
-  out.push_back(r);
+  out.push_back(agreement_row("sampling", "same token as CPU (greedy, top-k 40, top-p .9, penalty 1.3), 24 draws", agree,
+                               total));
 
   // sample_tokens: 37 rows of one batch, every kind mixed (greedy, top-k 40 and 7 side by side,
   // top-k off, penalties with repeated ids, one empty history), 3 rounds — each row's token and
@@ -488,13 +494,8 @@ void check_sampling(std::vector<OpCheckRow>& out) {
       ++n;
     }
   }
-  OpCheckRow b;
-  b.op = "sampling";
-  b.check = "sample_tokens, 37 mixed rows in one call == CPU per row (token + rng), 3 rounds";
-  b.max_rel_err = 1.0 - (double)same / n;
-  b.tol = 0;
-  b.pass = same == n;
-  out.push_back(b);
+  out.push_back(agreement_row("sampling", "sample_tokens, 37 mixed rows in one call == CPU per row (token + rng), 3 rounds",
+                               same, n));
 }
 
 // ---- nf4_dequant_fast (nf4_dequant_fast.cu), forced by a direct call whatever MIMIC_NF4_DEQUANT_FAST says:
