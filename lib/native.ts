@@ -105,8 +105,13 @@ export interface NativeTrainerState {
  * inside exactly as transformers' causal-LM loss does.
  */
 export interface NativeTrainer {
-  /** Forward + backward of one micro-batch; gradients of the *summed* loss accumulate. */
-  accumulate(ids: Int32Array, labels: Int32Array, batch: number, seqLen: number): Promise<{ lossSum: number; tokens: number }>;
+  /**
+   * Forward + backward of one micro-batch; gradients of the *summed* loss accumulate. With `key`
+   * (the micro-batch's place in the run: optimizer step, index in the step, part of a row split)
+   * its dropout masks depend on that place alone; without, on the trainer's sequential stream.
+   */
+  accumulate(ids: Int32Array, labels: Int32Array, batch: number, seqLen: number,
+    key?: { step: number; micro: number; part?: number }): Promise<{ lossSum: number; tokens: number }>;
   /** Masked loss only (no gradients, no dropout). */
   evaluate(ids: Int32Array, labels: Int32Array, batch: number, seqLen: number): Promise<{ lossSum: number; tokens: number }>;
   /** Scale, clip, AdamW, zero the gradients. Returns the global gradient norm before clipping. */

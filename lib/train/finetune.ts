@@ -28,7 +28,7 @@ import { lossSvg } from './plot.ts';
 import { learningRate, warmupSteps as resolveWarmup, type ScheduleKind } from './schedule.ts';
 import { nodeFs, writeFileAtomic, type WriteFs } from './atomic.ts';
 import { decodeJsonAndTensors, encodeJsonAndTensors, type DistContext } from './distributed/context.ts';
-import { shardStepKeyed, type MicroBatchKey } from './distributed/shard.ts';
+import { shardStepKeyed } from './distributed/shard.ts';
 import { runDistributed, type DistributedOptions } from './distributed/launch.ts';
 
 export interface LoraOptions {
@@ -289,11 +289,6 @@ export function finetune(options: FinetuneOptions): Promise<TrainReport> {
   return finetuneWith(options, {});
 }
 
-/** The trainer's accumulate with the micro-batch's place in the run, which seeds its dropout (see MicroBatchKey). */
-type KeyedTrainer = NativeTrainer & {
-  accumulate(ids: Int32Array, labels: Int32Array, batch: number, seqLen: number, key: MicroBatchKey): Promise<{ lossSum: number; tokens: number }>;
-};
-
 /** finetune with injectable model loading (tests). */
 export async function finetuneWith(options: FinetuneOptions, deps: FinetuneDeps): Promise<TrainReport> {
   const o = resolveOptions(options);
@@ -436,7 +431,7 @@ export async function finetuneWith(options: FinetuneOptions, deps: FinetuneDeps)
         const shards = dist ? shardStepKeyed(micro, lengths, dist.worldSize)[dist.rank] : micro.map((idx, j) => ({ idx, micro: j, part: 0 }));
         for (const { idx, micro: j, part } of shards) {
           const b = collate(train.examples, idx, special.pad);
-          const r = await (t as KeyedTrainer).accumulate(b.ids, b.labels, b.batch, b.seqLen, { step: meta.step, micro: j, part });
+          const r = await t.accumulate(b.ids, b.labels, b.batch, b.seqLen, { step: meta.step, micro: j, part });
           lossSum += r.lossSum;
           targets += r.tokens;
           for (const i of idx) tokens += train.examples[i].ids.length;
