@@ -148,6 +148,14 @@ export interface NativeTrainerDistributed extends NativeTrainer {
   ncclAllReduce(bucketElems: number, timeoutMs: number): Promise<void>;
   /** Aborts the communicator now (also while ncclAllReduce waits: it then rejects EABORTED). Never blocks. */
   ncclAbort(): void;
+  /**
+   * Ends this rank's communicator: ncclCommFinalize (polled up to timeoutMs) + ncclCommDestroy
+   * when it is healthy, ncclCommAbort when it failed, ncclAbort() was called, or the finalize
+   * fails or times out. Works after dispose(); idempotent ('none' without a communicator — always
+   * on a build without NCCL — or after an earlier call). Rejects EBUSY while another call runs.
+   * timeoutMs: the finalize's deadline, 0 for none; default 60 000.
+   */
+  ncclDestroy(timeoutMs?: number): Promise<'none' | 'destroyed' | 'aborted'>;
 }
 
 /** The addon's data-parallel hooks (internal). */

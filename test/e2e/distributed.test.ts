@@ -11,7 +11,6 @@ import { finetune, type FinetuneOptions, type TrainReport } from '../../lib/trai
 import { loadAdapter } from '../../lib/train/adapter.ts';
 import { freePort, runDistributed } from '../../lib/train/distributed/launch.ts';
 import { native, type NativeAddonDistributed, type NativeTrainerDistributed } from '../../lib/native.ts';
-import type { NcclTrainer } from '../../lib/train/distributed/context.ts';
 
 const root = new URL('../..', import.meta.url).pathname;
 const tiny = path.join(root, 'assets', 'tiny');
@@ -189,16 +188,15 @@ t.test('native hooks: setGradients round trip and checks; NCCL says ENOTSUP on a
     await t.rejects(tr.ncclInit(new Uint8Array(128), 0, 2, 1000), { code: 'ENOTSUP' });
     t.doesNotThrow(() => tr.ncclAbort(), 'ncclAbort without a communicator is a no-op');
   }
-  const nt = tr as NcclTrainer;
-  t.equal(await nt.ncclDestroy(1000), 'none', 'ncclDestroy without a communicator (never on a CPU build): nothing to end');
-  t.equal(await nt.ncclDestroy(), 'none', 'and again: idempotent');
+  t.equal(await tr.ncclDestroy(1000), 'none', 'ncclDestroy without a communicator (never on a CPU build): nothing to end');
+  t.equal(await tr.ncclDestroy(), 'none', 'and again: idempotent');
 });
 
 t.test('native: accumulate\'s key seeds the dropout masks, whatever ran before; without a key the sequential stream', async (t) => {
   const m = await native().loadModel(tiny, { device: 'cpu', quant: 'none' });
   t.teardown(() => m.dispose());
   type Key = { step: number; micro: number; part?: number };
-  type Keyed = NcclTrainer & { accumulate(ids: Int32Array, labels: Int32Array, b: number, s: number, key?: Key): Promise<{ lossSum: number; tokens: number }> };
+  type Keyed = NativeTrainerDistributed;
   const make = () => m.createTrainer({ lora: { r: 2, alpha: 4, dropout: 0.3, targets: ['q_proj', 'v_proj'] }, seed: 5, recompute: false }) as Keyed;
   const B = 2, T = 6;
   const ids = Int32Array.from({ length: B * T }, (_, i) => 3 + ((i * 7) % 20));

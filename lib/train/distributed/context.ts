@@ -39,19 +39,7 @@ export interface DistContext {
 }
 
 /** What ncclDestroy did to the communicator. */
-export type NcclEnd = 'none' | 'destroyed' | 'aborted';
-
-/** The trainer's NCCL teardown (native/addon/trainer.cpp). */
-export interface NcclTrainer extends NativeTrainerDistributed {
-  /**
-   * Ends this rank's communicator: ncclCommFinalize (polled up to timeoutMs) + ncclCommDestroy
-   * when it is healthy, ncclCommAbort when it failed, ncclAbort() was called, or the finalize
-   * fails or times out. Works after dispose(); idempotent ('none' without a communicator — always
-   * on a build without NCCL — or after an earlier call). Rejects EBUSY while another call runs.
-   * timeoutMs: the finalize's deadline, 0 for none; default 60 000.
-   */
-  ncclDestroy(timeoutMs?: number): Promise<NcclEnd>;
-}
+export type NcclEnd = Awaited<ReturnType<NativeTrainerDistributed['ncclDestroy']>>;
 
 /** Options of the gradient transport. */
 export interface ReduceOptions {
@@ -64,12 +52,12 @@ export interface ReduceOptions {
 export function makeDistContext(comm: Communicator, transport: 'tcp' | 'nccl', o: ReduceOptions & { timeoutMs: number; ncclId?: Uint8Array }): DistContext {
   const scalars = (s: StepSums) => Float64Array.of(s.lossSum, s.targets, s.tokens, s.stop);
   const sums = (a: Float64Array): StepSums => ({ lossSum: a[0], targets: a[1], tokens: a[2], stop: a[3] });
-  let attached: NcclTrainer | undefined;
+  let attached: NativeTrainerDistributed | undefined;
   return {
     rank: comm.rank, worldSize: comm.worldSize, comm, transport,
     async attach(trainer) {
       if (transport !== 'nccl') return;
-      const t = trainer as NcclTrainer;
+      const t = trainer as NativeTrainerDistributed;
       attached = t;
       comm.onAbort(() => t.ncclAbort()); // a dead peer seen over TCP also frees a rank waiting inside NCCL
       const id = comm.rank === 0 ? o.ncclId : undefined;
