@@ -35,7 +35,12 @@ t.test('NativeModel and NativeSession', async (t) => {
   t.ok(Array.isArray(model.config.eosTokenIds));
   const s = model.createSession(8, 1);
   for (const [k, type] of Object.entries(sessionMembers)) t.equal(typeof (s as any)[k], type, `session.${k}`);
-  t.type(model.logits(Int32Array.of(0)), Promise);
+  const inFlight = model.logits(Int32Array.of(0));
+  t.type(inFlight, Promise);
   model.dispose();
+  // a call made before dispose() either finishes or rejects EDISPOSED, depending on whether its
+  // worker started first (it used to go unawaited: a rejection then failed the file at random)
+  await inFlight.then((r) => t.type(r, Float32Array, 'the in-flight call finished'),
+    (e) => t.equal((e as { code?: string }).code, 'EDISPOSED', 'the in-flight call rejected EDISPOSED'));
   await t.rejects(model.logits(Int32Array.of(0)), { code: 'EDISPOSED' });
 });
