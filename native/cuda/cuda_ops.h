@@ -2,8 +2,8 @@
 //
 // The maths, shapes and conventions of each op are in its native/ops/<op>.h header and at the
 // top of native/cuda/<op>.cu; this file only declares the device-side signatures. (They live
-// here rather than under `#ifdef MIMIC_CUDA` in native/ops/*.h so that the CUDA backend can be
-// developed without touching the CPU headers; moving them is a mechanical change.)
+// here rather than in native/ops/*.h because they use device types — bf16, NF4Device, DevBuf —
+// that the CPU-only build must not need; native/ops/README.md.)
 //
 // Precision plan, shared by the engine:
 //   - weights, activations between ops, logits for training: bf16;
