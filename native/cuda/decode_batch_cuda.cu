@@ -186,34 +186,16 @@ void record(DeviceModel& d, BatchDecode& b, int S) {
   embedding_forward(b.x0.p, b.ids(L), d.embed.p, S, C);
   float* x = b.x0.p;
   float* xo = b.x1.p;
-  auto lora = [&](const DLinear& P) { return P.src && P.r > 0; };
-  float* lh = b.lh.p;
-  auto lora_a = [&](const DLayer& Ly, std::initializer_list<int> which, const bf16* xin) {
-    GemvJob js[kGemvMaxJobs];
-    int n = 0;
-    for (int i : which) {
-      const DLinear& P = Ly.proj[i];
-      if (!lora(P)) continue;
-      GemvJob j;
-      j.W = d.lb.p + P.offA; j.M = P.r; j.K = P.K; j.x = xin;
-      j.out = lh + (size_t)i * cap * R; j.out_f32 = true;
-      js[n++] = j;
-    }
-    if (n) gemv_rows(js, n, S);
-  };
-  auto with_b = [&](GemvJob j, const DLinear& P, int i) {
-    if (lora(P)) { j.lora_B = d.lb.p + P.offB; j.lora_h = lh + (size_t)i * cap * R; j.r = P.r; j.scale = P.scale; }
-    return j;
-  };
+  const LoraGemv lg{d, b.lh.p, (size_t)cap * R};
   for (int l = 0; l < L; ++l) {
     const DLayer& Ly = d.layers[l];
     rmsnorm_rows(b.xn.p, x, Ly.in_norm.p, S, C, c.rms_norm_eps);
-    lora_a(Ly, {0, 1, 2}, b.xn.p);
+    lg.a(Ly, {0, 1, 2}, b.xn.p, S);
     {
       GemvJob js[3];
       bf16* outs[3] = {b.q.p, b.k.p, b.v.p};
       for (int i = 0; i < 3; ++i) {
-        js[i] = with_b(base_job(Ly.proj[i]), Ly.proj[i], i);
+        js[i] = lg.with_b(base_job(Ly.proj[i]), Ly.proj[i], i);
         js[i].x = b.xn.p; js[i].out = outs[i];
       }
       gemv_rows(js, 3, S);
@@ -221,23 +203,23 @@ void record(DeviceModel& d, BatchDecode& b, int S) {
     rope_append(b.q.p, b.k.p, b.v.p, ktab + (size_t)l * cap, vtab + (size_t)l * cap, nullptr, nullptr, pos,
                 d.inv_freq.p, S, Hq, Hkv, D);
     decode_attn(b.att.p, b.q.p, ktab + (size_t)l * cap, vtab + (size_t)l * cap, nullptr, nullptr, pos, S, Hq, Hkv, D);
-    lora_a(Ly, {3}, b.att.p);
+    lg.a(Ly, {3}, b.att.p, S);
     {
-      GemvJob j = with_b(base_job(Ly.proj[3]), Ly.proj[3], 3);
+      GemvJob j = lg.with_b(base_job(Ly.proj[3]), Ly.proj[3], 3);
       j.x = b.att.p; j.out = b.h.p; j.out_f32 = true; j.res = x;   // h = x + o(att)
       gemv_rows(&j, 1, S);
     }
     rmsnorm_rows(b.xn.p, b.h.p, Ly.post_norm.p, S, C, c.rms_norm_eps);
-    lora_a(Ly, {4, 5}, b.xn.p);
+    lg.a(Ly, {4, 5}, b.xn.p, S);
     {
       GemvJob js[2];
-      js[0] = with_b(base_job(Ly.proj[4]), Ly.proj[4], 4); js[0].x = b.xn.p; js[0].out = b.act.p;
-      js[1] = with_b(base_job(Ly.proj[5]), Ly.proj[5], 5); js[1].x = b.xn.p; js[1].out = b.up.p;
+      js[0] = lg.with_b(base_job(Ly.proj[4]), Ly.proj[4], 4); js[0].x = b.xn.p; js[0].out = b.act.p;
+      js[1] = lg.with_b(base_job(Ly.proj[5]), Ly.proj[5], 5); js[1].x = b.xn.p; js[1].out = b.up.p;
       gemv_rows(js, 2, S, /*glu=*/true);  // act = silu(gate)·up
     }
-    lora_a(Ly, {6}, b.act.p);
+    lg.a(Ly, {6}, b.act.p, S);
     {
-      GemvJob j = with_b(base_job(Ly.proj[6]), Ly.proj[6], 6);
+      GemvJob j = lg.with_b(base_job(Ly.proj[6]), Ly.proj[6], 6);
       j.x = b.act.p; j.out = xo; j.out_f32 = true; j.res = b.h.p;  // x' = h + down(act)
       gemv_rows(&j, 1, S);
     }

@@ -13,6 +13,7 @@
 //                  chunks of 256 keys: no score scratch sized by the cache, so any length fits)
 #pragma once
 #include <cmath>
+#include <initializer_list>
 
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
@@ -249,6 +250,34 @@ inline void gemv_rows(const GemvJob* jobs, int n_jobs, int64_t N, bool glu = fal
     else gemv(js, n_jobs, nr);
   }
 }
+
+// The LoRA halves of the decode gemvs, for one layout of the fp32 h buffers: projection i's
+// h = x·A_iᵀ [N, r] sits at lh + i·stride. a(): the A products of `which` in one launch over N rows;
+// with_b(): a projection's job with its B product in the epilogue. Used by the per-cache graph
+// (decode_step.cu, N = 1) and the batched step (decode_batch_cuda.cu), so both run the same jobs.
+struct LoraGemv {
+  const DeviceModel& d;
+  float* lh;
+  size_t stride;
+  static bool on(const DLinear& P) { return P.src && P.r > 0; }
+  void a(const DLayer& Ly, std::initializer_list<int> which, const bf16* xin, int64_t N) const {
+    GemvJob js[kGemvMaxJobs];
+    int n = 0;
+    for (int i : which) {
+      const DLinear& P = Ly.proj[i];
+      if (!on(P)) continue;
+      GemvJob j;
+      j.W = d.lb.p + P.offA; j.M = P.r; j.K = P.K; j.x = xin;
+      j.out = lh + (size_t)i * stride; j.out_f32 = true;
+      js[n++] = j;
+    }
+    if (n) gemv_rows(js, n, N);
+  }
+  GemvJob with_b(GemvJob j, const DLinear& P, int i) const {
+    if (on(P)) { j.lora_B = d.lb.p + P.offB; j.lora_h = lh + (size_t)i * stride; j.r = P.r; j.scale = P.scale; }
+    return j;
+  }
+};
 
 }  // namespace
 }  // namespace mimic::cuda

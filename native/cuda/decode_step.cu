@@ -72,34 +72,17 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
   embedding_forward(g.x0.p, g.dev.p, d.embed.p, 1, C);
   float* x = g.x0.p;
   float* xo = g.x1.p;
-  auto lora = [&](const DLinear& L) { return L.src && L.r > 0; };
-  // LoRA A products of the given projections (h_i = x·A_iᵀ, fp32), one launch.
-  auto lora_a = [&](const DLayer& Ly, std::initializer_list<int> which, const bf16* xin) {
-    GemvJob js[kGemvMaxJobs];
-    int n = 0;
-    for (int i : which) {
-      const DLinear& L = Ly.proj[i];
-      if (!lora(L)) continue;
-      GemvJob j;
-      j.W = d.lb.p + L.offA; j.M = L.r; j.K = L.K; j.x = xin;
-      j.out = g.lh.p + (size_t)i * R; j.out_f32 = true;
-      js[n++] = j;
-    }
-    if (n) gemv(js, n, 1);
-  };
-  auto with_b = [&](GemvJob j, const DLinear& L, int i) {
-    if (lora(L)) { j.lora_B = d.lb.p + L.offB; j.lora_h = g.lh.p + (size_t)i * R; j.r = L.r; j.scale = L.scale; }
-    return j;
-  };
+  // LoRA A products of the given projections (h_i = x·A_iᵀ, fp32), one launch; B in the epilogues
+  const LoraGemv lg{d, g.lh.p, (size_t)R};
   for (int l = 0; l < c.num_layers; ++l) {
     const DLayer& Ly = d.layers[l];
     rmsnorm_rows(g.xn.p, x, Ly.in_norm.p, 1, C, c.rms_norm_eps);
-    lora_a(Ly, {0, 1, 2}, g.xn.p);
+    lg.a(Ly, {0, 1, 2}, g.xn.p, 1);
     {
       GemvJob js[3];
       bf16* outs[3] = {g.q.p, g.k.p, g.v.p};
       for (int i = 0; i < 3; ++i) {
-        js[i] = with_b(base_job(Ly.proj[i]), Ly.proj[i], i);
+        js[i] = lg.with_b(base_job(Ly.proj[i]), Ly.proj[i], i);
         js[i].x = g.xn.p; js[i].out = outs[i];
       }
       gemv(js, 3, 1);
@@ -107,23 +90,23 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
     // the same kernels as the batched step (decode_kernels.cuh), one row: pos = idpos[1]
     rope_append(g.q.p, g.k.p, g.v.p, nullptr, nullptr, kv.k[l].p, kv.v[l].p, g.dev.p + 1, d.inv_freq.p, 1, Hq, Hkv, D);
     decode_attn(g.att.p, g.q.p, nullptr, nullptr, kv.k[l].p, kv.v[l].p, g.dev.p + 1, 1, Hq, Hkv, D);
-    lora_a(Ly, {3}, g.att.p);
+    lg.a(Ly, {3}, g.att.p, 1);
     {
-      GemvJob j = with_b(base_job(Ly.proj[3]), Ly.proj[3], 3);
+      GemvJob j = lg.with_b(base_job(Ly.proj[3]), Ly.proj[3], 3);
       j.x = g.att.p; j.out = g.h.p; j.out_f32 = true; j.res = x;   // h = x + o(att)
       gemv(&j, 1, 1);
     }
     rmsnorm_rows(g.xn.p, g.h.p, Ly.post_norm.p, 1, C, c.rms_norm_eps);
-    lora_a(Ly, {4, 5}, g.xn.p);
+    lg.a(Ly, {4, 5}, g.xn.p, 1);
     {
       GemvJob js[2];
-      js[0] = with_b(base_job(Ly.proj[4]), Ly.proj[4], 4); js[0].x = g.xn.p; js[0].out = g.act.p;
-      js[1] = with_b(base_job(Ly.proj[5]), Ly.proj[5], 5); js[1].x = g.xn.p; js[1].out = g.up.p;
+      js[0] = lg.with_b(base_job(Ly.proj[4]), Ly.proj[4], 4); js[0].x = g.xn.p; js[0].out = g.act.p;
+      js[1] = lg.with_b(base_job(Ly.proj[5]), Ly.proj[5], 5); js[1].x = g.xn.p; js[1].out = g.up.p;
       gemv_glu(js[0], js[1], 1);  // act = silu(gate)·up: no gate/up round trip, no swiglu launch
     }
-    lora_a(Ly, {6}, g.act.p);
+    lg.a(Ly, {6}, g.act.p, 1);
     {
-      GemvJob j = with_b(base_job(Ly.proj[6]), Ly.proj[6], 6);
+      GemvJob j = lg.with_b(base_job(Ly.proj[6]), Ly.proj[6], 6);
       j.x = g.act.p; j.out = xo; j.out_f32 = true; j.res = g.h.p;  // x' = h + down(act)
       gemv(&j, 1, 1);
     }
