@@ -20,6 +20,7 @@
 
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
+#include "cuda/gemv_tc.h"
 #include "cuda/pdl.h"
 
 namespace mimic::cuda {
@@ -294,6 +295,7 @@ void gemv_launch(const GemvJob* jobs, int n_jobs, int64_t N, bool glu) {
     if (!glu || i == 0) blocks += (j.M + kWarps - 1) / kWarps;
   }
   P.first_block[n_jobs] = blocks;
+  if (gemv_tc(P.j, n_jobs, N, glu)) return;  // all NF4, tile-shaped: the tensor-core path
   P.nj = glu ? 1 : n_jobs;  // glu: the blocks walk job 0's rows and compute job 1's alongside
   P.glu = glu ? 1 : 0;
   P.N = (int)N;

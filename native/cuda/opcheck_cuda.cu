@@ -16,6 +16,7 @@
 #include "core/opcheck.h"
 #include "cuda/attention_tc.h"
 #include "cuda/cuda_ops.h"
+#include "cuda/gemv_tc.h"
 #include "cuda/nf4_dequant_fast.h"
 #include "ops/adamw.h"
 #include "ops/attention.h"
@@ -227,6 +228,101 @@ void check_gemv_glu(std::vector<OpCheckRow>& out, int64_t N) {
   gemv_glu(jg, ju, N);
   out.push_back(row("gemv", "NF4 gate/up + silu(gate)·up epilogue 45x256 N=" + std::to_string(N),
                     host_f32(act.p, want.size()), want, kBf16Tol));
+}
+
+// The tensor-core NF4 decode product (gemv_tc.cu), reached through gemv()/gemv_glu() as the decode
+// step reaches it, against (a) its own maths on the CPU in double — codes rounded to bf16, each
+// 64-block's sum × its absmax — where only the fp32 summation order differs (1e-5: a row that would
+// fail if gemv.cu's fp32-code path ran instead), and (b) the CPU twin with exact codes at the bf16
+// tolerance. Two jobs in one launch (fp32 out + residual + LoRA B epilogue; bf16 out, α = 0.5 and
+// β = 1 accumulation), and the gate/up pair with silu(gate)·up.
+std::vector<float> gemv_tc_ref(const NF4Weight& q, const std::vector<float>& x, int64_t N) {
+  const int M = q.M, K = q.K, nb = K / 64;
+  float code[16];
+  for (int i = 0; i < 16; ++i) code[i] = __bfloat162float(__float2bfloat16(NF4_CODE[i]));
+  std::vector<float> y((size_t)(N * M));
+  for (int m = 0; m < M; ++m)
+    for (int64_t n = 0; n < N; ++n) {
+      double s = 0;
+      for (int b = 0; b < nb; ++b) {
+        const int64_t i = (int64_t)m * nb + b;
+        const float am = q.double_quant ? std::fmaf(q.code2[q.absmax_u8[i]], q.absmax2[i >> 8], q.offset) : q.absmax[i];
+        double t = 0;
+        for (int k = 64 * b; k < 64 * b + 64; ++k) {
+          const int64_t e = (int64_t)m * K + k;
+          const uint8_t byte = q.packed[e >> 1];
+          t += (double)code[(e & 1) ? (byte & 15) : (byte >> 4)] * x[n * K + k];
+        }
+        s += (double)am * t;
+      }
+      y[n * M + m] = (float)s;
+    }
+  return y;
+}
+
+void check_gemv_tc(std::vector<OpCheckRow>& out, int M, int M2, int K, int64_t N, bool dq) {
+  const int r = 5;
+  const float sc = 0.7f;
+  auto w = rnd((int64_t)M * K, 61 + N, 0.05f, false), w2 = rnd((int64_t)M2 * K, 62 + N, 0.05f, false);
+  auto x = rnd(N * K, 63 + N), B = rnd((int64_t)M * r, 64, 0.1f), h = rnd(N * r, 65, 1.f, false),
+       res = rnd(N * M, 66, 1.f, false), y20 = rnd(N * M2, 67);
+  NF4Weight q = nf4_quantize(w.data(), M, K, dq), q2 = nf4_quantize(w2.data(), M2, K, !dq);
+  NF4Device d = nf4_upload(q), d2 = nf4_upload(q2);
+  std::vector<float> own = gemv_tc_ref(q, x, N), own2 = gemv_tc_ref(q2, x, N);
+  std::vector<float> twin((size_t)(N * M)), twin2((size_t)(N * M2));
+  cpu::nf4_matmul_forward(twin.data(), x.data(), q, N);
+  cpu::nf4_matmul_forward(twin2.data(), x.data(), q2, N);
+  for (int64_t n = 0; n < N; ++n)
+    for (int m = 0; m < M; ++m) {
+      double t = 0;
+      for (int j = 0; j < r; ++j) t += (double)h[n * r + j] * B[(int64_t)m * r + j];
+      const int64_t o = n * M + m;
+      own[o] = (float)(res[o] + own[o] + sc * t);
+      twin[o] = (float)(res[o] + twin[o] + sc * t);
+    }
+  for (size_t i = 0; i < own2.size(); ++i) {
+    const float y0 = __bfloat162float(__float2bfloat16(y20[i]));
+    own2[i] = 0.5f * own2[i] + y0;
+    twin2[i] = 0.5f * twin2[i] + y0;
+  }
+  auto xd = dev_bf16(x), Bd = dev_bf16(B), y2d = dev_bf16(y20);
+  DevBuf<float> hd = upload(h), resd = upload(res), yd(N * M);
+  MIMIC_CUDA_CHECK(cudaMemset(yd.p, 0xff, yd.bytes()));  // poison: every element must be written
+  GemvJob js[2] = {gemv_job_nf4(d), gemv_job_nf4(d2)};
+  js[0].x = xd.p; js[0].out = yd.p; js[0].out_f32 = true; js[0].res = resd.p;
+  js[0].lora_B = Bd.p; js[0].lora_h = hd.p; js[0].r = r; js[0].scale = sc;
+  js[1].x = xd.p; js[1].out = y2d.p; js[1].alpha = 0.5f; js[1].beta = 1.f;
+  const bool fits = gemv_tc_enabled() && gemv_tc_fits(js[0]) && gemv_tc_fits(js[1]);
+  gemv(js, 2, N);
+  const std::string tag = "N=" + std::to_string(N) + " " + std::to_string(M) + "x" + std::to_string(K) +
+                          (dq ? " double-quant" : " plain") + (fits ? "" : " (NOT ROUTED)");
+  std::vector<float> g1 = host_f32(yd.p, own.size()), g2 = host_f32(y2d.p, own2.size());
+  if (!fits) g1.assign(g1.size(), NAN);
+  out.push_back(row("gemv_tc", "fp32 + res + LoRA B vs own maths " + tag, g1, own, 1e-5));
+  out.push_back(row("gemv_tc", "fp32 + res + LoRA B vs CPU twin " + tag, g1, twin, kBf16Tol));
+  out.push_back(row("gemv_tc", "2nd job bf16, 0.5·xWᵀ + out, " + std::to_string(M2) + " rows, vs own maths " + tag, g2,
+                    own2, kBf16Tol / 2));
+  out.push_back(row("gemv_tc", "2nd job bf16 vs CPU twin " + tag, g2, twin2, kBf16Tol));
+  // gate/up: job 0 = the first weight, job 1 = a second one of the same shape
+  auto wu = rnd((int64_t)M * K, 68 + N, 0.05f, false);
+  NF4Weight qu = nf4_quantize(wu.data(), M, K, dq);
+  NF4Device du = nf4_upload(qu);
+  std::vector<float> gu = gemv_tc_ref(q, x, N), uu = gemv_tc_ref(qu, x, N), gt(twin.size()), ut(twin.size());
+  cpu::nf4_matmul_forward(gt.data(), x.data(), q, N);
+  cpu::nf4_matmul_forward(ut.data(), x.data(), qu, N);
+  std::vector<float> wown(gu.size()), wtwin(gu.size());
+  for (size_t i = 0; i < gu.size(); ++i) {
+    wown[i] = gu[i] / (1.f + std::exp(-gu[i])) * uu[i];
+    wtwin[i] = gt[i] / (1.f + std::exp(-gt[i])) * ut[i];
+  }
+  DevBuf<bf16> act(N * M), scratch(N * M);
+  GemvJob jg = gemv_job_nf4(d), ju = gemv_job_nf4(du);
+  jg.x = ju.x = xd.p; jg.out = act.p; ju.out = scratch.p;
+  gemv_glu(jg, ju, N);
+  std::vector<float> ga = host_f32(act.p, wown.size());
+  if (!fits) ga.assign(ga.size(), NAN);
+  out.push_back(row("gemv_tc", "gate/up + silu(gate)·up vs own maths " + tag, ga, wown, kBf16Tol / 2));
+  out.push_back(row("gemv_tc", "gate/up + silu(gate)·up vs CPU twin " + tag, ga, wtwin, kBf16Tol));
 }
 
 // GPU quantization vs the CPU oracle, byte for byte (tol 0: the loader must store exactly what
@@ -579,6 +675,13 @@ std::vector<OpCheckRow> cuda_op_checks() {
   check_gemv_jobs(out, 7);
   check_gemv_glu(out, 1);
   check_gemv_glu(out, 5);
+  check_gemv_tc(out, 48, 32, 192, 1, true);      // 3 blocks a row: warps with no block at all
+  check_gemv_tc(out, 48, 32, 192, 3, false);
+  check_gemv_tc(out, 3072, 1024, 3072, 1, true); // the 3B's q/k shapes
+  check_gemv_tc(out, 1024, 3072, 3072, 8, true);
+  check_gemv_tc(out, 3072, 16, 8192, 1, true);   // down: K = 8192
+  check_gemv_tc(out, 256, 64, 512, 13, true);    // two n-tiles
+  check_gemv_tc(out, 64, 48, 256, 16, false);
   check_nf4_quantize(out, 96, 200, true, true);      // 300 blocks: the second 256-group is partial
   check_nf4_quantize(out, 1031, 64, true, false);
   check_nf4_quantize(out, 37, 128, false, true);
