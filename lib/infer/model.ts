@@ -79,10 +79,10 @@ export class Model {
     const maxActive = options.maxSessions ?? 8;
     // Batched steps need the engine's nextBatch: the CPU engine's, or the GPU's (native/cuda/decode_batch_cuda.cu).
     const canBatch = (nativeModel.device === 'cpu' || nativeModel.device === 'cuda') && typeof nativeModel.nextBatch === 'function';
-    // CUDA too batches up to maxSessions rows a step: from 9 rows the GPU step dequantizes each NF4
-    // weight once and runs one cuBLAS GEMM over all rows, so its cost hardly grows with the rows
-    // (native/cuda/decode_batch_cuda.cu, kBatchGemmMinRows; bench/NOTES.md round 5: 3B NF4 on an
-    // H200, 2,053 tok/s at 32 rows a step vs 661 at 4).
+    // CUDA too batches up to maxSessions rows a step: up to 8 rows share one tensor-core GEMV pass
+    // over the 4-bit weights, from 9 a fused NF4 GEMM, so a step's cost hardly grows with the rows
+    // (native/cuda/decode_batch_cuda.cu, kBatchGemmMinRows; bench/NOTES.md rounds 8 and 13: 3B NF4
+    // on an H200, 1.96 ms a step at 1 row, 2.62 at 8, 4.4 at 32).
     const maxBatch = canBatch ? (options.maxBatch ?? maxActive) : 1;
     if (!(Number.isInteger(maxBatch) && maxBatch >= 1)) throw invalid(`maxBatch must be an integer ≥ 1 (got ${maxBatch})`);
     this.scheduler = new Scheduler<StepRequest, number>({

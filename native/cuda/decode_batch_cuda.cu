@@ -25,7 +25,7 @@
 // that session's own decode graph (decode_step.cu): the same kernels, no table copy.
 // MIMIC_BATCH_GRAPH=0 launches the batched step eagerly (same kernels, for checks).
 //
-// Wide steps (S >= kBatchGemmMinRows = 3 one-token rows) take another route for the projections:
+// Wide steps (S >= kBatchGemmMinRows = 9 one-token rows) take another route for the projections:
 // nf4_gemm_small (tensor cores, the NF4 codes read once for all S rows and dequantized in registers to
 // nf4_dequantize's bf16 values; S <= 64), else each weight dequantized ONCE into a bf16 scratch
 // [M, K] and one cuBLAS GEMM for all S rows (MIMIC_NF4_GEMM_SMALL=0, or S > 64); LoRA as two small
@@ -48,13 +48,13 @@
 namespace mimic::cuda {
 
 // Rows from which a batched step runs the GEMM route (nf4_gemm_small) instead of the fused GEMV.
-// Measured (bench/NOTES.md round 8, H200, 3B NF4, one call): the fused-GEMM forward is nearly flat,
-// 3.43 / 3.45 / 3.48 / 4.41 ms at S = 2 / 4 / 8 / 32; the GEMV forward grows ~1.1-1.5 ms a row:
-// 2.38 / 5.81 ms at S = 1 / 4 (≈ 3.6 at S = 2). They cross at S ≈ 2, so S <= 2 stays on the GEMV —
-// also bit-exact with stepping each session alone — and S >= 3 takes the GEMM route (round 7,
-// dequantize + cuBLAS, crossed at 5; round 5 at 8). MIMIC_BATCH_GEMM_MIN=<rows> overrides (the
-// checks force either route with it).
-constexpr int kBatchGemmMinRows = 3;
+// Measured (bench/NOTES.md, H200, 3B NF4, one call each): the fused-GEMM forward is nearly flat,
+// 3.43 / 3.45 / 3.48 / 4.41 ms at S = 2 / 4 / 8 / 32 (round 8). gemv.cu's forward grew ~1.1-1.5 ms a
+// row (crossing at S ≈ 2: the old threshold 3); gemv_tc.cu's tensor-core GEMV costs about the same
+// for 1-8 rows (one MMA n-tile): 1.96 ms at S = 1, 2.62 at S = 8 (round 13), so S <= 8 stays on the
+// GEMV — also bit-exact with stepping each session alone. MIMIC_BATCH_GEMM_MIN=<rows> overrides
+// (the checks force either route with it).
+constexpr int kBatchGemmMinRows = 9;
 
 int batch_gemm_min_rows() {
   const char* e = std::getenv("MIMIC_BATCH_GEMM_MIN");

@@ -47,14 +47,15 @@ namespace {
 
 constexpr int kRing = 64;
 
-// MIMIC_DECODE_PDL=1: record the step with programmatic dependent launches (pdl.h) — prepared in
-// session 2 without a GPU left to time it; decode_pdl_override(1|0|-1) forces it for the checks.
+// The step is recorded with programmatic dependent launches (pdl.h) unless MIMIC_DECODE_PDL=0:
+// round 13 (H200) 488 → 569 tok/s with gemv_tc, whose blocks stage their weights before the wait;
+// decode_pdl_override(1|0|-1) forces it either way for the checks.
 int g_pdl_override = -1;
 bool g_pdl_broken = false;  // a capture with PDL failed once: plain launches from then on
 bool pdl_wanted() {
   static const bool env = [] {
     const char* e = std::getenv("MIMIC_DECODE_PDL");
-    return e && std::strcmp(e, "1") == 0;
+    return !(e && std::strcmp(e, "0") == 0);
   }();
   return !g_pdl_broken && (g_pdl_override >= 0 ? g_pdl_override == 1 : env);
 }

@@ -176,12 +176,10 @@ __device__ __forceinline__ void prefetch_row_l2(const GemvJob& J, int m, int lan
   for (int off = lane * 16; off < bytes; off += 32 * 16) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + off));
 }
 
-// Resident blocks an SM asked of the compiler: 3 (≤ 80 registers), or for N = 1 with OCC4 4 (64
-// registers, no spill; 50 % occupancy instead of 37.5 % — round 10's ncu: the decode gemv is
-// latency-bound at 33 % achieved, and round 9's 2-blocks-an-SM variant got slower). OCC4 is
-// MIMIC_GEMV_OCC4=1, prepared in session 2 and not yet measured.
-template <int NT, bool PDL, bool OCC4 = false>
-__global__ void __launch_bounds__(kThreads, NT >= 8 ? 1 : OCC4 ? 4 : 3) gemv_kernel(const __grid_constant__ Params P) {
+// 3 resident blocks an SM (<= 80 registers). Round 12 tried 4 for N = 1 (64 registers, no spill):
+// +3 %, and nothing on top of PDL — removed; the NF4 decode products now run in gemv_tc.cu.
+template <int NT, bool PDL>
+__global__ void __launch_bounds__(kThreads, NT >= 8 ? 1 : 3) gemv_kernel(const __grid_constant__ Params P) {
   __shared__ float lut[16];
   __shared__ float code2[2][256];  // the double-quant codes of this block's job(s) (blocks never span jobs)
   int ji = 0;
@@ -244,25 +242,9 @@ __global__ void __launch_bounds__(kThreads, NT >= 8 ? 1 : OCC4 ? 4 : 3) gemv_ker
 
 bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
 
-bool occ4_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("MIMIC_GEMV_OCC4");
-    return e && std::strcmp(e, "1") == 0;
-  }();
-  return on;
-}
-
 template <int NT>
 void launch(const Params& P, int blocks) {
-  cudaStream_t st = Context::get().stream;
-  if constexpr (NT == 1) {
-    if (occ4_enabled()) {
-      launch_pdl(gemv_kernel<1, false, true>, gemv_kernel<1, true, true>, dim3(blocks), dim3(kThreads), 0, st, P);
-      MIMIC_CUDA_LAUNCHED();
-      return;
-    }
-  }
-  launch_pdl(gemv_kernel<NT, false>, gemv_kernel<NT, true>, dim3(blocks), dim3(kThreads), 0, st, P);
+  launch_pdl(gemv_kernel<NT, false>, gemv_kernel<NT, true>, dim3(blocks), dim3(kThreads), 0, Context::get().stream, P);
   MIMIC_CUDA_LAUNCHED();
 }
 

@@ -21,16 +21,20 @@
 // K alone), so a sequence's result does not depend on which other rows share the launch — the
 // batched step's bit-for-bit property (decode_batch_cuda.cu) holds across N.
 //
-// Work layout. A block of 8 warps owns 16 rows m (one MMA M-tile) of one job; warp w takes the
-// w-th eighth of the row's 64-blocks. In a block b, lane (g = lane/4, q = lane%4) loads bytes
-// 8q..8q+7 (codes k = 16q..16q+15) of rows g and g+8 — one 8-byte load each; the quad reads a row's
-// 32 bytes. MMA step t (0..3) takes the lane's bytes 2t, 2t+1: A cols (2q, 2q+1) ← actual k = 16q+4t
-// +{0,1}, cols (8+2q, 9+2q) ← 16q+4t+{2,3}. B (x, "col" layout, n = g) then needs x[n, 16q+4t .. +3]:
-// the lane's 16 values of x are two 16-byte loads a block. The four steps of a block accumulate into
-// a zeroed fragment that is scaled by the rows' absmax and added to the running sum; the 8 warps'
-// sums are added in warp order through shared memory, then the epilogue of gemv.cu (LoRA B, residual,
-// α, β, bf16/fp32 out, or silu(gate)·up for a gate/up pair).
-//
+// Work layout. A block of 8 warps owns 16 rows m (one MMA M-tile) of one job (or of gate AND up);
+// it first copies its whole 4-bit tile [16][K/2] and the rows' absmax codes into shared memory with
+// cp.async — every byte in flight at once, no register held, and, in the decode graph's PDL launches
+// (pdl.h), BEFORE waiting for the kernel ahead, so the next product's weights stream in while the
+// attention or the norm before it runs (round 13: 425 tok/s register-fed, 488 staged, 570 staged +
+// PDL). Warp w then takes the w-th eighth of the row's 64-blocks. In a block b, lane (g = lane/4,
+// q = lane%4) reads bytes 8q..8q+7 (codes k = 16q..16q+15) of rows g and g+8 — one 8-byte LDS each
+// (rows padded by 32 bytes: conflict-free). MMA step t (0..3) takes the lane's bytes 2t, 2t+1: A
+// cols (2q, 2q+1) ← actual k = 16q+4t+{0,1}, cols (8+2q, 9+2q) ← 16q+4t+{2,3}. B (x, "col" layout,
+// n = g) then needs x[n, 16q+4t .. +3]: the lane's 16 values of x are two 16-byte loads a block
+// (from L2; the next block's are loaded while this one is multiplied). The four steps of a block
+// accumulate into a zeroed fragment that is scaled by the rows' absmax and added to the running
+// sum; the 8 warps' sums are added in warp order through shared memory, then the epilogue of
+// gemv.cu (LoRA B, residual, α, β, bf16/fp32 out, or silu(gate)·up for a gate/up pair).
 // The pair table: entry e (a code byte, first element = HIGH nibble) = bf16(code[e>>4]) in the low
 // half, bf16(code[e&15]) in the high half, stored 32 times so that lane ℓ reads copy ℓ at word
 // e·32 + ℓ: bank ℓ whatever the byte — conflict-free (32 KB, filled in ~0.1 µs, reused by the
@@ -57,12 +61,26 @@ struct Params {
   float lut[16];
 };
 
-struct __align__(16) Smem {
-  union {
-    uint32_t pair[256 * 32];                   // the replicated pair table (main loop)
-    float red[2][kWarps][kRows][16];           // the warps' partial sums (epilogue)
-  };
-  float code2[2][256];
+// Dynamic shared memory of a block (bytes): the pair table (the warps' partial sums reuse it), the
+// double-quant codes, then per job u (1, or 2 for gate/up) the absmax of its 16 rows [16][nb+1] fp32
+// (odd pitch: the 8 rows a warp reads at once sit in 8 banks), the raw u8 absmax codes, and the 4-bit
+// weight tile [16][K/2 + 32] (32-byte pad: a quarter-warp's 8-byte loads of 4 rows hit 16 banks).
+constexpr int kPairBytes = 256 * 32 * 4;
+static_assert(2 * kWarps * kRows * 16 * 4 <= kPairBytes, "the partial sums fit in the table's space");
+struct Layout {
+  int nb, am_pitch, w_pitch, am_off[2], u8_off[2], w_off[2], bytes;
+  __host__ __device__ Layout(int K, int jobs) {
+    nb = K >> 6;
+    am_pitch = nb + 1;
+    w_pitch = (K >> 1) + 32;
+    int o = kPairBytes + 2 * 256 * 4;
+    for (int u = 0; u < 2; ++u) {
+      am_off[u] = o; o += u < jobs ? 4 * kRows * am_pitch : 0;
+      u8_off[u] = o; o += u < jobs ? ((kRows * nb + 15) & ~15) : 0;
+      w_off[u] = o;  o += u < jobs ? kRows * w_pitch : 0;
+    }
+    bytes = o;
+  }
 };
 
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
@@ -72,91 +90,142 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+
 // The pair of byte i (0..3) of word w, from the lane's copy: byte offset (byte·32 + lane)·4.
 __device__ __forceinline__ uint32_t pair_of(const char* tab_lane, uint32_t w, int i) {
   const uint32_t off = i == 0 ? (w << 7) & 0x7f80u : (w >> (8 * i - 7)) & 0x7f80u;
   return *reinterpret_cast<const uint32_t*>(tab_lane + off);
 }
 
-__device__ __forceinline__ uint2 ld_stream8(const uint8_t* p) { return __ldcs(reinterpret_cast<const uint2*>(p)); }
+// Job u's 4-bit tile [16][K/2], copied into shared memory asynchronously: every
+// byte of the tile in flight at once, no register held (round 13: the register-fed v1 kept ~10 KB an
+// SM in flight and ran at 15-23 % of DRAM).
+__device__ __forceinline__ void stage_tile(char* smem, const Layout& Lo, const GemvJob& J, int u, int m0, int tid) {
+  const int row_bytes = J.K >> 1, pieces = row_bytes >> 4;
+  const uint8_t* src = J.packed + (int64_t)m0 * row_bytes;
+  char* dst = smem + Lo.w_off[u];
+  for (int i = tid; i < kRows * pieces; i += kThreads) {
+    const int r = i / pieces, c = i - r * pieces;
+    cp_async16(dst + r * Lo.w_pitch + 16 * c, src + (int64_t)r * row_bytes + 16 * c);
+  }
+}
 
-// Σ over the warp's 64-blocks [b_lo, b_hi) of rows m0+g, m0+g+8 into acc (the C fragments of the NT
-// n-tiles; zero on entry).
+// The absmax inputs of job u's 16 rows: u8 codes by cp.async (16·nb contiguous bytes, 16-byte
+// aligned), or plain fp32 absmax straight into the padded am rows.
+__device__ __forceinline__ void stage_absmax(char* smem, const Layout& Lo, const GemvJob& J, int u, int m0, int tid) {
+  if (J.absmax) {
+    for (int i = tid; i < kRows * Lo.nb; i += kThreads) {
+      const int r = i / Lo.nb, b = i - r * Lo.nb;
+      reinterpret_cast<float*>(smem + Lo.am_off[u])[r * Lo.am_pitch + b] = __ldg(J.absmax + (int64_t)(m0 + r) * Lo.nb + b);
+    }
+  } else {
+    const uint8_t* a8 = J.am_u8 + (int64_t)m0 * Lo.nb;
+    for (int i = tid; i < (kRows * Lo.nb) >> 4; i += kThreads) cp_async16(smem + Lo.u8_off[u] + 16 * i, a8 + 16 * i);
+  }
+}
+
+// u8 codes → fp32 absmax of job u's tile (after the copies landed): absmax = code2[u8]·absmax2 + offset.
+__device__ __forceinline__ void decode_absmax(char* smem, const Layout& Lo, const GemvJob& J, const float* code2, int u,
+                                              int m0, int tid) {
+  if (J.absmax) return;
+  const uint8_t* a8 = reinterpret_cast<const uint8_t*>(smem + Lo.u8_off[u]);
+  float* am = reinterpret_cast<float*>(smem + Lo.am_off[u]);
+  for (int i = tid; i < kRows * Lo.nb; i += kThreads) {
+    const int r = i / Lo.nb, b = i - r * Lo.nb;
+    const int64_t blk = (int64_t)m0 * Lo.nb + i;
+    am[r * Lo.am_pitch + b] = fmaf(code2[a8[i]], __ldg(J.absmax2 + (blk >> 8)), J.offset);
+  }
+}
+
+// The products of one 64-block b for job u: 4 MMA steps into a zeroed fragment, scaled by the two
+// rows' absmax into acc.
 template <int NT>
-__device__ __forceinline__ void tile_dot(const GemvJob& J, const float* code2, const char* tab_lane, int m0, int b_lo,
-                                         int b_hi, int lane, int N, float (&acc)[NT][4]) {
-  const int g = lane >> 2, q = lane & 3, K = J.K, nb = K >> 6;
-  const int rowA = m0 + g, rowB = rowA + 8;
-  const uint8_t* wA = J.packed + (int64_t)rowA * (K >> 1) + 8 * q;
-  const uint8_t* wB = J.packed + (int64_t)rowB * (K >> 1) + 8 * q;
-  const int64_t iA = (int64_t)rowA * nb, iB = (int64_t)rowB * nb;  // absmax index of the row's block 0
+__device__ __forceinline__ void block_mma(const char* tab_lane, uint2 wa, uint2 wb, float ama, float amb,
+                                          const uint4 (&xc)[NT][2], float (&acc)[NT][4]) {
+  float t[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) t[j][0] = t[j][1] = t[j][2] = t[j][3] = 0.f;
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {
+    const uint32_t la = s < 2 ? wa.x : wa.y, lb = s < 2 ? wb.x : wb.y;
+    const int bi = 2 * (s & 1);  // bytes 2s, 2s+1 of the 8: word s/2, bytes bi, bi+1
+    uint32_t a[4];
+    a[0] = pair_of(tab_lane, la, bi);
+    a[2] = pair_of(tab_lane, la, bi + 1);
+    a[1] = pair_of(tab_lane, lb, bi);
+    a[3] = pair_of(tab_lane, lb, bi + 1);
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const uint4& xh = xc[j][s >> 1];  // x words 2s, 2s+1 of the lane's 8
+      mma_bf16(t[j], a, (s & 1) ? xh.z : xh.x, (s & 1) ? xh.w : xh.y);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    acc[j][0] = fmaf(ama, t[j][0], acc[j][0]);
+    acc[j][1] = fmaf(ama, t[j][1], acc[j][1]);
+    acc[j][2] = fmaf(amb, t[j][2], acc[j][2]);
+    acc[j][3] = fmaf(amb, t[j][3], acc[j][3]);
+  }
+}
+
+// Σ over the warp's 64-blocks [b_lo, b_hi) of the tile's rows g, g+8, for nj jobs (2: gate and up,
+// one x) into acc[u] (the C fragments of the NT n-tiles; zero on entry). Codes and absmax from the
+// tiles staged in shared memory, x from global (L2), the next block's x loaded while this block is
+// multiplied.
+template <int NT>
+__device__ __forceinline__ void tile_dot(char* smem, const Layout& Lo, const GemvJob* Js, int nj, int m0, int warp,
+                                         const char* tab_lane, int b_lo, int b_hi, int lane, int N,
+                                         float (&acc)[2][NT][4]) {
+  const int g = lane >> 2, q = lane & 3, K = Js[0].K;
+  const int pitch = Lo.w_pitch;
+  const int w0 = g * pitch + 8 * q;  // + Lo.w_off[u]
   const bf16* xr[NT];
   bool xon[NT];
 #pragma unroll
   for (int j = 0; j < NT; ++j) {
     const int n = 8 * j + g;
     xon[j] = n < N;
-    xr[j] = J.x + (int64_t)(xon[j] ? n : 0) * K + 16 * q;
+    xr[j] = Js[0].x + (int64_t)(xon[j] ? n : 0) * K + 16 * q;
   }
-  constexpr int P = NT == 1 ? 2 : 1;  // blocks whose loads are in flight together (2 n-tiles: registers)
-  for (int b0 = b_lo; b0 < b_hi; b0 += P) {
-    uint2 wa[P], wb[P];
-    float ama[P], amb[P];
-    uint4 xv[P][NT][2];
+  uint4 xv[NT][2];
+  auto load_x = [&](int b) {
 #pragma unroll
-    for (int i = 0; i < P; ++i) {
-      const int b = b0 + i;
-      if (b < b_hi) {
-        wa[i] = ld_stream8(wA + 32 * b);
-        wb[i] = ld_stream8(wB + 32 * b);
-        if (J.absmax) {
-          ama[i] = __ldg(J.absmax + iA + b);
-          amb[i] = __ldg(J.absmax + iB + b);
-        } else {
-          ama[i] = fmaf(code2[__ldg(J.am_u8 + iA + b)], __ldg(J.absmax2 + ((iA + b) >> 8)), J.offset);
-          amb[i] = fmaf(code2[__ldg(J.am_u8 + iB + b)], __ldg(J.absmax2 + ((iB + b) >> 8)), J.offset);
-        }
+    for (int j = 0; j < NT; ++j) {
+      if (xon[j] && b < b_hi) {
+        const uint4* xp = reinterpret_cast<const uint4*>(xr[j] + 64 * b);
+        xv[j][0] = __ldg(xp);
+        xv[j][1] = __ldg(xp + 1);
+      } else {
+        xv[j][0] = xv[j][1] = make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  load_x(b_lo);
+  for (int b = b_lo; b < b_hi; ++b) {
+    uint4 xc[NT][2];
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          if (xon[j]) {
-            const uint4* xp = reinterpret_cast<const uint4*>(xr[j] + 64 * b);
-            xv[i][j][0] = __ldg(xp);
-            xv[i][j][1] = __ldg(xp + 1);
-          } else {
-            xv[i][j][0] = xv[i][j][1] = make_uint4(0, 0, 0, 0);
-          }
-        }
+    for (int j = 0; j < NT; ++j) { xc[j][0] = xv[j][0]; xc[j][1] = xv[j][1]; }
+    load_x(b + 1);
+    uint2 wa[2], wb[2];
+    const int off = 32 * b;
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+      if (u < nj) {
+        const char* w = smem + Lo.w_off[u] + w0 + off;
+        wa[u] = *reinterpret_cast<const uint2*>(w);
+        wb[u] = *reinterpret_cast<const uint2*>(w + 8 * pitch);
       }
     }
 #pragma unroll
-    for (int i = 0; i < P; ++i) {
-      if (b0 + i < b_hi) {
-        float t[NT][4];
-#pragma unroll
-        for (int j = 0; j < NT; ++j) t[j][0] = t[j][1] = t[j][2] = t[j][3] = 0.f;
-#pragma unroll
-        for (int s = 0; s < 4; ++s) {
-          const uint32_t la = s < 2 ? wa[i].x : wa[i].y, lb = s < 2 ? wb[i].x : wb[i].y;
-          const int bi = 2 * (s & 1);  // bytes 2s, 2s+1 of the 8: word s/2, bytes bi, bi+1
-          uint32_t a[4];
-          a[0] = pair_of(tab_lane, la, bi);
-          a[2] = pair_of(tab_lane, la, bi + 1);
-          a[1] = pair_of(tab_lane, lb, bi);
-          a[3] = pair_of(tab_lane, lb, bi + 1);
-#pragma unroll
-          for (int j = 0; j < NT; ++j) {
-            const uint4& xh = xv[i][j][s >> 1];  // x words 2s, 2s+1 of the lane's 8
-            const uint32_t b0w = (s & 1) ? xh.z : xh.x, b1w = (s & 1) ? xh.w : xh.y;
-            mma_bf16(t[j], a, b0w, b1w);
-          }
-        }
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          acc[j][0] = fmaf(ama[i], t[j][0], acc[j][0]);
-          acc[j][1] = fmaf(ama[i], t[j][1], acc[j][1]);
-          acc[j][2] = fmaf(amb[i], t[j][2], acc[j][2]);
-          acc[j][3] = fmaf(amb[i], t[j][3], acc[j][3]);
-        }
+    for (int u = 0; u < 2; ++u) {
+      if (u < nj) {
+        const float* am = reinterpret_cast<const float*>(smem + Lo.am_off[u]) + g * Lo.am_pitch + b;
+        block_mma<NT>(tab_lane, wa[u], wb[u], am[0], am[8 * Lo.am_pitch], xc, acc[u]);
       }
     }
   }
@@ -176,81 +245,88 @@ __device__ __forceinline__ void store_partial(float (*red)[16], const float (&ac
   }
 }
 
+// Σ_i h[n, i]·B[m, i] (the LoRA B half; fp32 in order)
+__device__ __forceinline__ float lora_b(const GemvJob& J, int n, int m) {
+  float t = 0.f;
+  for (int i = 0; i < J.r; ++i) t = fmaf(J.lora_h[(int64_t)n * J.r + i], __bfloat162float(J.lora_B[(int64_t)m * J.r + i]), t);
+  return t;
+}
+
 template <int NT, bool PDL>
-__global__ void __launch_bounds__(kThreads, 3) gemv_tc_kernel(const __grid_constant__ Params P) {
-  __shared__ Smem sm;
+__global__ void __launch_bounds__(kThreads) gemv_tc_kernel(const __grid_constant__ Params P) {
+  extern __shared__ __align__(16) char smem[];
   int ji = 0;
 #pragma unroll
   for (int i = 1; i < kGemvMaxJobs; ++i)
     if (i < P.nj && (int)blockIdx.x >= P.first_block[i]) ji = i;
   const GemvJob& J = P.j[ji];
+  const GemvJob* Js = &P.j[ji];  // glu: Js[0] gate, Js[1] up (ji == 0)
+  const int nj = 1 + P.glu;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int m0 = ((int)blockIdx.x - P.first_block[ji]) * kRows;
-  const int nb = J.K >> 6, b_lo = warp * nb / kWarps, b_hi = (warp + 1) * nb / kWarps;
+  const Layout Lo(J.K, nj);
+  const int b_lo = warp * Lo.nb / kWarps, b_hi = (warp + 1) * Lo.nb / kWarps;
+  float* code2 = reinterpret_cast<float*>(smem + kPairBytes);
   if constexpr (PDL) pdl_trigger();
+  // weights first (they depend on no kernel: with PDL they stream in while the one before
+  // finishes; round 13: a per-warp ring of 4 blocks instead, which can only run 4 blocks ahead of
+  // the wait, decoded 492 tok/s against this 570).
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    if (u < nj) {
+      stage_absmax(smem, Lo, Js[u], u, m0, tid);
+      stage_tile(smem, Lo, Js[u], u, m0, tid);
+    }
+  }
+  asm volatile("cp.async.commit_group;\n");
   {  // the pair table: thread e writes entry e's 32 copies, 16 bytes at a time, rotated by e so
      // that the 8 lanes of a quarter-warp hit 8 different bank quads
     const int e = tid;
     const uint32_t v = bf2_bits(P.lut[e >> 4], P.lut[e & 15]);
     const uint4 v4 = make_uint4(v, v, v, v);
+    uint32_t* pair = reinterpret_cast<uint32_t*>(smem);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) *reinterpret_cast<uint4*>(&sm.pair[e * 32 + 4 * ((i + e) & 7)]) = v4;
+    for (int i = 0; i < 8; ++i) *reinterpret_cast<uint4*>(&pair[e * 32 + 4 * ((i + e) & 7)]) = v4;
   }
-  if (J.packed && !J.absmax) sm.code2[0][tid] = J.code2[tid];
-  if (P.glu && !P.j[1].absmax) sm.code2[1][tid] = P.j[1].code2[tid];
-  if constexpr (PDL) {
-    // the warp's weight rows into L2 while the kernel before still runs (no register, no wait)
-    for (int jj = 0; jj <= P.glu; ++jj) {
-      const GemvJob& Jp = P.j[ji + jj];
-      const int rows = lane >> 1, half = lane & 1;
-      const char* row = reinterpret_cast<const char*>(Jp.packed) + (int64_t)(m0 + rows) * (Jp.K >> 1);
-      for (int off = 32 * b_lo + 128 * half; off < 32 * b_hi; off += 256) asm volatile("prefetch.global.L2 [%0];" ::"l"(row + off));
-    }
-    pdl_wait();
-  }
+#pragma unroll
+  for (int u = 0; u < 2; ++u)
+    if (u < nj && !Js[u].absmax) code2[256 * u + tid] = Js[u].code2[tid];
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");  // the tiles and absmax codes landed
   __syncthreads();
-  const char* tab_lane = reinterpret_cast<const char*>(sm.pair) + 4 * lane;
+#pragma unroll
+  for (int u = 0; u < 2; ++u)
+    if (u < nj) decode_absmax(smem, Lo, Js[u], code2 + 256 * u, u, m0, tid);
+  if constexpr (PDL) pdl_wait();  // x, res, h and out belong to the kernels before
+  __syncthreads();
+  const char* tab_lane = smem + 4 * lane;
   const int N = P.N;
   float acc[2][NT][4];
 #pragma unroll
   for (int u = 0; u < 2; ++u)
 #pragma unroll
     for (int j = 0; j < NT; ++j) acc[u][j][0] = acc[u][j][1] = acc[u][j][2] = acc[u][j][3] = 0.f;
-  tile_dot<NT>(J, sm.code2[0], tab_lane, m0, b_lo, b_hi, lane, N, acc[0]);
-  if (P.glu) tile_dot<NT>(P.j[1], sm.code2[1], tab_lane, m0, b_lo, b_hi, lane, N, acc[1]);
+  tile_dot<NT>(smem, Lo, Js, nj, m0, warp, tab_lane, b_lo, b_hi, lane, N, acc);
   __syncthreads();  // the table is done with: its space takes the partial sums
-  store_partial<NT>(sm.red[0][warp], acc[0], lane);
-  if (P.glu) store_partial<NT>(sm.red[1][warp], acc[1], lane);
+  float(*red)[kWarps][kRows][16] = reinterpret_cast<float(*)[kWarps][kRows][16]>(smem);
+  store_partial<NT>(red[0][warp], acc[0], lane);
+  if (P.glu) store_partial<NT>(red[1][warp], acc[1], lane);
   __syncthreads();
   if (tid >= kRows * 8 * NT) return;
   const int r = tid / (8 * NT), n = tid % (8 * NT), m = m0 + r;
   if (n >= N) return;
-  float v = 0.f, u = 0.f;
+  float v = 0.f;
 #pragma unroll
-  for (int w = 0; w < kWarps; ++w) v += sm.red[0][w][r][n];
-  if (P.glu) {
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) u += sm.red[1][w][r][n];
-    // out = silu(gate)·up (LoRA B of gate/up in their epilogues first, as gemv.cu)
+  for (int w = 0; w < kWarps; ++w) v += red[0][w][r][n];
+  if (J.lora_B) v = fmaf(J.scale, lora_b(J, n, m), v);
+  if (P.glu) {  // out = silu(gate)·up (each with its LoRA B first, as gemv.cu)
     const GemvJob& U = P.j[1];
-    if (J.lora_B) {
-      float t = 0.f;
-      for (int i = 0; i < J.r; ++i) t = fmaf(J.lora_h[(int64_t)n * J.r + i], __bfloat162float(J.lora_B[(int64_t)m * J.r + i]), t);
-      v = fmaf(J.scale, t, v);
-    }
-    if (U.lora_B) {
-      float t = 0.f;
-      for (int i = 0; i < U.r; ++i) t = fmaf(U.lora_h[(int64_t)n * U.r + i], __bfloat162float(U.lora_B[(int64_t)m * U.r + i]), t);
-      u = fmaf(U.scale, t, u);
-    }
+    float u = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) u += red[1][w][r][n];
+    if (U.lora_B) u = fmaf(U.scale, lora_b(U, n, m), u);
     const float sg = 1.f / (1.f + __expf(-v));
     static_cast<bf16*>(J.out)[(int64_t)n * J.M + m] = __float2bfloat16(v * sg * u);
     return;
-  }
-  if (J.lora_B) {
-    float t = 0.f;
-    for (int i = 0; i < J.r; ++i) t = fmaf(J.lora_h[(int64_t)n * J.r + i], __bfloat162float(J.lora_B[(int64_t)m * J.r + i]), t);
-    v = fmaf(J.scale, t, v);
   }
   const int64_t o = (int64_t)n * J.M + m;
   v *= J.alpha;
@@ -266,6 +342,21 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_tc_kernel(const __grid_const
   }
 }
 
+constexpr int kMaxSmem = 200 * 1024;  // a block's shared memory at most (H100/H200: 227 KB usable)
+
+template <int NT>
+void launch(const Params& P, int blocks, int smem) {
+  static bool raised = false;  // once per instantiation pair: opt in to > 48 KB of dynamic shared memory
+  if (!raised) {
+    MIMIC_CUDA_CHECK(cudaFuncSetAttribute(gemv_tc_kernel<NT, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
+    MIMIC_CUDA_CHECK(cudaFuncSetAttribute(gemv_tc_kernel<NT, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
+    raised = true;
+  }
+  launch_pdl(gemv_tc_kernel<NT, false>, gemv_tc_kernel<NT, true>, dim3(blocks), dim3(kThreads), (size_t)smem,
+             Context::get().stream, P);
+  MIMIC_CUDA_LAUNCHED();
+}
+
 bool aligned(const void* p, uintptr_t a) { return ((uintptr_t)p & (a - 1)) == 0; }
 
 }  // namespace
@@ -279,7 +370,8 @@ bool gemv_tc_enabled() {
 }
 
 bool gemv_tc_fits(const GemvJob& j) {
-  return j.packed && j.M % kRows == 0 && j.K % 64 == 0 && aligned(j.packed, 8) && aligned(j.x, 16);
+  return j.packed && j.M % kRows == 0 && j.K % 64 == 0 && aligned(j.packed, 16) && aligned(j.x, 16) &&
+         (j.absmax || aligned(j.am_u8, 16)) && Layout(j.K, 2).bytes <= kMaxSmem;
 }
 
 bool gemv_tc(const GemvJob* jobs, int n_jobs, int64_t N, bool glu) {
@@ -288,20 +380,19 @@ bool gemv_tc(const GemvJob* jobs, int n_jobs, int64_t N, bool glu) {
     if (!gemv_tc_fits(jobs[i])) return false;
   Params P{};
   std::memcpy(P.lut, mimic::NF4_CODE, sizeof P.lut);
-  int blocks = 0;
+  int blocks = 0, smem = 0;
   for (int i = 0; i < n_jobs; ++i) {
     P.j[i] = jobs[i];
     P.first_block[i] = blocks;
     if (!glu || i == 0) blocks += jobs[i].M / kRows;
+    smem = std::max(smem, Layout(jobs[i].K, glu ? 2 : 1).bytes);
   }
   P.first_block[n_jobs] = blocks;
   P.nj = glu ? 1 : n_jobs;
   P.glu = glu ? 1 : 0;
   P.N = (int)N;
-  cudaStream_t st = Context::get().stream;
-  if (N <= 8) launch_pdl(gemv_tc_kernel<1, false>, gemv_tc_kernel<1, true>, dim3(blocks), dim3(kThreads), 0, st, P);
-  else launch_pdl(gemv_tc_kernel<2, false>, gemv_tc_kernel<2, true>, dim3(blocks), dim3(kThreads), 0, st, P);
-  MIMIC_CUDA_LAUNCHED();
+  if (N <= 8) launch<1>(P, blocks, smem);
+  else launch<2>(P, blocks, smem);
   return true;
 }
 

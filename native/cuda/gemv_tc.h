@@ -1,6 +1,6 @@
 // gemv_tc — the tensor-core NF4 decode product (gemv_tc.cu): gemv.cu hands it every launch whose
-// jobs are all NF4 with M % 16 == 0, K % 64 == 0, 8-byte aligned codes and 16-byte aligned x, for
-// N <= 16 rows of x. MIMIC_GEMV_TC=0 in the environment keeps gemv.cu's own NF4 path (the A/B leg).
+// jobs are all NF4 with M % 16 == 0, K % 64 == 0, 16-byte aligned codes, u8 absmax and x, and a
+// tile that fits in shared memory (K <= ~22k), for N <= 16 rows of x. MIMIC_GEMV_TC=0 in the environment keeps gemv.cu's own NF4 path (the A/B leg).
 #pragma once
 #include <cstdint>
 

@@ -10,7 +10,9 @@
 // `dependent` of launch_pdl) must call pdl_wait() before its first read of data another kernel
 // wrote and before its first global write; pdl_trigger() at its start lets its own successor be
 // scheduled as soon as all of its blocks are resident.
-// Off by default (MIMIC_DECODE_PDL=1 turns it on for the decode graph; not yet measured on a GPU).
+// On by default in the decode graph (MIMIC_DECODE_PDL=0 turns it off): round 12 measured +4 % with
+// gemv.cu's kernel; with gemv_tc.cu, which stages its whole weight tile before the wait, +17 %
+// (round 13, H200: 488 → 570 tok/s).
 #pragma once
 #include <cuda_runtime.h>
 

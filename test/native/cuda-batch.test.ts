@@ -18,7 +18,7 @@ const plans = (n: number, V: number, sampled: boolean) =>
 const oneByOne = (model: Parameters<typeof oneByOneAll>[0], ps: Parameters<typeof oneByOneAll>[1]) => oneByOneAll(model, ps, true);
 const batched = (model: Parameters<typeof batchedAll>[0], ps: Parameters<typeof batchedAll>[1]) => batchedAll(model, ps, true);
 
-// Bit-for-bit equality holds on the fused-GEMV route; wider steps (≥ 3 rows) default to the GEMM
+// Bit-for-bit equality holds on the fused-GEMV route; wider steps (≥ 9 rows) default to the GEMM
 // route, whose bf16-rounded weights agree only to bf16 level (checked by margin in the C++ rows), so
 // this file pins every width to the GEMV (read by the addon at each step).
 process.env.MIMIC_BATCH_GEMM_MIN = '1000000';

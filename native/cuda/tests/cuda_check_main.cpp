@@ -693,7 +693,7 @@ void batch_bench(const std::string& dir) {
   std::vector<std::shared_ptr<cuda::DeviceKV>> kvs;
   SamplingParams g0; g0.temperature = 0.f;
   // (S, route): 0 default, 1 GEMV forced, 2 GEMM forced (the crossover and the same-call baseline)
-  const std::pair<int, int> runs[] = {{1, 0}, {4, 0}, {8, 0}, {16, 0}, {32, 0}, {2, 2}, {4, 2}, {8, 1}, {32, 1}};
+  const std::pair<int, int> runs[] = {{1, 0}, {4, 0}, {8, 0}, {16, 0}, {32, 0}, {4, 2}, {8, 2}, {16, 1}, {32, 1}};
   for (auto [S, route] : runs) {
     if (route == 1) setenv("MIMIC_BATCH_GEMM_MIN", "1000000", 1);
     else if (route == 2) setenv("MIMIC_BATCH_GEMM_MIN", "1", 1);
