@@ -28,13 +28,7 @@ namespace {
 
 constexpr int kWarps = 8, kThreads = kWarps * 32, kGroup = 4;
 
-struct Params {
-  GemvJob j[kGemvMaxJobs];
-  int first_block[kGemvMaxJobs + 1];
-  int nj, N;
-  int glu;  // 1: two jobs (gate, up) of one shape, out of job 0 = silu(gate)·up
-  float lut[16];
-};
+using Params = GemvParams;
 
 __device__ __forceinline__ float bf_lo(uint32_t u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float bf_hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
@@ -222,20 +216,7 @@ __global__ void __launch_bounds__(kThreads, NT >= 8 ? 1 : 3) gemv_kernel(const _
   if (lane == 0) {
 #pragma unroll
     for (int n = 0; n < NT; ++n) {
-      if (n < N) {
-        const int64_t o = (int64_t)n * J.M + m;
-        float v = J.alpha * acc[n];
-        if (J.res) v += J.res[o];
-        if (J.out_f32) {
-          float* out = static_cast<float*>(J.out);
-          if (J.beta != 0.f) v += J.beta * out[o];
-          out[o] = v;
-        } else {
-          bf16* out = static_cast<bf16*>(J.out);
-          if (J.beta != 0.f) v += J.beta * __bfloat162float(out[o]);
-          out[o] = __float2bfloat16(v);
-        }
-      }
+      if (n < N) gemv_store(J, n, m, acc[n]);
     }
   }
 }

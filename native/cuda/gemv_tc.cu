@@ -53,13 +53,7 @@ namespace {
 
 constexpr int kWarps = 8, kThreads = kWarps * 32, kRows = 16;
 
-struct Params {
-  GemvJob j[kGemvMaxJobs];
-  int first_block[kGemvMaxJobs + 1];
-  int nj, N;
-  int glu;  // 1: blocks walk job 0 (gate) and job 1 (up) over the same rows; out = silu(gate)·up
-  float lut[16];
-};
+using Params = GemvParams;
 
 // Dynamic shared memory of a block (bytes): the pair table (the warps' partial sums reuse it), the
 // double-quant codes, then per job u (1, or 2 for gate/up) the absmax of its 16 rows [16][nb+1] fp32
@@ -82,18 +76,6 @@ struct Layout {
     bytes = o;
   }
 };
-
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-}
 
 // The pair of byte i (0..3) of word w, from the lane's copy: byte offset (byte·32 + lane)·4.
 __device__ __forceinline__ uint32_t pair_of(const char* tab_lane, uint32_t w, int i) {
@@ -328,18 +310,7 @@ __global__ void __launch_bounds__(kThreads) gemv_tc_kernel(const __grid_constant
     static_cast<bf16*>(J.out)[(int64_t)n * J.M + m] = __float2bfloat16(v * sg * u);
     return;
   }
-  const int64_t o = (int64_t)n * J.M + m;
-  v *= J.alpha;
-  if (J.res) v += J.res[o];
-  if (J.out_f32) {
-    float* out = static_cast<float*>(J.out);
-    if (J.beta != 0.f) v += J.beta * out[o];
-    out[o] = v;
-  } else {
-    bf16* out = static_cast<bf16*>(J.out);
-    if (J.beta != 0.f) v += J.beta * __bfloat162float(out[o]);
-    out[o] = __float2bfloat16(v);
-  }
+  gemv_store(J, n, m, v);
 }
 
 constexpr int kMaxSmem = 200 * 1024;  // a block's shared memory at most (H100/H200: 227 KB usable)
