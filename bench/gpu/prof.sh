@@ -31,7 +31,8 @@ if [ -n "$STALL" ]; then  # why the decode gemv warps wait: the first 4 gemv nod
 fi
 if [ -n "$NSYS" ]; then  # the decode graph's kernels as they run in the graph (no serialization, caches as they are)
   NS=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | head -1)
-  for e in ${NSYS_ENVS:--}; do
+  [ -x "$NS" ] || { echo "NSYS: no nsys on this machine (round 13's device had none)"; NSYS_ENVS=; }
+  for e in ${NSYS_ENVS-"-"}; do
     ee=$e; [ "$ee" = - ] && ee=
     tag=$(echo "${ee:-default}" | tr -c 'A-Za-z0-9_\n' _)
     CUDA_VISIBLE_DEVICES=0 env $ee timeout $(left 120) $NS profile --cuda-graph-trace=node --capture-range=cudaProfilerApi \
