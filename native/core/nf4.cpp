@@ -20,6 +20,7 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "core/nf4_codes.h"
 
 namespace mimic {
 
@@ -33,44 +34,6 @@ namespace {
 
 constexpr int kBlock = 64;     // values per NF4 block (one absmax each)
 constexpr int kBlock2 = 256;   // absmax values per 8-bit block of the double quantization
-
-// bitsandbytes' dQuantizeNF4: the thresholds are its float literals, the midpoints of NF4_CODE.
-uint8_t quantize_nf4_value(float x) {
-  if (x > 0.03979014977812767f) {
-    if (x > 0.3893125355243683f) {
-      if (x > 0.6427869200706482f) return x > 0.8614784181118011f ? 15 : 14;
-      return x > 0.5016634166240692f ? 13 : 12;
-    }
-    if (x > 0.2035212516784668f) return x > 0.2920137718319893f ? 11 : 10;
-    return x > 0.1202552504837513f ? 9 : 8;
-  }
-  if (x > -0.33967943489551544f) {
-    if (x > -0.13791173323988914f) return x > -0.045525018125772476f ? 7 : 6;
-    return x > -0.23460740596055984f ? 5 : 4;
-  }
-  if (x > -0.6106329262256622f) return x > -0.4599952697753906f ? 3 : 2;
-  return x > -0.8480964004993439f ? 1 : 0;
-}
-
-// bitsandbytes' dQuantize<STOCHASTIC=0> over a sorted 256-entry code.
-uint8_t quantize_dynamic_value(const float* code, float x) {
-  int pivot = 127, upper_pivot = 255, lower_pivot = 0;
-  float lower = -1.0f, upper = 1.0f;
-  float val = code[pivot];
-  for (int i = 64; i > 0; i >>= 1) {
-    if (x > val) { lower_pivot = pivot; lower = val; pivot += i; }
-    else { upper_pivot = pivot; upper = val; pivot -= i; }
-    val = code[pivot];
-  }
-  if (upper_pivot == 255) upper = code[upper_pivot];
-  if (lower_pivot == 0) lower = code[lower_pivot];
-  if (x > val) {
-    float midpoint = (upper + val) * 0.5f;
-    return static_cast<uint8_t>(x > midpoint ? upper_pivot : pivot);
-  }
-  float midpoint = (lower + val) * 0.5f;
-  return static_cast<uint8_t>(x < midpoint ? lower_pivot : pivot);
-}
 
 // torch.linspace(start, end, steps, dtype=float32) on the CPU: the first half counts up from
 // start, the second half down from end, with a float32 step. torch's x86 build contracts
@@ -129,7 +92,7 @@ NF4Weight nf4_quantize(const float* w, int M, int K, bool double_quant) {
     q.absmax[b] = amax;
     const float inv = 1.0f / amax;
     for (int64_t i = lo; i < hi; ++i) {
-      const uint8_t c = quantize_nf4_value(w[i] * inv);
+      const uint8_t c = nf4_code_of(w[i] * inv);
       q.packed[i / 2] |= (i % 2 == 0) ? static_cast<uint8_t>(c << 4) : c;
     }
   }
@@ -150,7 +113,7 @@ NF4Weight nf4_quantize(const float* w, int M, int K, bool double_quant) {
       q.absmax2[b2] = amax2;
       const float inv2 = 1.0f / amax2;
       for (int64_t i = lo; i < hi; ++i)
-        q.absmax_u8[i] = quantize_dynamic_value(q.code2.data(), (q.absmax[i] - q.offset) * inv2);
+        q.absmax_u8[i] = dynamic_code_of(q.code2.data(), (q.absmax[i] - q.offset) * inv2);
     }
     // From here on absmax holds what dequantization uses (bitsandbytes: dequantize_blockwise,
     // then += offset), so every consumer reads one array whatever the storage.

@@ -8,12 +8,13 @@
 //   nf4_matmul_forward       : out = α · x · dequant(W)ᵀ + β · out
 //   nf4_matmul_backward_input: dx  = α · dout · dequant(W) + β · dx
 // The scratch is reused projection after projection, so the model is never dequantized whole.
-// N <= kGemvMaxN (decode) skips the scratch: gemv.cu reads the 4-bit weight once and dequantizes in registers.
+// N <= kGemvMaxN (decode) skips the scratch: gemv.cu / gemv_tc.cu read the 4-bit weight once and dequantize in registers.
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <vector>
 
+#include "core/nf4_codes.h"
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
 #include "cuda/nf4_dequant_fast.h"
@@ -70,44 +71,6 @@ __device__ __forceinline__ float load_f(const float* p, int64_t i) { return p[i]
 __device__ __forceinline__ float load_f(const bf16* p, int64_t i) { return __bfloat162float(p[i]); }
 __device__ __forceinline__ float load_f(const __half* p, int64_t i) { return __half2float(p[i]); }
 
-// bitsandbytes' dQuantizeNF4 (the midpoints of NF4_CODE as float literals; NaN → code 0)
-__device__ __forceinline__ uint32_t quantize_nf4_dev(float x) {
-  if (x > 0.03979014977812767f) {
-    if (x > 0.3893125355243683f) {
-      if (x > 0.6427869200706482f) return x > 0.8614784181118011f ? 15 : 14;
-      return x > 0.5016634166240692f ? 13 : 12;
-    }
-    if (x > 0.2035212516784668f) return x > 0.2920137718319893f ? 11 : 10;
-    return x > 0.1202552504837513f ? 9 : 8;
-  }
-  if (x > -0.33967943489551544f) {
-    if (x > -0.13791173323988914f) return x > -0.045525018125772476f ? 7 : 6;
-    return x > -0.23460740596055984f ? 5 : 4;
-  }
-  if (x > -0.6106329262256622f) return x > -0.4599952697753906f ? 3 : 2;
-  return x > -0.8480964004993439f ? 1 : 0;
-}
-
-// bitsandbytes' dQuantize<0> over the sorted 256-entry dynamic code.
-__device__ __forceinline__ uint8_t quantize_dynamic_dev(const float* code, float x) {
-  int pivot = 127, upper_pivot = 255, lower_pivot = 0;
-  float lower = -1.0f, upper = 1.0f;
-  float val = code[pivot];
-  for (int i = 64; i > 0; i >>= 1) {
-    if (x > val) { lower_pivot = pivot; lower = val; pivot += i; }
-    else { upper_pivot = pivot; upper = val; pivot -= i; }
-    val = code[pivot];
-  }
-  if (upper_pivot == 255) upper = code[upper_pivot];
-  if (lower_pivot == 0) lower = code[lower_pivot];
-  if (x > val) {
-    const float midpoint = __fmul_rn(__fadd_rn(upper, val), 0.5f);
-    return (uint8_t)(x > midpoint ? upper_pivot : pivot);
-  }
-  const float midpoint = __fmul_rn(__fadd_rn(lower, val), 0.5f);
-  return (uint8_t)(x < midpoint ? lower_pivot : pivot);
-}
-
 // One warp per 64-block: lane j owns values 2j (high nibble) and 2j + 1 (low nibble) = byte j.
 template <class TI>
 __global__ void nf4_quant_blocks_kernel(uint8_t* __restrict__ packed, float* __restrict__ absmax,
@@ -119,7 +82,7 @@ __global__ void nf4_quant_blocks_kernel(uint8_t* __restrict__ packed, float* __r
   const float a = load_f(w, i), b = load_f(w, i + 1);
   const float amax = warp_max(fmaxf(fabsf(a), fabsf(b)));
   const float inv = __fdiv_rn(1.0f, amax);
-  const uint32_t hi = quantize_nf4_dev(__fmul_rn(a, inv)), lo = quantize_nf4_dev(__fmul_rn(b, inv));
+  const uint32_t hi = nf4_code_of(__fmul_rn(a, inv)), lo = nf4_code_of(__fmul_rn(b, inv));
   packed[blk * 32 + lane] = (uint8_t)((hi << 4) | lo);
   if (lane == 0) absmax[blk] = amax;
 }
@@ -163,7 +126,7 @@ __global__ void nf4_double_quant_kernel(uint8_t* __restrict__ am_u8, float* __re
   }
   const float amax2 = red[0];
   if (threadIdx.x == 0) absmax2[blockIdx.x] = amax2;
-  if (i < blocks) am_u8[i] = quantize_dynamic_dev(code, __fmul_rn(d, __fdiv_rn(1.0f, amax2)));
+  if (i < blocks) am_u8[i] = dynamic_code_of(code, __fmul_rn(d, __fdiv_rn(1.0f, amax2)));
 }
 
 // code2 (bitsandbytes' create_dynamic_map) as the CPU oracle builds it.
