@@ -87,6 +87,27 @@ __device__ __forceinline__ void load_tile(bf16* sm, const bf16* base, int r0, in
   }
 }
 
+// K/V double buffering of a kernel walking key tiles t = 0..ntiles-1 (tile 0 already requested and
+// committed): requests tile t+1 into buffer (t+1)&1, waits until tile t in buffer t&1 has landed,
+// and makes it visible to the block. Returns tile t's K and V.
+template <int D>
+__device__ __forceinline__ void kv_tile(bf16* ks, bf16* vs, const bf16* kg, const bf16* vg, int t, int ntiles, int nrows,
+                                        int64_t kstride, const bf16*& kb, const bf16*& vb) {
+  constexpr int TILE = 64 * (D + 8);
+  const int buf = t & 1;
+  if (t + 1 < ntiles) {
+    load_tile<D>(ks + (buf ^ 1) * TILE, kg, (t + 1) * kBN, nrows, kstride);
+    load_tile<D>(vs + (buf ^ 1) * TILE, vg, (t + 1) * kBN, nrows, kstride);
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+  kb = ks + buf * TILE;
+  vb = vs + buf * TILE;
+}
+
 // A fragments (16 rows × 16 cols at (row0, col0)) of a row-major shared tile.
 template <int LD>
 __device__ __forceinline__ void lda(uint32_t (&a)[4], const bf16* sm, int row0, int col0, int lane) {
@@ -214,18 +235,9 @@ __global__ void __launch_bounds__(kThreadsTc) attn_fwd_tc_kernel(bf16* __restric
   for (int n = 0; n < D / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
 
   for (int t = 0; t < ntiles; ++t) {
-    const int buf = t & 1, j0 = t * kBN;
-    if (t + 1 < ntiles) {
-      load_tile<D>(ks + (buf ^ 1) * TILE, kg, j0 + kBN, Tk, kstride);
-      load_tile<D>(vs + (buf ^ 1) * TILE, vg, j0 + kBN, Tk, kstride);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-    const bf16* kb = ks + buf * TILE;
-    const bf16* vb = vs + buf * TILE;
+    const int j0 = t * kBN;
+    const bf16 *kb, *vb;
+    kv_tile<D>(ks, vs, kg, vg, t, ntiles, Tk, kstride, kb, vb);
 
     float s[8][4];
 #pragma unroll
@@ -356,18 +368,9 @@ __global__ void __launch_bounds__(kThreadsTc) attn_bwd_dq_tc_kernel(bf16* __rest
   for (int n = 0; n < D / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
 
   for (int t = 0; t < ntiles; ++t) {
-    const int buf = t & 1, j0 = t * kBN;
-    if (t + 1 < ntiles) {
-      load_tile<D>(ks + (buf ^ 1) * TILE, kg, j0 + kBN, T, kstride);
-      load_tile<D>(vs + (buf ^ 1) * TILE, vg, j0 + kBN, T, kstride);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
-    const bf16* kb = ks + buf * TILE;
-    const bf16* vb = vs + buf * TILE;
+    const int j0 = t * kBN;
+    const bf16 *kb, *vb;
+    kv_tile<D>(ks, vs, kg, vg, t, ntiles, T, kstride, kb, vb);
     float s[8][4], dp[8][4];
 #pragma unroll
     for (int n = 0; n < 8; ++n)
