@@ -104,6 +104,22 @@ struct BatchDecode {
 
 namespace {
 
+// What both recordings of a step (record, record_gemm) start with: the per-layer cache tables and
+// positions refreshed before each launch, and the S rows' embeddings in x (xo: the other residual
+// buffer, swapped with x after each layer).
+struct StepStart {
+  bf16** ktab;
+  bf16** vtab;
+  const int32_t* pos;
+  float* x;
+  float* xo;
+  StepStart(const DeviceModel& d, BatchDecode& b, int S)
+      : ktab(b.ktab()), vtab(ktab + (size_t)d.cfg.num_layers * b.cap), pos(b.pos(d.cfg.num_layers)), x(b.x0.p),
+        xo(b.x1.p) {
+    embedding_forward(x, b.ids(d.cfg.num_layers), d.embed.p, S, d.cfg.hidden_size);
+  }
+};
+
 bool batch_graph_enabled() {
   const char* e = std::getenv("MIMIC_BATCH_GRAPH");
   return !(e && std::strcmp(e, "0") == 0);
@@ -180,12 +196,8 @@ void record(DeviceModel& d, BatchDecode& b, int S) {
   const LlamaConfig& c = d.cfg;
   const int C = c.hidden_size, Hq = c.num_heads, Hkv = c.num_kv_heads, D = c.head_dim, L = c.num_layers;
   const int cap = b.cap, R = b.R;
-  bf16** ktab = b.ktab();
-  bf16** vtab = ktab + (size_t)L * cap;
-  const int32_t* pos = b.pos(L);
-  embedding_forward(b.x0.p, b.ids(L), d.embed.p, S, C);
-  float* x = b.x0.p;
-  float* xo = b.x1.p;
+  StepStart st0(d, b, S);
+  auto& [ktab, vtab, pos, x, xo] = st0;
   const LoraGemv lg{d, b.lh.p, (size_t)cap * R};
   for (int l = 0; l < L; ++l) {
     const DLayer& Ly = d.layers[l];
@@ -248,12 +260,8 @@ void record_gemm(DeviceModel& d, BatchDecode& b, int S) {
   const int64_t I = c.intermediate_size;
   const int cap = b.cap;
   cudaStream_t st = Context::get().stream;
-  bf16** ktab = b.ktab();
-  bf16** vtab = ktab + (size_t)L * cap;
-  const int32_t* pos = b.pos(L);
-  embedding_forward(b.x0.p, b.ids(L), d.embed.p, S, C);
-  float* x = b.x0.p;
-  float* xo = b.x1.p;
+  StepStart st0(d, b, S);
+  auto& [ktab, vtab, pos, x, xo] = st0;
   // y = β·y + x·Wᵀ (+ s·(x·Aᵀ)·Bᵀ): NF4 through nf4_gemm_small (the codes read once, dequantized in
   // registers) where it applies, else dequantized into b.wdq for one cuBLAS GEMM
   const bool small = nf4_gemm_small_enabled() && S <= kNF4GemmSmallMaxS;
