@@ -3,7 +3,7 @@
 # background meanwhile), then bench/gpu/dp-round.mjs — the same 3B-shaped finetune on 1 GPU and on
 # 2 GPUs (two worker processes, NCCL all-reduce): loss / grad-norm curves side by side and the
 # 2-GPU / 1-GPU tokens/s ratio (target >= 1.85). bench/gpu/round8.sh runs the same step in a full round.
-#   here:   npm run build:ts && bash bench/gpu/round4.sh --prepare
+#   here:   npm run build:ts && bash bench/gpu/prepare.sh
 #   device: run(kind="nvidia-h200-x2", carry=[".device-node", "dist", ".gpu-carry"],
 #               command="bash bench/gpu/dp-round.sh [steps] [gradAccum]")
 # NCCL: nccl.h / libnccl.so.2 from the PyTorch wheel nvidia-nccl-cu13 (site-packages/nvidia/nccl),

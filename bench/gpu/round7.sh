@@ -5,7 +5,7 @@
 #   build (CUDA + NCCL, so that dp-round.sh finds it warm) · SASS counts · op table (forced TC and
 #   fast-dequant rows) · model table with the switches off (GPU 0) and on (GPU 1) · 3B C++ bench
 #   off/off | TC only, then both | dequant only · batched decode off | on · serve at 1 and 32 clients.
-#   here:   npm run build:ts && bash bench/gpu/round4.sh --prepare
+#   here:   npm run build:ts && bash bench/gpu/prepare.sh
 #   device: run(kind="nvidia-h200-x2", command="bash bench/gpu/round7.sh", carry=[".device-node", "dist", ".gpu-carry"])
 # SWITCHES="1 1" (default) is the pair the serve leg uses. Every step runs under a deadline.
 set -o pipefail

@@ -6,7 +6,7 @@
 #   step sweep + serve at 1 and 32 clients; GPU 1 ncu per-kernel profiles of one eager pass of
 #   decode, batch32, prefill512 and a training step (mimic_cuda_check prof); or (phase batch0) the
 #   batched sweep with MIMIC_NF4_GEMM_SMALL=0 on GPU 1 as the A/B of the fused NF4 GEMM.
-#   here:   npm run build:ts && bash bench/gpu/round4.sh --prepare
+#   here:   npm run build:ts && bash bench/gpu/prepare.sh
 #   device: run(kind="nvidia-h200-x2", command="bash bench/gpu/round8.sh", carry=[".device-node", "dist", ".gpu-carry"])
 # Every step runs under a deadline (DEADLINE_S, default 560 s); PHASES picks steps (default all).
 source bench/gpu/lib.sh

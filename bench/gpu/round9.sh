@@ -7,7 +7,7 @@
 #   ‖ GPU 1: the PyTorch peer (bench/peers/peer_torch.py, its ceilings too), the C++ bench again with
 #     $AB_ENV (an A/B leg; round 9 ran MIMIC_GEMV_PERSIST=0, since removed), the 3B logits vs transformers
 #   · the table (bench/gpu/round3.mjs: mimic vs peer, ratios, ceilings).
-#   here:   npm run build:ts && bash bench/gpu/round4.sh --prepare
+#   here:   npm run build:ts && bash bench/gpu/prepare.sh
 #   device: run(kind="nvidia-h200-x2", command="bash bench/gpu/round9.sh", carry=[".device-node", "dist", ".gpu-carry"])
 source bench/gpu/lib.sh
 gpu_round round9 570

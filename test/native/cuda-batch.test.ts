@@ -4,7 +4,7 @@
 // than one 16-row GEMV block, with and without a LoRA adapter; the KV pool (session._release)
 // hands caches to later sessions without changing their results. Runs only where the addon has
 // CUDA and a GPU is present; elsewhere it is skipped (test/native/batch.test.ts covers the CPU).
-// (The GPU round runs the same equality in C++: mimic_cuda_check model / batch, bench/gpu/round4.sh.)
+// (The GPU round runs the same equality in C++: mimic_cuda_check model / batch, bench/gpu/quick.sh.)
 import t from 'tap';
 import { native, type NativeSession } from '../../lib/native.ts';
 import { modelDir } from './util/fixtures.ts';
