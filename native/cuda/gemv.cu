@@ -1,6 +1,9 @@
 // gemv — fused small-N products for decode (N = 1..16 rows): the weight is read ONCE, 16 bytes a
 // lane, and never written back dequantized. Part of the nf4/matmul twins (their CPU oracles are
 // cpu::nf4_matmul_forward and cpu::matmul_forward); nf4_matmul_forward routes N <= 16 here.
+// A launch whose jobs are all tile-shaped NF4 (gemv_tc.h) goes on to gemv_tc.cu, the tensor-core
+// kernel; this file's kernel keeps the bf16 products (lm_head, LoRA A) and the NF4 shapes that do
+// not fit a 16-row tile, and is the NF4 path again under MIMIC_GEMV_TC=0.
 //
 //   out[n, m] = res[n, m] + α · ( Σ_k x[n, k] · W[m, k]  +  s · Σ_j h[n, j] · B[m, j] ) + β · out[n, m]
 //   W: NF4 (bitsandbytes layout, cuda_ops.h) or bf16; x bf16; h fp32 (LoRA x·Aᵀ), B bf16; out bf16 or fp32.

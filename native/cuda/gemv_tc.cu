@@ -70,7 +70,7 @@ struct Layout {
     int o = kPairBytes + 2 * 256 * 4;
     for (int u = 0; u < 2; ++u) {
       am_off[u] = o; o += u < jobs ? 4 * kRows * am_pitch : 0;
-      u8_off[u] = o; o += u < jobs ? ((kRows * nb + 15) & ~15) : 0;
+      u8_off[u] = o; o += u < jobs ? kRows * nb : 0;  // a multiple of 16: kRows = 16
       w_off[u] = o;  o += u < jobs ? kRows * w_pitch : 0;
     }
     bytes = o;
