@@ -44,6 +44,9 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Asks L2 for the 128-byte line holding p (no register, no wait; sm_80+).
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
+
 // 16 bytes global → shared without a register (sm_80+); valid == false zero-fills them without reading.
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid = true) {
   const unsigned s = (unsigned)__cvta_generic_to_shared(smem);

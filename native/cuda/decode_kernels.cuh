@@ -13,18 +13,21 @@
 //                  chunks of 256 keys: no score scratch sized by the cache, so any length fits)
 #pragma once
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <initializer_list>
 
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
 #include "cuda/llama_cuda.h"
 #include "cuda/pdl.h"
+#include "cuda/row_maths.cuh"
 
 namespace mimic::cuda {
 namespace {
 
 constexpr int kAttnThreads = 256;
-constexpr int kNormThreads = 1024, kNormPer = 8;  // C <= 8192 in registers
+constexpr int kNormThreads = kRmsVirtual;  // one virtual thread a thread (row_maths.cuh): C <= 8192
 
 // q [S, Hq, D], k/v [S, Hkv, D] of the new tokens (bf16). Block (b, s): b < Hq: query head b; else
 // KV head b − Hq. Each thread takes dimension pairs (i, i + D/2) with the angle as rope.cu (fp32,
@@ -43,22 +46,16 @@ __global__ void rope_append_kernel(bf16* __restrict__ q, const bf16* __restrict_
   bf16* kc = ktab ? ktab[s] : k1;
   bf16* vc = vtab ? vtab[s] : v1;
   for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    const float a = __fmul_rn((float)p, inv_freq[i]);
-    double sd, cd;
-    sincos((double)a, &sd, &cd);
-    const float c = (float)cd, sn = (float)sd;
+    float c, sn;
+    rope_cs(p, inv_freq[i], c, sn);
     if (b < Hq) {
       bf16* r = q + (int64_t)b * D;
-      const float x0 = __bfloat162float(r[i]), x1 = __bfloat162float(r[i + half]);
-      r[i] = __float2bfloat16(x0 * c - x1 * sn);
-      r[i + half] = __float2bfloat16(x1 * c + x0 * sn);
+      rope_rotate(__bfloat162float(r[i]), __bfloat162float(r[i + half]), c, sn, r[i], r[i + half]);
     } else {
       const int h = b - Hq;
       const bf16* r = k + (int64_t)h * D;
       bf16* o = kc + ((int64_t)p * Hkv + h) * D;
-      const float x0 = __bfloat162float(r[i]), x1 = __bfloat162float(r[i + half]);
-      o[i] = __float2bfloat16(x0 * c - x1 * sn);
-      o[i + half] = __float2bfloat16(x1 * c + x0 * sn);
+      rope_rotate(__bfloat162float(r[i]), __bfloat162float(r[i + half]), c, sn, o[i], o[i + half]);
       bf16* ov = vc + ((int64_t)p * Hkv + h) * D;
       ov[i] = v[(int64_t)h * D + i];
       ov[i + half] = v[(int64_t)h * D + i + half];
@@ -72,38 +69,27 @@ void rope_append(bf16* q, const bf16* k, const bf16* v, bf16* const* ktab, bf16*
   MIMIC_CUDA_LAUNCHED();
 }
 
-// One row a block of RMSNorm (as rmsnorm.cu: fp32 maths, bf16 out) with every load issued up front:
-// the generic kernel's strided loop costs a memory latency per iteration, which dominates at N = 1.
+// One row a block of RMSNorm (as rmsnorm.cu: fp32 maths, bf16 out) with every load issued up front
+// (the generic kernel's strided loop costs a memory latency per iteration, which dominates at N = 1);
+// the sum's order is row_maths.cuh's, which gemv_tc's folded norm shares bit for bit.
 template <bool PDL>
 __global__ void __launch_bounds__(kNormThreads) rmsnorm_rows_kernel(bf16* __restrict__ out, const float* __restrict__ x,
                                                                     const float* __restrict__ w, int C, float eps) {
-  if constexpr (PDL) { pdl_trigger(); pdl_wait(); }
   __shared__ float sh[32];
   x += (int64_t)blockIdx.x * C;
   out += (int64_t)blockIdx.x * C;
-  float v[kNormPer];
-  float ss = 0.f;
+  RmsRow<kNormThreads> row, wr;
+  if constexpr (PDL) pdl_trigger();
+  wr.load(w, C);  // the norm weight is no kernel's output: loaded before the wait
+  if constexpr (PDL) pdl_wait();
+  row.load(x, C);
+  const float r = row.rms_rsqrt(C, eps, sh);
 #pragma unroll
-  for (int i = 0; i < kNormPer; ++i) {
-    const int c = threadIdx.x + i * kNormThreads;
-    v[i] = c < C ? x[c] : 0.f;
-  }
-#pragma unroll
-  for (int i = 0; i < kNormPer; ++i) ss += v[i] * v[i];
-  ss = warp_sum(ss);
-  if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = ss;
-  __syncthreads();
-  float t = 0.f;
-  for (int i = 0; i < kNormThreads / 32; ++i) t += sh[i];
-  const float r = rsqrtf(t / C + eps);
-#pragma unroll
-  for (int i = 0; i < kNormPer; ++i) {
-    const int c = threadIdx.x + i * kNormThreads;
-    if (c < C) out[c] = __float2bfloat16(w[c] * (v[i] * r));
-  }
+  for (int i = 0; i < kRmsPer; ++i)
+    if (const int c = row.col(0, i); c < C) out[c] = norm_out(wr.v[0][i], row.v[0][i], r);
 }
 void rmsnorm_rows(bf16* out, const float* x, const float* w, int N, int C, float eps) {
-  if (C > kNormThreads * kNormPer) { rmsnorm_forward(out, nullptr, x, w, N, C, eps); return; }
+  if (C > kRmsVirtual * kRmsPer) { rmsnorm_forward(out, nullptr, x, w, N, C, eps); return; }
   launch_pdl(rmsnorm_rows_kernel<false>, rmsnorm_rows_kernel<true>, dim3(N), dim3(kNormThreads), 0, Context::get().stream, out, x, w, C, eps);
   MIMIC_CUDA_LAUNCHED();
 }
@@ -133,9 +119,27 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(bf16* __restr
                                                                    const bf16* const* __restrict__ vtab,
                                                                    const bf16* k1, const bf16* v1,
                                                                    const int32_t* __restrict__ pos, int Hq, int Hkv,
-                                                                   int Drt) {
-  if constexpr (PDL) { pdl_trigger(); pdl_wait(); }
+                                                                   int Drt, bool prefetch) {
   const int D = DT ? DT : Drt;
+  if constexpr (PDL) {
+    pdl_trigger();
+    // The cache rows before this token's were written by earlier steps (and pos by the copy before
+    // the graph), so while the q/k/v product ahead still runs, the group's first query head asks L2
+    // for its KV head's old rows: after the wait the scores and the values read L2, not DRAM.
+    const int group = Hq / Hkv;
+    if (prefetch && blockIdx.x % group == 0) {
+      const int64_t row = (int64_t)(blockIdx.x / group) * D;
+      const char* kb = reinterpret_cast<const char*>((ktab ? ktab[blockIdx.y] : k1) + row);
+      const char* vb = reinterpret_cast<const char*>((vtab ? vtab[blockIdx.y] : v1) + row);
+      const int64_t pitch = (int64_t)Hkv * D * 2, lines = (2 * D + 127) / 128, n = pos[blockIdx.y] * lines;
+      for (int64_t i = threadIdx.x; i < n; i += kAttnThreads) {
+        const int64_t j = i / lines, o = (i - j * lines) * 128;
+        prefetch_l2(kb + j * pitch + o);
+        prefetch_l2(vb + j * pitch + o);
+      }
+    }
+    pdl_wait();
+  }
   __shared__ float qs[256];
   __shared__ float red[32];
   __shared__ float sc[kAttnThreads];
@@ -211,16 +215,25 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(bf16* __restr
     out[(int64_t)h * D + d] = __float2bfloat16(a * inv);
   }
 }
+// MIMIC_ATTN_PREFETCH=0: no L2 prefetch of the old cache rows before the PDL wait (the A/B leg).
+bool attn_prefetch_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("MIMIC_ATTN_PREFETCH");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
+  return on;
+}
 void decode_attn(bf16* out, const bf16* q, const bf16* const* ktab, const bf16* const* vtab, const bf16* k1,
                  const bf16* v1, const int32_t* pos, int S, int Hq, int Hkv, int D) {
   const dim3 grid(Hq, S);
+  const bool pf = attn_prefetch_enabled();
   cudaStream_t st = Context::get().stream;
   if (D == 128)
     launch_pdl(decode_attn_kernel<128, false>, decode_attn_kernel<128, true>, grid, dim3(kAttnThreads), 0, st, out, q,
-               ktab, vtab, k1, v1, pos, Hq, Hkv, D);
+               ktab, vtab, k1, v1, pos, Hq, Hkv, D, pf);
   else
     launch_pdl(decode_attn_kernel<0, false>, decode_attn_kernel<0, true>, grid, dim3(kAttnThreads), 0, st, out, q, ktab,
-               vtab, k1, v1, pos, Hq, Hkv, D);
+               vtab, k1, v1, pos, Hq, Hkv, D, pf);
   MIMIC_CUDA_LAUNCHED();
 }
 

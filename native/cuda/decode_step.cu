@@ -19,6 +19,7 @@
 
 #include "cuda/common.cuh"
 #include "cuda/decode_kernels.cuh"
+#include "cuda/gemv_tc.h"
 #include "cuda/llama_cuda.h"
 #include "cuda/pdl.h"
 
@@ -27,6 +28,8 @@ namespace mimic::cuda {
 struct DecodeGraph {
   uint64_t model_uid = 0, lora_version = 0;
   bool pdl = false;        // recorded with programmatic dependent launches (pdl.h)
+  int fuse = 0;            // folded into gemv_tc (GemvFuse): 1 the norms, 2 RoPE + KV append
+  bool traced = false;     // recorded with pdl.h's marker kernels (decode_trace)
   const void* k0 = nullptr;
   int max_len = 0;
   cudaGraph_t graph = nullptr;
@@ -47,6 +50,24 @@ namespace {
 
 constexpr int kRing = 64;
 
+// decode_trace's marker state: the stamps [2·i] resident, [2·i + 1] after the wait, of marker i, and
+// the kernel each marker follows (recorded with the graph).
+struct TraceState {
+  bool on = false;
+  DevBuf<unsigned long long> stamps;
+  std::vector<const void*> kernels;
+};
+TraceState g_trace;
+
+template <bool PDL>
+__global__ void trace_marker_kernel(unsigned long long* stamps, int i) {
+  unsigned long long t0, t1;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  if constexpr (PDL) { pdl_trigger(); pdl_wait(); }
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t1));
+  if (threadIdx.x == 0) { stamps[2 * i] = t0; stamps[2 * i + 1] = t1; }
+}
+
 // The step is recorded with programmatic dependent launches (pdl.h) unless MIMIC_DECODE_PDL=0:
 // round 13 (H200) 488 → 569 tok/s with gemv_tc, whose blocks stage their weights before the wait;
 // decode_pdl_override(1|0|-1) forces it either way for the checks.
@@ -58,6 +79,23 @@ bool pdl_wanted() {
     return !(e && std::strcmp(e, "0") == 0);
   }();
   return !g_pdl_broken && (g_pdl_override >= 0 ? g_pdl_override == 1 : env);
+}
+
+// The norms before q/k/v and gate/up and the RoPE + KV append go inside gemv_tc's launches
+// (GemvFuse: 3 launches a layer fewer, the same bits — row_maths.cuh). MIMIC_DECODE_FUSE=0 keeps
+// them apart, =norm or =rope folds only that one (the A/B legs); decode_fuse_override(1|0|-1)
+// forces all or nothing for the checks.
+int g_fuse_override = -1;
+int fuse_wanted() {
+  static const int env = [] {
+    const char* e = std::getenv("MIMIC_DECODE_FUSE");
+    if (!e) return 3;
+    if (std::strcmp(e, "0") == 0) return 0;
+    if (std::strcmp(e, "norm") == 0) return 1;
+    if (std::strcmp(e, "rope") == 0) return 2;
+    return 3;
+  }();
+  return g_fuse_override >= 0 ? (g_fuse_override == 1 ? 3 : 0) : env;
 }
 
 bool graph_enabled() {
@@ -77,7 +115,11 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
   const LoraGemv lg{d, g.lh.p, (size_t)R};
   for (int l = 0; l < c.num_layers; ++l) {
     const DLayer& Ly = d.layers[l];
-    rmsnorm_rows(g.xn.p, x, Ly.in_norm.p, 1, C, c.rms_norm_eps);
+    // A norm folds into the product's launch unless a LoRA A product needs its output first.
+    const bool qkv_lora = LoraGemv::on(Ly.proj[0]) || LoraGemv::on(Ly.proj[1]) || LoraGemv::on(Ly.proj[2]);
+    bool fold_norm = (g.fuse & 1) && !qkv_lora;
+    const bool fold_rope = g.fuse & 2;
+    if (!fold_norm) rmsnorm_rows(g.xn.p, x, Ly.in_norm.p, 1, C, c.rms_norm_eps);
     lg.a(Ly, {0, 1, 2}, g.xn.p, 1);
     {
       GemvJob js[3];
@@ -86,10 +128,18 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
         js[i] = lg.with_b(base_job(Ly.proj[i]), Ly.proj[i], i);
         js[i].x = g.xn.p; js[i].out = outs[i];
       }
-      gemv(js, 3, 1);
+      GemvFuse f;
+      if (fold_norm) { f.norm_x = x; f.norm_w = Ly.in_norm.p; f.norm_eps = c.rms_norm_eps; }
+      if (fold_rope) { f.pos = g.dev.p + 1; f.inv_freq = d.inv_freq.p; f.head_dim = D; f.kcache = kv.k[l].p; f.vcache = kv.v[l].p; }
+      const bool fused = (fold_norm || fold_rope) && gemv_tc_fused(js, 3, false, f);
+      if (!fused) {
+        if (fold_norm) rmsnorm_rows(g.xn.p, x, Ly.in_norm.p, 1, C, c.rms_norm_eps);
+        gemv(js, 3, 1);
+      }
+      // the same kernels as the batched step (decode_kernels.cuh), one row: pos = idpos[1]
+      if (!fused || !fold_rope)
+        rope_append(g.q.p, g.k.p, g.v.p, nullptr, nullptr, kv.k[l].p, kv.v[l].p, g.dev.p + 1, d.inv_freq.p, 1, Hq, Hkv, D);
     }
-    // the same kernels as the batched step (decode_kernels.cuh), one row: pos = idpos[1]
-    rope_append(g.q.p, g.k.p, g.v.p, nullptr, nullptr, kv.k[l].p, kv.v[l].p, g.dev.p + 1, d.inv_freq.p, 1, Hq, Hkv, D);
     decode_attn(g.att.p, g.q.p, nullptr, nullptr, kv.k[l].p, kv.v[l].p, g.dev.p + 1, 1, Hq, Hkv, D);
     lg.a(Ly, {3}, g.att.p, 1);
     {
@@ -97,13 +147,19 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
       j.x = g.att.p; j.out = g.h.p; j.out_f32 = true; j.res = x;   // h = x + o(att)
       gemv(&j, 1, 1);
     }
-    rmsnorm_rows(g.xn.p, g.h.p, Ly.post_norm.p, 1, C, c.rms_norm_eps);
+    fold_norm = (g.fuse & 1) && !LoraGemv::on(Ly.proj[4]) && !LoraGemv::on(Ly.proj[5]);
+    if (!fold_norm) rmsnorm_rows(g.xn.p, g.h.p, Ly.post_norm.p, 1, C, c.rms_norm_eps);
     lg.a(Ly, {4, 5}, g.xn.p, 1);
     {
       GemvJob js[2];
       js[0] = lg.with_b(base_job(Ly.proj[4]), Ly.proj[4], 4); js[0].x = g.xn.p; js[0].out = g.act.p;
       js[1] = lg.with_b(base_job(Ly.proj[5]), Ly.proj[5], 5); js[1].x = g.xn.p; js[1].out = g.up.p;
-      gemv_glu(js[0], js[1], 1);  // act = silu(gate)·up: no gate/up round trip, no swiglu launch
+      GemvFuse f;
+      if (fold_norm) { f.norm_x = g.h.p; f.norm_w = Ly.post_norm.p; f.norm_eps = c.rms_norm_eps; }
+      if (!fold_norm || !gemv_tc_fused(js, 2, true, f)) {  // act = silu(gate)·up: no gate/up round trip, no swiglu launch
+        if (fold_norm) rmsnorm_rows(g.xn.p, g.h.p, Ly.post_norm.p, 1, C, c.rms_norm_eps);
+        gemv_glu(js[0], js[1], 1);
+      }
     }
     lg.a(Ly, {6}, g.act.p, 1);
     {
@@ -138,6 +194,7 @@ std::shared_ptr<DecodeGraph> build_with(DeviceModel& d, DeviceKV& kv, bool pdl) 
   g->model_uid = d.uid;
   g->lora_version = d.lora_version;
   g->pdl = pdl;
+  g->fuse = fuse_wanted();
   g->k0 = kv.k[0].p;
   g->max_len = kv.max_len;
   const int64_t C = c.hidden_size, QD = (int64_t)c.num_heads * c.head_dim, KD = (int64_t)c.num_kv_heads * c.head_dim,
@@ -156,10 +213,14 @@ std::shared_ptr<DecodeGraph> build_with(DeviceModel& d, DeviceKV& kv, bool pdl) 
   Context::get().sync();
   MIMIC_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
   g_pdl_active = pdl;
+  g->traced = g_trace.on;
+  if (g->traced) g_trace.kernels.clear();
+  g_pdl_tracing = g->traced && pdl;
   try {
     record(d, kv, *g);
   } catch (...) {
     g_pdl_active = false;
+    g_pdl_tracing = false;
     cudaGraph_t broken = nullptr;
     cudaStreamEndCapture(st, &broken);
     if (broken) cudaGraphDestroy(broken);
@@ -167,6 +228,7 @@ std::shared_ptr<DecodeGraph> build_with(DeviceModel& d, DeviceKV& kv, bool pdl) 
     throw;
   }
   g_pdl_active = false;
+  g_pdl_tracing = false;
   MIMIC_CUDA_CHECK(cudaStreamEndCapture(st, &g->graph));
   MIMIC_CUDA_CHECK(cudaGraphInstantiate(&g->exec, g->graph, 0));
   return g;
@@ -174,13 +236,42 @@ std::shared_ptr<DecodeGraph> build_with(DeviceModel& d, DeviceKV& kv, bool pdl) 
 
 }  // namespace
 
+void pdl_trace_after(const void* kernel, cudaStream_t st) {
+  const int i = (int)g_trace.kernels.size();
+  MIMIC_CHECK((size_t)(2 * i + 2) <= g_trace.stamps.n, "EINVAL", "decode trace: more than ", g_trace.stamps.n / 2, " launches");
+  g_trace.kernels.push_back(kernel);
+  g_pdl_tracing = false;  // the marker itself is not followed by one
+  launch_pdl(trace_marker_kernel<false>, trace_marker_kernel<true>, dim3(1), dim3(32), 0, st, g_trace.stamps.p, i);
+  g_pdl_tracing = true;
+}
+
+void decode_trace(bool on) {
+  g_trace.on = on;
+  if (on && !g_trace.stamps.n) g_trace.stamps.alloc(2 * 4096);
+}
+
+std::vector<DecodeTraceRow> decode_trace_read() {
+  std::vector<DecodeTraceRow> rows;
+  const size_t n = g_trace.kernels.size();
+  if (!n) return rows;
+  std::vector<unsigned long long> t(2 * n);
+  Context::get().sync();
+  MIMIC_CUDA_CHECK(cudaMemcpy(t.data(), g_trace.stamps.p, sizeof(unsigned long long) * 2 * n, cudaMemcpyDeviceToHost));
+  for (size_t i = 0; i < n; ++i) {
+    const char* name = nullptr;
+    if (cudaFuncGetName(&name, g_trace.kernels[i]) != cudaSuccess || !name) { cudaGetLastError(); name = "?"; }
+    rows.push_back({name, (double)t[2 * i], (double)t[2 * i + 1]});
+  }
+  return rows;
+}
+
 float* decode_step(DeviceModel& d, int32_t id, DeviceKV& kv) {
   const LlamaConfig& c = d.cfg;
   if (!graph_enabled() || kv.k.empty() || c.head_dim % 8 != 0 || c.head_dim > 256 || c.num_heads % c.num_kv_heads)
     return nullptr;
   DecodeGraph* g = kv.graph.get();
   if (!g || g->model_uid != d.uid || g->lora_version != d.lora_version || g->k0 != kv.k[0].p ||
-      g->max_len != kv.max_len || g->pdl != pdl_wanted()) {
+      g->max_len != kv.max_len || g->pdl != pdl_wanted() || g->fuse != fuse_wanted() || g->traced != g_trace.on) {
     kv.graph.reset();
     kv.graph = build(d, kv);
     g = kv.graph.get();
@@ -196,5 +287,6 @@ float* decode_step(DeviceModel& d, int32_t id, DeviceKV& kv) {
 }
 
 void decode_pdl_override(int mode) { g_pdl_override = mode; }
+void decode_fuse_override(int mode) { g_fuse_override = mode; }
 
 }  // namespace mimic::cuda

@@ -47,6 +47,7 @@
 #include "cuda/cuda_ops.h"
 #include "cuda/gemv_tc.h"
 #include "cuda/pdl.h"
+#include "cuda/row_maths.cuh"
 
 namespace mimic::cuda {
 namespace {
@@ -57,7 +58,8 @@ using Params = GemvParams;
 
 // Dynamic shared memory of a block (bytes): the pair table (the warps' partial sums reuse it), the
 // double-quant codes, then per job u (1, or 2 for gate/up) the absmax of its 16 rows [16][nb+1] fp32
-// (odd pitch: the 8 rows a warp reads at once sit in 8 banks), the raw u8 absmax codes, and the 4-bit
+// (odd pitch: the 8 rows a warp reads at once sit in 8 banks), the raw u8 absmax codes (rows in tile
+// order; a rope-paired tile with an odd nb reads its codes from global instead), and the 4-bit
 // weight tile [16][K/2 + 32] (32-byte pad: a quarter-warp's 8-byte loads of 4 rows hit 16 banks).
 constexpr int kPairBytes = 256 * 32 * 4;
 static_assert(2 * kWarps * kRows * 16 * 4 <= kPairBytes, "the partial sums fit in the table's space");
@@ -77,49 +79,65 @@ struct Layout {
   }
 };
 
+// The weight rows of a block's 16 tile rows r: m0 + r, except in a fused q/k job (GemvFuse), where
+// rows 8..15 sit hs = D/2 − 8 further on so that tile rows r and r + 8 are a rope pair (d, d + D/2).
+struct TileRows {
+  int m0, hs;
+  __device__ int operator()(int r) const { return m0 + r + (r >= 8 ? hs : 0); }
+};
+
 // The pair of byte i (0..3) of word w, from the lane's copy: byte offset (byte·32 + lane)·4.
 __device__ __forceinline__ uint32_t pair_of(const char* tab_lane, uint32_t w, int i) {
   const uint32_t off = i == 0 ? (w << 7) & 0x7f80u : (w >> (8 * i - 7)) & 0x7f80u;
   return *reinterpret_cast<const uint32_t*>(tab_lane + off);
 }
 
-// Job u's 4-bit tile [16][K/2], copied into shared memory asynchronously: every
-// byte of the tile in flight at once, no register held (round 13: the register-fed v1 kept ~10 KB an
-// SM in flight and ran at 15-23 % of DRAM).
-__device__ __forceinline__ void stage_tile(char* smem, const Layout& Lo, const GemvJob& J, int u, int m0, int tid) {
+// Job u's 4-bit tile [16][K/2], copied into shared memory asynchronously: every byte of the tile in
+// flight at once, no register held (round 13: the register-fed v1 kept ~10 KB an SM in flight and
+// ran at 15-23 % of DRAM). Round 14 tried each warp staging and awaiting only its own 64-blocks in two
+// halves (products overlapping the copy): 4 % slower in the step — the copy is not what a block waits
+// for after the PDL wait (the timeline's ablations: the products are).
+__device__ __forceinline__ void stage_tile(char* smem, const Layout& Lo, const GemvJob& J, int u, TileRows rows, int tid) {
   const int row_bytes = J.K >> 1, pieces = row_bytes >> 4;
-  const uint8_t* src = J.packed + (int64_t)m0 * row_bytes;
   char* dst = smem + Lo.w_off[u];
   for (int i = tid; i < kRows * pieces; i += kThreads) {
     const int r = i / pieces, c = i - r * pieces;
-    cp_async16(dst + r * Lo.w_pitch + 16 * c, src + (int64_t)r * row_bytes + 16 * c);
+    cp_async16(dst + r * Lo.w_pitch + 16 * c, J.packed + (int64_t)rows(r) * row_bytes + 16 * c);
   }
 }
 
 // The absmax inputs of job u's 16 rows: u8 codes by cp.async (16·nb contiguous bytes, 16-byte
-// aligned), or plain fp32 absmax straight into the padded am rows.
-__device__ __forceinline__ void stage_absmax(char* smem, const Layout& Lo, const GemvJob& J, int u, int m0, int tid) {
+// aligned; a rope-paired tile's two halves are not, and decode_absmax reads their codes itself),
+// or plain fp32 absmax straight into the padded am rows.
+__device__ __forceinline__ void stage_absmax(char* smem, const Layout& Lo, const GemvJob& J, int u, TileRows rows, int tid) {
   if (J.absmax) {
     for (int i = tid; i < kRows * Lo.nb; i += kThreads) {
       const int r = i / Lo.nb, b = i - r * Lo.nb;
-      reinterpret_cast<float*>(smem + Lo.am_off[u])[r * Lo.am_pitch + b] = __ldg(J.absmax + (int64_t)(m0 + r) * Lo.nb + b);
+      reinterpret_cast<float*>(smem + Lo.am_off[u])[r * Lo.am_pitch + b] = __ldg(J.absmax + (int64_t)rows(r) * Lo.nb + b);
     }
-  } else {
-    const uint8_t* a8 = J.am_u8 + (int64_t)m0 * Lo.nb;
+  } else if (rows.hs == 0) {
+    const uint8_t* a8 = J.am_u8 + (int64_t)rows.m0 * Lo.nb;
     for (int i = tid; i < (kRows * Lo.nb) >> 4; i += kThreads) cp_async16(smem + Lo.u8_off[u] + 16 * i, a8 + 16 * i);
+  } else if (Lo.nb % 2 == 0) {  // rope pairs: two runs of 8 rows, each 8·nb bytes (16-byte multiples)
+    const int half = (8 * Lo.nb) >> 4;
+    for (int i = tid; i < 2 * half; i += kThreads) {
+      const int h = i / half, c = i - h * half;
+      cp_async16(smem + Lo.u8_off[u] + 8 * Lo.nb * h + 16 * c, J.am_u8 + (int64_t)rows(8 * h) * Lo.nb + 16 * c);
+    }
   }
 }
 
 // u8 codes → fp32 absmax of job u's tile (after the copies landed): absmax = code2[u8]·absmax2 + offset.
 __device__ __forceinline__ void decode_absmax(char* smem, const Layout& Lo, const GemvJob& J, const float* code2, int u,
-                                              int m0, int tid) {
+                                              TileRows rows, int tid) {
   if (J.absmax) return;
   const uint8_t* a8 = reinterpret_cast<const uint8_t*>(smem + Lo.u8_off[u]);
   float* am = reinterpret_cast<float*>(smem + Lo.am_off[u]);
   for (int i = tid; i < kRows * Lo.nb; i += kThreads) {
     const int r = i / Lo.nb, b = i - r * Lo.nb;
-    const int64_t blk = (int64_t)m0 * Lo.nb + i;
-    am[r * Lo.am_pitch + b] = fmaf(code2[a8[i]], __ldg(J.absmax2 + (blk >> 8)), J.offset);
+    const int64_t blk = (int64_t)rows(r) * Lo.nb + b;
+    const uint8_t c = rows.hs == 0 || Lo.nb % 2 == 0 ? a8[i] : __ldg(J.am_u8 + blk);
+    am[r * Lo.am_pitch + b] = fmaf(code2[c], __ldg(J.absmax2 + (blk >> 8)), J.offset);
   }
 }
 
@@ -157,11 +175,11 @@ __device__ __forceinline__ void block_mma(const char* tab_lane, uint2 wa, uint2 
 
 // Σ over the warp's 64-blocks [b_lo, b_hi) of the tile's rows g, g+8, for nj jobs (2: gate and up,
 // one x) into acc[u] (the C fragments of the NT n-tiles; zero on entry). Codes and absmax from the
-// tiles staged in shared memory, x from global (L2), the next block's x loaded while this block is
-// multiplied.
-template <int NT>
-__device__ __forceinline__ void tile_dot(char* smem, const Layout& Lo, const GemvJob* Js, int nj, int m0, int warp,
-                                         const char* tab_lane, int b_lo, int b_hi, int lane, int N,
+// tiles staged in shared memory, x [N, K] from global (L2) — or from shared memory (XS: the fused
+// norm's output) — the next block's x loaded while this block is multiplied.
+template <int NT, bool XS>
+__device__ __forceinline__ void tile_dot(char* smem, const Layout& Lo, const GemvJob* Js, int nj, const bf16* x,
+                                         int warp, const char* tab_lane, int b_lo, int b_hi, int lane, int N,
                                          float (&acc)[2][NT][4]) {
   const int g = lane >> 2, q = lane & 3, K = Js[0].K;
   const int pitch = Lo.w_pitch;
@@ -172,7 +190,7 @@ __device__ __forceinline__ void tile_dot(char* smem, const Layout& Lo, const Gem
   for (int j = 0; j < NT; ++j) {
     const int n = 8 * j + g;
     xon[j] = n < N;
-    xr[j] = Js[0].x + (int64_t)(xon[j] ? n : 0) * K + 16 * q;
+    xr[j] = x + (int64_t)(xon[j] ? n : 0) * K + 16 * q;
   }
   uint4 xv[NT][2];
   auto load_x = [&](int b) {
@@ -180,8 +198,13 @@ __device__ __forceinline__ void tile_dot(char* smem, const Layout& Lo, const Gem
     for (int j = 0; j < NT; ++j) {
       if (xon[j] && b < b_hi) {
         const uint4* xp = reinterpret_cast<const uint4*>(xr[j] + 64 * b);
-        xv[j][0] = __ldg(xp);
-        xv[j][1] = __ldg(xp + 1);
+        if constexpr (XS) {
+          xv[j][0] = xp[0];
+          xv[j][1] = xp[1];
+        } else {
+          xv[j][0] = __ldg(xp);
+          xv[j][1] = __ldg(xp + 1);
+        }
       } else {
         xv[j][0] = xv[j][1] = make_uint4(0, 0, 0, 0);
       }
@@ -234,7 +257,41 @@ __device__ __forceinline__ float lora_b(const GemvJob& J, int n, int m) {
   return t;
 }
 
-template <int NT, bool PDL>
+// Σ over the warps of tile row r's column n (warp order: fixed), + the job's LoRA B at weight row m
+__device__ __forceinline__ float row_total(const float (*red)[16], const GemvJob& J, int r, int n, int m) {
+  float v = 0.f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) v += red[w * kRows + r][n];
+  if (J.lora_B) v = fmaf(J.scale, lora_b(J, n, m), v);
+  return v;
+}
+
+// The fused norm's output row and its 32 warp sums, after the block's Layout (16-byte aligned).
+__host__ __device__ inline int fused_x_off(const Layout& Lo) { return (Lo.bytes + 15) & ~15; }
+__host__ __device__ inline int fused_bytes(const Layout& Lo, int K) { return fused_x_off(Lo) + ((2 * K + 15) & ~15) + 32 * 4; }
+
+// The fused q/k/v epilogue (GemvFuse::head_dim, one row of x): q and k blocks rotate their rope
+// pairs (tile rows r, r + 8) as rope_append does, from the bf16-rounded products; k and v go to the
+// cache rows at *pos, q to its out.
+__device__ __forceinline__ void rope_epilogue(const Params& P, const GemvJob& J, int ji, TileRows rows,
+                                              const float (*red)[16], int tid, float c, float sn) {
+  const int p = *P.f.pos;
+  if (ji == 2) {  // v: plain rows into the cache
+    if (tid >= kRows) return;
+    const int m = rows(tid);
+    P.f.vcache[(int64_t)p * J.M + m] = __float2bfloat16(row_total(red, J, tid, 0, m) * J.alpha);
+    return;
+  }
+  if (tid >= kRows / 2) return;
+  const int ma = rows(tid), mb = rows(tid + 8);
+  const float x0 = __bfloat162float(__float2bfloat16(row_total(red, J, tid, 0, ma) * J.alpha));
+  const float x1 = __bfloat162float(__float2bfloat16(row_total(red, J, tid + 8, 0, mb) * J.alpha));
+  bf16* dst = ji == 0 ? static_cast<bf16*>(J.out) : P.f.kcache + (int64_t)p * J.M;
+  rope_rotate(x0, x1, c, sn, dst[ma], dst[mb]);
+}
+
+// F: a fused decode launch (GemvFuse in P.f; N == 1).
+template <int NT, bool PDL, bool F>
 __global__ void __launch_bounds__(kThreads) gemv_tc_kernel(const __grid_constant__ Params P) {
   extern __shared__ __align__(16) char smem[];
   int ji = 0;
@@ -245,7 +302,12 @@ __global__ void __launch_bounds__(kThreads) gemv_tc_kernel(const __grid_constant
   const GemvJob* Js = &P.j[ji];  // glu: Js[0] gate, Js[1] up (ji == 0)
   const int nj = 1 + P.glu;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int m0 = ((int)blockIdx.x - P.first_block[ji]) * kRows;
+  const int tile = (int)blockIdx.x - P.first_block[ji];
+  TileRows rows{tile * kRows, 0};
+  if (F && P.f.head_dim && ji < 2) {  // 8 dims of one head and their partners D/2 on
+    const int D = P.f.head_dim, per_head = D / kRows;
+    rows = TileRows{(tile / per_head) * D + (tile % per_head) * 8, D / 2 - 8};
+  }
   const Layout Lo(J.K, nj);
   const int b_lo = warp * Lo.nb / kWarps, b_hi = (warp + 1) * Lo.nb / kWarps;
   float* code2 = reinterpret_cast<float*>(smem + kPairBytes);
@@ -256,8 +318,8 @@ __global__ void __launch_bounds__(kThreads) gemv_tc_kernel(const __grid_constant
 #pragma unroll
   for (int u = 0; u < 2; ++u) {
     if (u < nj) {
-      stage_absmax(smem, Lo, Js[u], u, m0, tid);
-      stage_tile(smem, Lo, Js[u], u, m0, tid);
+      stage_absmax(smem, Lo, Js[u], u, rows, tid);
+      if (!(P.ablate & 1)) stage_tile(smem, Lo, Js[u], u, rows, tid);
     }
   }
   asm volatile("cp.async.commit_group;\n");
@@ -277,9 +339,17 @@ __global__ void __launch_bounds__(kThreads) gemv_tc_kernel(const __grid_constant
   __syncthreads();
 #pragma unroll
   for (int u = 0; u < 2; ++u)
-    if (u < nj) decode_absmax(smem, Lo, Js[u], code2 + 256 * u, u, m0, tid);
+    if (u < nj) decode_absmax(smem, Lo, Js[u], code2 + 256 * u, u, rows, tid);
+  // what the folds need that no kernel ahead writes, before the wait: the norm weight (K <= 4096 for
+  // a fused norm: RmsRow<.., 4> holds 16 values a thread) and the rope pair's cos/sin (pos is
+  // copied in before the graph)
+  RmsRow<kThreads, 4> wr;
+  float rc = 0.f, rs = 0.f;
+  if constexpr (F) {
+    if (P.f.norm_x) wr.load(P.f.norm_w, J.K);
+    if (P.f.head_dim && ji < 2 && tid < kRows / 2) rope_cs(*P.f.pos, P.f.inv_freq[rows(tid) % P.f.head_dim], rc, rs);
+  }
   if constexpr (PDL) pdl_wait();  // x, res, h and out belong to the kernels before
-  __syncthreads();
   const char* tab_lane = smem + 4 * lane;
   const int N = P.N;
   float acc[2][NT][4];
@@ -287,25 +357,38 @@ __global__ void __launch_bounds__(kThreads) gemv_tc_kernel(const __grid_constant
   for (int u = 0; u < 2; ++u)
 #pragma unroll
     for (int j = 0; j < NT; ++j) acc[u][j][0] = acc[u][j][1] = acc[u][j][2] = acc[u][j][3] = 0.f;
-  tile_dot<NT>(smem, Lo, Js, nj, m0, warp, tab_lane, b_lo, b_hi, lane, N, acc);
+  if (F && P.f.norm_x) {  // x = rmsnorm(norm_x) into shared memory (row_maths.cuh: rmsnorm_rows' bits)
+    bf16* xs = reinterpret_cast<bf16*>(smem + fused_x_off(Lo));
+    float* sh = reinterpret_cast<float*>(smem + fused_bytes(Lo, J.K) - 32 * 4);
+    RmsRow<kThreads, 4> row;
+    row.load(P.f.norm_x, J.K);
+    const float r = row.rms_rsqrt(J.K, P.f.norm_eps, sh);
+#pragma unroll
+    for (int k = 0; k < row.kNV; ++k)
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+        if (const int c = row.col(k, i); c < J.K) xs[c] = norm_out(wr.v[k][i], row.v[k][i], r);
+    __syncthreads();
+    tile_dot<NT, true>(smem, Lo, Js, nj, xs, warp, tab_lane, b_lo, P.ablate & 2 ? b_lo : b_hi, lane, N, acc);
+  } else {
+    __syncthreads();
+    tile_dot<NT, false>(smem, Lo, Js, nj, Js[0].x, warp, tab_lane, b_lo, P.ablate & 2 ? b_lo : b_hi, lane, N, acc);
+  }
   __syncthreads();  // the table is done with: its space takes the partial sums
-  float(*red)[kWarps][kRows][16] = reinterpret_cast<float(*)[kWarps][kRows][16]>(smem);
-  store_partial<NT>(red[0][warp], acc[0], lane);
-  if (P.glu) store_partial<NT>(red[1][warp], acc[1], lane);
+  float(*red)[kWarps * kRows][16] = reinterpret_cast<float(*)[kWarps * kRows][16]>(smem);
+  store_partial<NT>(red[0] + warp * kRows, acc[0], lane);
+  if (P.glu) store_partial<NT>(red[1] + warp * kRows, acc[1], lane);
   __syncthreads();
+  if (F && P.f.head_dim) {
+    rope_epilogue(P, J, ji, rows, red[0], tid, rc, rs);
+    return;
+  }
   if (tid >= kRows * 8 * NT) return;
-  const int r = tid / (8 * NT), n = tid % (8 * NT), m = m0 + r;
+  const int r = tid / (8 * NT), n = tid % (8 * NT), m = rows(r);
   if (n >= N) return;
-  float v = 0.f;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) v += red[0][w][r][n];
-  if (J.lora_B) v = fmaf(J.scale, lora_b(J, n, m), v);
+  const float v = row_total(red[0], J, r, n, m);
   if (P.glu) {  // out = silu(gate)·up (each with its LoRA B first, as gemv.cu)
-    const GemvJob& U = P.j[1];
-    float u = 0.f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) u += red[1][w][r][n];
-    if (U.lora_B) u = fmaf(U.scale, lora_b(U, n, m), u);
+    const float u = row_total(red[1], P.j[1], r, n, m);
     const float sg = 1.f / (1.f + __expf(-v));
     static_cast<bf16*>(J.out)[(int64_t)n * J.M + m] = __float2bfloat16(v * sg * u);
     return;
@@ -315,15 +398,15 @@ __global__ void __launch_bounds__(kThreads) gemv_tc_kernel(const __grid_constant
 
 constexpr int kMaxSmem = 200 * 1024;  // a block's shared memory at most (H100/H200: 227 KB usable)
 
-template <int NT>
+template <int NT, bool F>
 void launch(const Params& P, int blocks, int smem) {
   static bool raised = false;  // once per instantiation pair: opt in to > 48 KB of dynamic shared memory
   if (!raised) {
-    MIMIC_CUDA_CHECK(cudaFuncSetAttribute(gemv_tc_kernel<NT, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
-    MIMIC_CUDA_CHECK(cudaFuncSetAttribute(gemv_tc_kernel<NT, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
+    MIMIC_CUDA_CHECK(cudaFuncSetAttribute(gemv_tc_kernel<NT, false, F>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
+    MIMIC_CUDA_CHECK(cudaFuncSetAttribute(gemv_tc_kernel<NT, true, F>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
     raised = true;
   }
-  launch_pdl(gemv_tc_kernel<NT, false>, gemv_tc_kernel<NT, true>, dim3(blocks), dim3(kThreads), (size_t)smem,
+  launch_pdl(gemv_tc_kernel<NT, false, F>, gemv_tc_kernel<NT, true, F>, dim3(blocks), dim3(kThreads), (size_t)smem,
              Context::get().stream, P);
   MIMIC_CUDA_LAUNCHED();
 }
@@ -345,13 +428,15 @@ bool gemv_tc_fits(const GemvJob& j) {
          (j.absmax || aligned(j.am_u8, 16)) && Layout(j.K, 2).bytes <= kMaxSmem;
 }
 
-bool gemv_tc(const GemvJob* jobs, int n_jobs, int64_t N, bool glu) {
+namespace {
+// The launch's parameters, block count and shared memory (no fold); false when a job does not fit.
+bool plan(const GemvJob* jobs, int n_jobs, int64_t N, bool glu, Params& P, int& blocks, int& smem) {
   if (!gemv_tc_enabled() || N < 1 || N > 16 || n_jobs < 1 || n_jobs > kGemvMaxJobs) return false;
   for (int i = 0; i < n_jobs; ++i)
     if (!gemv_tc_fits(jobs[i])) return false;
-  Params P{};
+  P = Params{};
   std::memcpy(P.lut, mimic::NF4_CODE, sizeof P.lut);
-  int blocks = 0, smem = 0;
+  blocks = smem = 0;
   for (int i = 0; i < n_jobs; ++i) {
     P.j[i] = jobs[i];
     P.first_block[i] = blocks;
@@ -362,8 +447,50 @@ bool gemv_tc(const GemvJob* jobs, int n_jobs, int64_t N, bool glu) {
   P.nj = glu ? 1 : n_jobs;
   P.glu = glu ? 1 : 0;
   P.N = (int)N;
-  if (N <= 8) launch<1>(P, blocks, smem);
-  else launch<2>(P, blocks, smem);
+  static const int ablate = [] {
+    const char* e = std::getenv("MIMIC_GEMV_TC_ABLATE");
+    return e ? std::atoi(e) : 0;
+  }();
+  P.ablate = ablate;
+  return true;
+}
+}  // namespace
+
+bool gemv_tc(const GemvJob* jobs, int n_jobs, int64_t N, bool glu) {
+  Params P;
+  int blocks, smem;
+  if (!plan(jobs, n_jobs, N, glu, P, blocks, smem)) return false;
+  if (N <= 8) launch<1, false>(P, blocks, smem);
+  else launch<2, false>(P, blocks, smem);
+  return true;
+}
+
+bool gemv_tc_fused(const GemvJob* jobs, int n_jobs, bool glu, const GemvFuse& f) {
+  Params P;
+  int blocks, smem;
+  if (!plan(jobs, n_jobs, 1, glu, P, blocks, smem)) return false;
+  for (int i = 0; i < n_jobs; ++i) {
+    const GemvJob& j = jobs[i];
+    MIMIC_CHECK(!j.lora_B || (j.lora_h && j.r > 0), "EINVAL", "gemv_tc_fused: job ", i, " has LoRA B without h or rank");
+    if (f.norm_x && (j.K != jobs[0].K || j.K > kRmsVirtual * 4 || !f.norm_w)) return false;
+  }
+  if (f.head_dim) {
+    const int D = f.head_dim;
+    if (glu || n_jobs != 3 || D % kRows || jobs[0].M % D || jobs[1].M % D || jobs[2].M != jobs[1].M || !f.pos ||
+        !f.inv_freq || !f.kcache || !f.vcache || !jobs[0].out)
+      return false;
+    for (int i = 0; i < 3; ++i)
+      if (jobs[i].out_f32 || jobs[i].res || jobs[i].beta != 0.f) return false;
+  } else {
+    for (int i = 0; i < n_jobs; ++i)
+      if (!jobs[i].out) return false;
+  }
+  if (f.norm_x) {
+    for (int i = 0; i < n_jobs; ++i) smem = std::max(smem, fused_bytes(Layout(jobs[i].K, glu ? 2 : 1), jobs[i].K));
+    if (smem > kMaxSmem) return false;
+  }
+  P.f = f;
+  launch<1, true>(P, blocks, smem);
   return true;
 }
 

@@ -134,6 +134,18 @@ float* decode_step(DeviceModel& d, int32_t id, DeviceKV& kv);
 // Forces programmatic dependent launches in the decode graph on (1) or off (0), or back to
 // MIMIC_DECODE_PDL (-1); graphs are re-recorded at their next step. For the checks.
 void decode_pdl_override(int mode);
+// The same for the norms and RoPE folded into the decode graph's gemv_tc launches (MIMIC_DECODE_FUSE).
+void decode_fuse_override(int mode);
+// The decode step's in-graph timeline (pdl.h's markers; PDL graphs only): decode_trace(true) makes
+// the next recorded graphs carry a marker after every kernel; decode_trace_read() gives, for the
+// last step run, each kernel's name and the globaltimer stamps (ns) of its marker becoming
+// resident and of the kernel having completed. For cuda_check's profile, not for serving.
+struct DecodeTraceRow {
+  std::string kernel;
+  double resident_ns, done_ns;
+};
+void decode_trace(bool on);
+std::vector<DecodeTraceRow> decode_trace_read();
 
 // T tokens of one sequence (appended to the cache when given). logits: host [n_logits, V] fp32 for
 // the last n_logits positions; or, with logits == nullptr, the last row stays on the device and

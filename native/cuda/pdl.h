@@ -37,6 +37,14 @@ __device__ __forceinline__ void pdl_trigger() {
 inline thread_local bool g_pdl_active = false;
 inline bool pdl_active() { return g_pdl_active; }
 
+// The decode step's in-graph timeline (decode_trace in llama_cuda.h): while a graph is recorded
+// with tracing on, every PDL launch is followed by a 1-warp marker kernel (launched the same way)
+// that stamps %globaltimer when it becomes resident and again after its griddepcontrol.wait, i.e.
+// when the kernel before it has completed. Differences of consecutive "completed" stamps are each
+// kernel's exposed time inside the real, overlapped step (the marker hop itself adds ~0.5 µs).
+void pdl_trace_after(const void* kernel, cudaStream_t st);
+inline thread_local bool g_pdl_tracing = false;
+
 // plain<<<grid, block, smem, st>>>(args...), or — while pdl_active() — `dependent`, the kernel's
 // instantiation that waits (template flag PDL), with the programmatic-serialization attribute. The
 // plain instantiations hold no griddepcontrol instruction at all: every path but a PDL-recorded
@@ -59,6 +67,7 @@ void launch_pdl(void (*plain)(K...), void (*dependent)(K...), dim3 grid, dim3 bl
   cfg.attrs = at;
   cfg.numAttrs = 1;
   MIMIC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, dependent, std::forward<A>(args)...));
+  if (g_pdl_tracing) pdl_trace_after(reinterpret_cast<const void*>(dependent), st);
 }
 
 }  // namespace mimic::cuda

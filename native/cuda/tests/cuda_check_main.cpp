@@ -7,6 +7,8 @@
 //                                     CPU engine
 //   cuda_check bench <hf dir> [steps] NF4 load, GPU memory, training 8×512 (recompute) with falling
 //                                     loss, decode tokens/s, logits of a fixed prompt (logits_3b.bin)
+//   cuda_check trace <hf dir> [steps] the batch-1 decode step's in-graph timeline: each kernel's
+//                                     exposed µs (pdl.h's markers), by kind and for layer 10
 // Every line of the final table starts with "ROW" so check.sh can collect them. Exit code 1 when a
 // row fails. Errors are mimic::Error, printed, exit code 2.
 #include <chrono>
@@ -325,20 +327,25 @@ void model_checks(const std::string& ref) {
           (eager ? " (eager, no graph)" : " (decode graph)"), rel(inc, full), 1e-2);
       if (eager) unsetenv("MIMIC_DECODE_GRAPH");
     }
-    {  // the decode graph recorded with programmatic dependent launches (pdl.h) vs without: the same
-       // kernels and order, so the same logits bit for bit (a missing griddepcontrol.wait shows here)
-      std::vector<float> runs[2];
-      for (int pdl = 0; pdl < 2; ++pdl) {
-        cuda::decode_pdl_override(pdl);
+    {  // the decode graph recorded two ways that must give the same logits bit for bit: with
+       // programmatic dependent launches (pdl.h) or without (the same kernels and order: a missing
+       // griddepcontrol.wait shows here), and with the norms and RoPE folded into gemv_tc (GemvFuse)
+       // or as their own kernels (row_maths.cuh's arithmetic either way)
+      auto decode_run = [&](void (*override)(int), int mode) {
+        override(mode);
         cuda::DeviceKV kv;
         kv.init(cpu->cfg, T);
-        runs[pdl].assign((size_t)T * V, 0.f);
-        cuda::llama_forward(*gpu, ids.data(), 5, &kv, runs[pdl].data(), 5);
-        for (int t = 5; t < T; ++t) cuda::llama_forward(*gpu, ids.data() + t, 1, &kv, runs[pdl].data() + (size_t)t * V, 1);
-      }
-      cuda::decode_pdl_override(-1);
-      add(quant ? "model nf4" : "model fp32", "decode graph with PDL == without, bit for bit (5 + 1x7)",
-          rel(runs[1], runs[0]), 0.0);
+        std::vector<float> out((size_t)T * V, 0.f);
+        cuda::llama_forward(*gpu, ids.data(), 5, &kv, out.data(), 5);
+        for (int t = 5; t < T; ++t) cuda::llama_forward(*gpu, ids.data() + t, 1, &kv, out.data() + (size_t)t * V, 1);
+        override(-1);
+        return out;
+      };
+      const std::string m = quant ? "model nf4" : "model fp32";
+      add(m, "decode graph with PDL == without, bit for bit (5 + 1x7)",
+          rel(decode_run(cuda::decode_pdl_override, 1), decode_run(cuda::decode_pdl_override, 0)), 0.0);
+      add(m, "decode graph, norms + RoPE fused into the gemv == apart, bit for bit (5 + 1x7)",
+          rel(decode_run(cuda::decode_fuse_override, 1), decode_run(cuda::decode_fuse_override, 0)), 0.0);
     }
     // batched decode (decode_batch_cuda.cu) vs each session alone: 20 sessions (two GEMV row blocks),
     // prompts up to 300 tokens (attention over more than one 256-key chunk), staggered joins
@@ -732,6 +739,74 @@ void batch_bench(const std::string& dir) {
   unsetenv("MIMIC_BATCH_GEMM_MIN");
 }
 
+// ---- the decode step's in-graph timeline (pdl.h's markers): where the batch-1 step's time goes ----
+// Each kernel's "exposed" time is its completion stamp minus the previous kernel's: what it adds to
+// the step with everything else overlapped as in the real graph. Printed by kernel kind (summed over
+// the step) and for one middle layer in launch order; the first line is the traced step vs untraced.
+std::string short_kernel(const std::string& m) {  // a mangled name → its function's name
+  for (const char* k : {"gemv_tc_kernel", "gemv_kernel", "decode_attn_kernel", "rope_append_kernel", "rmsnorm_rows_kernel",
+                        "embedding", "trace_marker"}) {
+    if (m.find(k) != std::string::npos) {
+      std::string t = k;
+      const size_t a = m.find(k) + t.size();
+      if (t == "gemv_tc_kernel" && m.size() > a + 12) t += m.substr(a + 3, 1) == "1" ? "<N8" : "<N16", t += m.find("ELb1EEE", a) != std::string::npos ? ",fused>" : ">";
+      return t;
+    }
+  }
+  return m.substr(0, 40);
+}
+void trace(const std::string& dir, int steps) {
+  std::unique_ptr<LlamaModel> cpu;
+  auto gpu = cuda::load_model(dir, true, &cpu);
+  const LlamaConfig& c = cpu->cfg;
+  cuda::DeviceKV kv;
+  kv.init(c, 512);
+  std::vector<int32_t> prompt(128);
+  for (int i = 0; i < 128; ++i) prompt[i] = (i * 31 + 7) % 128000;
+  cuda::llama_forward(*gpu, prompt.data(), 128, &kv, nullptr, 1);
+  int32_t tok = 1234;
+  auto run = [&](int n) {
+    cuda::Context::get().sync();
+    const double a = now();
+    for (int i = 0; i < n; ++i) cuda::llama_forward(*gpu, &tok, 1, &kv, nullptr, 1);
+    cuda::Context::get().sync();
+    return (now() - a) / n;
+  };
+  run(4);
+  kv.len = 128;
+  const double plain = run(steps);
+  cuda::decode_trace(true);
+  kv.len = 128;
+  run(4);
+  kv.len = 128;
+  std::vector<double> exposed;
+  std::vector<std::string> names;
+  double traced = 0.0;
+  for (int s = 0; s < steps; ++s) {
+    traced += run(1) / steps;
+    const auto rows = cuda::decode_trace_read();
+    if (exposed.empty()) { exposed.assign(rows.size(), 0.0); for (auto& r : rows) names.push_back(short_kernel(r.kernel)); }
+    for (size_t i = 1; i < rows.size(); ++i) exposed[i] += (rows[i].done_ns - rows[i - 1].done_ns) / 1e3 / steps;
+  }
+  cuda::decode_trace(false);
+  double total = 0.0;
+  for (double e : exposed) total += e;
+  std::printf("TRACE step %.3f ms untraced, %.3f ms traced; %zu kernels; Σ exposed %.1f µs (cache 128..%d)\n", plain * 1e3,
+              traced * 1e3, names.size(), total, 128 + steps);
+  std::map<std::string, std::pair<double, int>> by;
+  for (size_t i = 1; i < names.size(); ++i) { by[names[i]].first += exposed[i]; by[names[i]].second += 1; }
+  for (auto& [k, v] : by) std::printf("TRACE kind %-32s %4d launches %8.1f µs  (%.2f µs each)\n", k.c_str(), v.second, v.first, v.first / v.second);
+  // one middle layer in order: the launches between two consecutive attention kernels
+  std::vector<size_t> attn;
+  for (size_t i = 0; i < names.size(); ++i) if (names[i].rfind("decode_attn", 0) == 0) attn.push_back(i);
+  if (attn.size() > 12) {
+    for (size_t i = attn[10] - 2; i < attn[11] - 1 && i < names.size(); ++i)
+      std::printf("TRACE layer10 %3zu %-32s %6.2f µs\n", i, names[i].c_str(), exposed[i]);
+  }
+  for (size_t i = names.size() > 4 ? names.size() - 4 : 0; i < names.size(); ++i)
+    std::printf("TRACE tail %3zu %-32s %6.2f µs\n", i, names[i].c_str(), exposed[i]);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -758,6 +833,8 @@ int main(int argc, char** argv) {
       profile_phase(argv[2], argc > 3 ? argv[3] : "decode");
     } else if (mode == "batch") {
       batch_bench(argv[2]);
+    } else if (mode == "trace") {
+      trace(argv[2], argc > 3 ? std::atoi(argv[3]) : 16);
     } else if (mode == "bench") {
       bench(argv[2], argc > 3 ? std::atoi(argv[3]) : 30, argc > 4 ? argv[4] : ".");
     }
