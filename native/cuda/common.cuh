@@ -37,8 +37,10 @@ __device__ inline float warp_max(float v) {
 // D[16×8] += A[16×16]·B[16×8] on the tensor cores, bf16 in, fp32 accumulate (mma.sync.m16n8k16; the
 // fragment layouts are in the PTX ISA: a0 (row g, k 2q..2q+1), a1 (row g+8), a2/a3 the same at k+8;
 // b0 (k 2q..2q+1, col g), b1 (k+8); c0,c1 (row g, cols 2q, 2q+1), c2,c3 (row g+8) — g = lane/4, q = lane%4).
+// Not volatile: a pure function of its registers, so the compiler may interleave independent chains
+// (gemv_tc's consecutive 64-blocks; round 14).
 __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
+  asm(
       "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));

@@ -55,10 +55,10 @@ __global__ void rope_append_kernel(bf16* __restrict__ q, const bf16* __restrict_
       const int h = b - Hq;
       const bf16* r = k + (int64_t)h * D;
       bf16* o = kc + ((int64_t)p * Hkv + h) * D;
-      rope_rotate(__bfloat162float(r[i]), __bfloat162float(r[i + half]), c, sn, o[i], o[i + half]);
+      rope_rotate(__bfloat162float(__ldcg(r + i)), __bfloat162float(__ldcg(r + i + half)), c, sn, o[i], o[i + half]);
       bf16* ov = vc + ((int64_t)p * Hkv + h) * D;
-      ov[i] = v[(int64_t)h * D + i];
-      ov[i + half] = v[(int64_t)h * D + i + half];
+      ov[i] = __ldcg(v + (int64_t)h * D + i);  // (k, v: the product ahead's output, through L2)
+      ov[i + half] = __ldcg(v + (int64_t)h * D + i + half);
     }
   }
 }
@@ -151,7 +151,8 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(bf16* __restr
   out += (int64_t)s * Hq * D;
   const int len = pos[s] + 1;
   const float sm_scale = rsqrtf((float)D);
-  for (int d = tid; d < D; d += kAttnThreads) qs[d] = __bfloat162float(q[(int64_t)h * D + d]) * sm_scale;
+  // q and the cache rows through L2 (__ldcg): under PDL they are the output of the kernels ahead
+  for (int d = tid; d < D; d += kAttnThreads) qs[d] = __bfloat162float(__ldcg(q + (int64_t)h * D + d)) * sm_scale;
   __syncthreads();
   const int G = D / 8, groups = kAttnThreads / G, g = tid / G, d0 = (tid % G) * 8;
   float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
@@ -163,7 +164,7 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(bf16* __restr
       const uint4* kr = reinterpret_cast<const uint4*>(kc + ((int64_t)j * Hkv + hk) * D);
       float a = 0.f;
       auto dot8 = [&](int c) {
-        const uint4 kv = kr[c];
+        const uint4 kv = __ldcg(kr + c);
         const uint32_t u[4] = {kv.x, kv.y, kv.z, kv.w};
 #pragma unroll
         for (int t = 0; t < 4; ++t) {
@@ -192,7 +193,7 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(bf16* __restr
 #pragma unroll 4
       for (int jj = g; jj < n; jj += groups) {
         const float pj = sc[jj];
-        const uint4 vv = *reinterpret_cast<const uint4*>(vc + ((int64_t)(j0 + jj) * Hkv + hk) * D + d0);
+        const uint4 vv = __ldcg(reinterpret_cast<const uint4*>(vc + ((int64_t)(j0 + jj) * Hkv + hk) * D + d0));
         const uint32_t u[4] = {vv.x, vv.y, vv.z, vv.w};
 #pragma unroll
         for (int t = 0; t < 4; ++t) {
@@ -216,12 +217,9 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(bf16* __restr
   }
 }
 // MIMIC_ATTN_PREFETCH=0: no L2 prefetch of the old cache rows before the PDL wait (the A/B leg).
-bool attn_prefetch_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("MIMIC_ATTN_PREFETCH");
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
-  return on;
+bool attn_prefetch_enabled() {  // read at each launch (recording): one process may alternate A/B legs
+  const char* e = std::getenv("MIMIC_ATTN_PREFETCH");
+  return !(e && std::strcmp(e, "0") == 0);
 }
 void decode_attn(bf16* out, const bf16* q, const bf16* const* ktab, const bf16* const* vtab, const bf16* k1,
                  const bf16* v1, const int32_t* pos, int S, int Hq, int Hkv, int D) {

@@ -28,8 +28,9 @@ namespace mimic::cuda {
 struct DecodeGraph {
   uint64_t model_uid = 0, lora_version = 0;
   bool pdl = false;        // recorded with programmatic dependent launches (pdl.h)
-  int fuse = 0;            // folded into gemv_tc (GemvFuse): 1 the norms, 2 RoPE + KV append
+  bool rope_fold = false;  // RoPE + KV append in the q/k/v launch (gemv_tc_qkv_rope)
   bool traced = false;     // recorded with pdl.h's marker kernels (decode_trace)
+  unsigned gen = 0;        // decode_graph_invalidate's generation when recorded
   const void* k0 = nullptr;
   int max_len = 0;
   cudaGraph_t graph = nullptr;
@@ -58,6 +59,7 @@ struct TraceState {
   std::vector<const void*> kernels;
 };
 TraceState g_trace;
+unsigned g_graph_gen = 0;  // bumped by decode_graph_invalidate
 
 template <bool PDL>
 __global__ void trace_marker_kernel(unsigned long long* stamps, int i) {
@@ -81,21 +83,15 @@ bool pdl_wanted() {
   return !g_pdl_broken && (g_pdl_override >= 0 ? g_pdl_override == 1 : env);
 }
 
-// The norms before q/k/v and gate/up and the RoPE + KV append go inside gemv_tc's launches
-// (GemvFuse: 3 launches a layer fewer, the same bits — row_maths.cuh). MIMIC_DECODE_FUSE=0 keeps
-// them apart, =norm or =rope folds only that one (the A/B legs); decode_fuse_override(1|0|-1)
-// forces all or nothing for the checks.
+// RoPE + the KV append go inside the q/k/v launch (gemv_tc_qkv_rope: a launch a layer fewer, the
+// same bits — row_maths.cuh) unless MIMIC_DECODE_FUSE=0; decode_fuse_override(1|0|-1) forces it
+// either way for the checks. Round 14 also folded the two RMSNorms into the products' prologue
+// (every block normalizing the row itself): 3 % slower than rmsnorm_rows, removed.
 int g_fuse_override = -1;
-int fuse_wanted() {
-  static const int env = [] {
-    const char* e = std::getenv("MIMIC_DECODE_FUSE");
-    if (!e) return 3;
-    if (std::strcmp(e, "0") == 0) return 0;
-    if (std::strcmp(e, "norm") == 0) return 1;
-    if (std::strcmp(e, "rope") == 0) return 2;
-    return 3;
-  }();
-  return g_fuse_override >= 0 ? (g_fuse_override == 1 ? 3 : 0) : env;
+bool fuse_wanted() {
+  const char* e = std::getenv("MIMIC_DECODE_FUSE");
+  const bool env = !(e && std::strcmp(e, "0") == 0);
+  return g_fuse_override >= 0 ? g_fuse_override == 1 : env;
 }
 
 bool graph_enabled() {
@@ -115,11 +111,7 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
   const LoraGemv lg{d, g.lh.p, (size_t)R};
   for (int l = 0; l < c.num_layers; ++l) {
     const DLayer& Ly = d.layers[l];
-    // A norm folds into the product's launch unless a LoRA A product needs its output first.
-    const bool qkv_lora = LoraGemv::on(Ly.proj[0]) || LoraGemv::on(Ly.proj[1]) || LoraGemv::on(Ly.proj[2]);
-    bool fold_norm = (g.fuse & 1) && !qkv_lora;
-    const bool fold_rope = g.fuse & 2;
-    if (!fold_norm) rmsnorm_rows(g.xn.p, x, Ly.in_norm.p, 1, C, c.rms_norm_eps);
+    rmsnorm_rows(g.xn.p, x, Ly.in_norm.p, 1, C, c.rms_norm_eps);
     lg.a(Ly, {0, 1, 2}, g.xn.p, 1);
     {
       GemvJob js[3];
@@ -128,17 +120,13 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
         js[i] = lg.with_b(base_job(Ly.proj[i]), Ly.proj[i], i);
         js[i].x = g.xn.p; js[i].out = outs[i];
       }
-      GemvFuse f;
-      if (fold_norm) { f.norm_x = x; f.norm_w = Ly.in_norm.p; f.norm_eps = c.rms_norm_eps; }
-      if (fold_rope) { f.pos = g.dev.p + 1; f.inv_freq = d.inv_freq.p; f.head_dim = D; f.kcache = kv.k[l].p; f.vcache = kv.v[l].p; }
-      const bool fused = (fold_norm || fold_rope) && gemv_tc_fused(js, 3, false, f);
-      if (!fused) {
-        if (fold_norm) rmsnorm_rows(g.xn.p, x, Ly.in_norm.p, 1, C, c.rms_norm_eps);
+      GemvRope rope;
+      rope.pos = g.dev.p + 1; rope.inv_freq = d.inv_freq.p; rope.head_dim = D; rope.kcache = kv.k[l].p; rope.vcache = kv.v[l].p;
+      if (!g.rope_fold || !gemv_tc_qkv_rope(js, rope)) {
         gemv(js, 3, 1);
-      }
-      // the same kernels as the batched step (decode_kernels.cuh), one row: pos = idpos[1]
-      if (!fused || !fold_rope)
+        // the same kernels as the batched step (decode_kernels.cuh), one row: pos = idpos[1]
         rope_append(g.q.p, g.k.p, g.v.p, nullptr, nullptr, kv.k[l].p, kv.v[l].p, g.dev.p + 1, d.inv_freq.p, 1, Hq, Hkv, D);
+      }
     }
     decode_attn(g.att.p, g.q.p, nullptr, nullptr, kv.k[l].p, kv.v[l].p, g.dev.p + 1, 1, Hq, Hkv, D);
     lg.a(Ly, {3}, g.att.p, 1);
@@ -147,19 +135,13 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
       j.x = g.att.p; j.out = g.h.p; j.out_f32 = true; j.res = x;   // h = x + o(att)
       gemv(&j, 1, 1);
     }
-    fold_norm = (g.fuse & 1) && !LoraGemv::on(Ly.proj[4]) && !LoraGemv::on(Ly.proj[5]);
-    if (!fold_norm) rmsnorm_rows(g.xn.p, g.h.p, Ly.post_norm.p, 1, C, c.rms_norm_eps);
+    rmsnorm_rows(g.xn.p, g.h.p, Ly.post_norm.p, 1, C, c.rms_norm_eps);
     lg.a(Ly, {4, 5}, g.xn.p, 1);
     {
       GemvJob js[2];
       js[0] = lg.with_b(base_job(Ly.proj[4]), Ly.proj[4], 4); js[0].x = g.xn.p; js[0].out = g.act.p;
       js[1] = lg.with_b(base_job(Ly.proj[5]), Ly.proj[5], 5); js[1].x = g.xn.p; js[1].out = g.up.p;
-      GemvFuse f;
-      if (fold_norm) { f.norm_x = g.h.p; f.norm_w = Ly.post_norm.p; f.norm_eps = c.rms_norm_eps; }
-      if (!fold_norm || !gemv_tc_fused(js, 2, true, f)) {  // act = silu(gate)·up: no gate/up round trip, no swiglu launch
-        if (fold_norm) rmsnorm_rows(g.xn.p, g.h.p, Ly.post_norm.p, 1, C, c.rms_norm_eps);
-        gemv_glu(js[0], js[1], 1);
-      }
+      gemv_glu(js[0], js[1], 1);  // act = silu(gate)·up: no gate/up round trip, no swiglu launch
     }
     lg.a(Ly, {6}, g.act.p, 1);
     {
@@ -194,7 +176,7 @@ std::shared_ptr<DecodeGraph> build_with(DeviceModel& d, DeviceKV& kv, bool pdl) 
   g->model_uid = d.uid;
   g->lora_version = d.lora_version;
   g->pdl = pdl;
-  g->fuse = fuse_wanted();
+  g->rope_fold = fuse_wanted();
   g->k0 = kv.k[0].p;
   g->max_len = kv.max_len;
   const int64_t C = c.hidden_size, QD = (int64_t)c.num_heads * c.head_dim, KD = (int64_t)c.num_kv_heads * c.head_dim,
@@ -214,6 +196,7 @@ std::shared_ptr<DecodeGraph> build_with(DeviceModel& d, DeviceKV& kv, bool pdl) 
   MIMIC_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
   g_pdl_active = pdl;
   g->traced = g_trace.on;
+  g->gen = g_graph_gen;
   if (g->traced) g_trace.kernels.clear();
   g_pdl_tracing = g->traced && pdl;
   try {
@@ -245,6 +228,8 @@ void pdl_trace_after(const void* kernel, cudaStream_t st) {
   g_pdl_tracing = true;
 }
 
+void decode_graph_invalidate() { ++g_graph_gen; }
+
 void decode_trace(bool on) {
   g_trace.on = on;
   if (on && !g_trace.stamps.n) g_trace.stamps.alloc(2 * 4096);
@@ -271,7 +256,8 @@ float* decode_step(DeviceModel& d, int32_t id, DeviceKV& kv) {
     return nullptr;
   DecodeGraph* g = kv.graph.get();
   if (!g || g->model_uid != d.uid || g->lora_version != d.lora_version || g->k0 != kv.k[0].p ||
-      g->max_len != kv.max_len || g->pdl != pdl_wanted() || g->fuse != fuse_wanted() || g->traced != g_trace.on) {
+      g->max_len != kv.max_len || g->pdl != pdl_wanted() || g->rope_fold != fuse_wanted() || g->traced != g_trace.on ||
+      g->gen != g_graph_gen) {
     kv.graph.reset();
     kv.graph = build(d, kv);
     g = kv.graph.get();

@@ -81,7 +81,7 @@ __device__ __forceinline__ void row_dot(const GemvJob& J, int m, int lane, int N
                 float s = 0.f;
 #pragma unroll
                 for (int q = 0; q < 4; ++q) {
-                  const uint4 xv = __ldg(xr + q);
+                  const uint4 xv = __ldcg(xr + q);
                   const uint32_t xs[4] = {xv.x, xv.y, xv.z, xv.w};
 #pragma unroll
                   for (int t = 0; t < 4; ++t) {
@@ -125,7 +125,7 @@ __device__ __forceinline__ void row_dot(const GemvJob& J, int m, int lane, int N
 #pragma unroll
             for (int n = 0; n < NT; ++n) {
               if (n < N) {
-                const uint4 xv = __ldg(reinterpret_cast<const uint4*>(J.x + (int64_t)n * K) + c);
+                const uint4 xv = __ldcg(reinterpret_cast<const uint4*>(J.x + (int64_t)n * K) + c);
                 const uint32_t xs[4] = {xv.x, xv.y, xv.z, xv.w};
                 float s = acc[n];
 #pragma unroll

@@ -39,6 +39,14 @@
 // half, bf16(code[e&15]) in the high half, stored 32 times so that lane ℓ reads copy ℓ at word
 // e·32 + ℓ: bank ℓ whatever the byte — conflict-free (32 KB, filled in ~0.1 µs, reused by the
 // block's reduction afterwards).
+// A launch whose one job (or gate/up pair) has more tiles than the SMs hold blocks of its size runs
+// one wave of blocks that take two tiles each, one after the other (round 14: the 3B's gate/up, 512
+// tiles for 264 resident blocks; −0.5-5 % a step). gemv_tc_qkv_rope (decode_step.cu) folds RoPE and
+// the KV append into a layer's q/k/v launch (gemv_tc.h).
+// Where the time goes (round 14, `cuda_check trace` ablations on the 3B step): with the weights
+// staged before the PDL wait the copy is mostly hidden; what each launch adds to the step is the
+// products after the wait (the pair lookups are ~1 LDS per 2 weights: the shared-memory pipe and
+// its latency) plus ~1.6 µs of launch boundary.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -47,7 +55,7 @@
 #include "cuda/cuda_ops.h"
 #include "cuda/gemv_tc.h"
 #include "cuda/pdl.h"
-#include "cuda/row_maths.cuh"
+#include "cuda/row_maths.cuh"  // rope_cs, rope_rotate
 
 namespace mimic::cuda {
 namespace {
@@ -79,7 +87,7 @@ struct Layout {
   }
 };
 
-// The weight rows of a block's 16 tile rows r: m0 + r, except in a fused q/k job (GemvFuse), where
+// The weight rows of a block's 16 tile rows r: m0 + r, except in a q/k job of gemv_tc_qkv_rope, where
 // rows 8..15 sit hs = D/2 − 8 further on so that tile rows r and r + 8 are a rope pair (d, d + D/2).
 struct TileRows {
   int m0, hs;
@@ -175,9 +183,9 @@ __device__ __forceinline__ void block_mma(const char* tab_lane, uint2 wa, uint2 
 
 // Σ over the warp's 64-blocks [b_lo, b_hi) of the tile's rows g, g+8, for nj jobs (2: gate and up,
 // one x) into acc[u] (the C fragments of the NT n-tiles; zero on entry). Codes and absmax from the
-// tiles staged in shared memory, x [N, K] from global (L2) — or from shared memory (XS: the fused
-// norm's output) — the next block's x loaded while this block is multiplied.
-template <int NT, bool XS>
+// tiles staged in shared memory, x [N, K] from global (L2), RD blocks of it in flight ahead of the
+// products (round 14: staging x in shared memory after the wait, or 2 blocks ahead, was no faster).
+template <int NT>
 __device__ __forceinline__ void tile_dot(char* smem, const Layout& Lo, const GemvJob* Js, int nj, const bf16* x,
                                          int warp, const char* tab_lane, int b_lo, int b_hi, int lane, int N,
                                          float (&acc)[2][NT][4]) {
@@ -192,30 +200,31 @@ __device__ __forceinline__ void tile_dot(char* smem, const Layout& Lo, const Gem
     xon[j] = n < N;
     xr[j] = x + (int64_t)(xon[j] ? n : 0) * K + 16 * q;
   }
-  uint4 xv[NT][2];
-  auto load_x = [&](int b) {
+  constexpr int RD = 1;
+  uint4 xv[RD][NT][2];
+  auto load_x = [&](int b, uint4 (&d)[NT][2]) {
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       if (xon[j] && b < b_hi) {
         const uint4* xp = reinterpret_cast<const uint4*>(xr[j] + 64 * b);
-        if constexpr (XS) {
-          xv[j][0] = xp[0];
-          xv[j][1] = xp[1];
-        } else {
-          xv[j][0] = __ldg(xp);
-          xv[j][1] = __ldg(xp + 1);
-        }
+        d[j][0] = __ldcg(xp);  // L2, coherent: x is the PDL predecessor's output (not __ldg's read-only path)
+        d[j][1] = __ldcg(xp + 1);
       } else {
-        xv[j][0] = xv[j][1] = make_uint4(0, 0, 0, 0);
+        d[j][0] = d[j][1] = make_uint4(0, 0, 0, 0);
       }
     }
   };
-  load_x(b_lo);
-  for (int b = b_lo; b < b_hi; ++b) {
+#pragma unroll
+  for (int i = 0; i < RD; ++i) load_x(b_lo + i, xv[i]);
+  for (int b0 = b_lo; b0 < b_hi; b0 += RD)
+#pragma unroll
+  for (int i = 0; i < RD; ++i) {
+    const int b = b0 + i;
+    if (b >= b_hi) break;
     uint4 xc[NT][2];
 #pragma unroll
-    for (int j = 0; j < NT; ++j) { xc[j][0] = xv[j][0]; xc[j][1] = xv[j][1]; }
-    load_x(b + 1);
+    for (int j = 0; j < NT; ++j) { xc[j][0] = xv[i][j][0]; xc[j][1] = xv[i][j][1]; }
+    load_x(b + RD, xv[i]);
     uint2 wa[2], wb[2];
     const int off = 32 * b;
 #pragma unroll
@@ -253,7 +262,7 @@ __device__ __forceinline__ void store_partial(float (*red)[16], const float (&ac
 // Σ_i h[n, i]·B[m, i] (the LoRA B half; fp32 in order)
 __device__ __forceinline__ float lora_b(const GemvJob& J, int n, int m) {
   float t = 0.f;
-  for (int i = 0; i < J.r; ++i) t = fmaf(J.lora_h[(int64_t)n * J.r + i], __bfloat162float(J.lora_B[(int64_t)m * J.r + i]), t);
+  for (int i = 0; i < J.r; ++i) t = fmaf(__ldcg(J.lora_h + (int64_t)n * J.r + i), __bfloat162float(J.lora_B[(int64_t)m * J.r + i]), t);
   return t;
 }
 
@@ -266,33 +275,29 @@ __device__ __forceinline__ float row_total(const float (*red)[16], const GemvJob
   return v;
 }
 
-// The fused norm's output row and its 32 warp sums, after the block's Layout (16-byte aligned).
-__host__ __device__ inline int fused_x_off(const Layout& Lo) { return (Lo.bytes + 15) & ~15; }
-__host__ __device__ inline int fused_bytes(const Layout& Lo, int K) { return fused_x_off(Lo) + ((2 * K + 15) & ~15) + 32 * 4; }
-
-// The fused q/k/v epilogue (GemvFuse::head_dim, one row of x): q and k blocks rotate their rope
+// The q/k/v epilogue of gemv_tc_qkv_rope (one row of x): q and k blocks rotate their rope
 // pairs (tile rows r, r + 8) as rope_append does, from the bf16-rounded products; k and v go to the
 // cache rows at *pos, q to its out.
 __device__ __forceinline__ void rope_epilogue(const Params& P, const GemvJob& J, int ji, TileRows rows,
                                               const float (*red)[16], int tid, float c, float sn) {
-  const int p = *P.f.pos;
+  const int p = *P.rope.pos;
   if (ji == 2) {  // v: plain rows into the cache
     if (tid >= kRows) return;
     const int m = rows(tid);
-    P.f.vcache[(int64_t)p * J.M + m] = __float2bfloat16(row_total(red, J, tid, 0, m) * J.alpha);
+    P.rope.vcache[(int64_t)p * J.M + m] = __float2bfloat16(row_total(red, J, tid, 0, m) * J.alpha);
     return;
   }
   if (tid >= kRows / 2) return;
   const int ma = rows(tid), mb = rows(tid + 8);
   const float x0 = __bfloat162float(__float2bfloat16(row_total(red, J, tid, 0, ma) * J.alpha));
   const float x1 = __bfloat162float(__float2bfloat16(row_total(red, J, tid + 8, 0, mb) * J.alpha));
-  bf16* dst = ji == 0 ? static_cast<bf16*>(J.out) : P.f.kcache + (int64_t)p * J.M;
+  bf16* dst = ji == 0 ? static_cast<bf16*>(J.out) : P.rope.kcache + (int64_t)p * J.M;
   rope_rotate(x0, x1, c, sn, dst[ma], dst[mb]);
 }
 
-// F: a fused decode launch (GemvFuse in P.f; N == 1).
+// F: a q/k/v launch with RoPE and the KV append in its epilogue (GemvRope in P.rope; N == 1).
 template <int NT, bool PDL, bool F>
-__global__ void __launch_bounds__(kThreads) gemv_tc_kernel(const __grid_constant__ Params P) {
+__global__ void __launch_bounds__(kThreads, 3) gemv_tc_kernel(const __grid_constant__ Params P) {
   extern __shared__ __align__(16) char smem[];
   int ji = 0;
 #pragma unroll
@@ -302,101 +307,94 @@ __global__ void __launch_bounds__(kThreads) gemv_tc_kernel(const __grid_constant
   const GemvJob* Js = &P.j[ji];  // glu: Js[0] gate, Js[1] up (ji == 0)
   const int nj = 1 + P.glu;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int tile = (int)blockIdx.x - P.first_block[ji];
-  TileRows rows{tile * kRows, 0};
-  if (F && P.f.head_dim && ji < 2) {  // 8 dims of one head and their partners D/2 on
-    const int D = P.f.head_dim, per_head = D / kRows;
-    rows = TileRows{(tile / per_head) * D + (tile % per_head) * 8, D / 2 - 8};
-  }
   const Layout Lo(J.K, nj);
   const int b_lo = warp * Lo.nb / kWarps, b_hi = (warp + 1) * Lo.nb / kWarps;
+  const int b_end = P.ablate & 2 ? b_lo : b_hi;
   float* code2 = reinterpret_cast<float*>(smem + kPairBytes);
-  if constexpr (PDL) pdl_trigger();
-  // weights first (they depend on no kernel: with PDL they stream in while the one before
-  // finishes; round 13: a per-warp ring of 4 blocks instead, which can only run 4 blocks ahead of
-  // the wait, decoded 492 tok/s against this 570).
-#pragma unroll
-  for (int u = 0; u < 2; ++u) {
-    if (u < nj) {
-      stage_absmax(smem, Lo, Js[u], u, rows, tid);
-      if (!(P.ablate & 1)) stage_tile(smem, Lo, Js[u], u, rows, tid);
-    }
-  }
-  asm volatile("cp.async.commit_group;\n");
-  {  // the pair table: thread e writes entry e's 32 copies, 16 bytes at a time, rotated by e so
-     // that the 8 lanes of a quarter-warp hit 8 different bank quads
-    const int e = tid;
-    const uint32_t v = bf2_bits(P.lut[e >> 4], P.lut[e & 15]);
-    const uint4 v4 = make_uint4(v, v, v, v);
-    uint32_t* pair = reinterpret_cast<uint32_t*>(smem);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) *reinterpret_cast<uint4*>(&pair[e * 32 + 4 * ((i + e) & 7)]) = v4;
-  }
-#pragma unroll
-  for (int u = 0; u < 2; ++u)
-    if (u < nj && !Js[u].absmax) code2[256 * u + tid] = Js[u].code2[tid];
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");  // the tiles and absmax codes landed
-  __syncthreads();
-#pragma unroll
-  for (int u = 0; u < 2; ++u)
-    if (u < nj) decode_absmax(smem, Lo, Js[u], code2 + 256 * u, u, rows, tid);
-  // what the folds need that no kernel ahead writes, before the wait: the norm weight (K <= 4096 for
-  // a fused norm: RmsRow<.., 4> holds 16 values a thread) and the rope pair's cos/sin (pos is
-  // copied in before the graph)
-  RmsRow<kThreads, 4> wr;
-  float rc = 0.f, rs = 0.f;
-  if constexpr (F) {
-    if (P.f.norm_x) wr.load(P.f.norm_w, J.K);
-    if (P.f.head_dim && ji < 2 && tid < kRows / 2) rope_cs(*P.f.pos, P.f.inv_freq[rows(tid) % P.f.head_dim], rc, rs);
-  }
-  if constexpr (PDL) pdl_wait();  // x, res, h and out belong to the kernels before
   const char* tab_lane = smem + 4 * lane;
   const int N = P.N;
-  float acc[2][NT][4];
+  if constexpr (PDL) pdl_trigger();
+  float rc = 0.f, rs = 0.f;
+  // P.tiles > 1 (one job or gate/up, more tiles than an SM holds blocks): this block also takes the
+  // tiles P.tile_stride, 2·P.tile_stride, … on, one after another in the same shared memory, instead
+  // of a second wave of blocks that would each start, fill the table and decode their absmax behind
+  // the first (round 14, gate/up of the 3B: 512 tiles, 264 blocks resident; the step −5 %).
+  for (int it = 0; it < P.tiles; ++it) {
+    const int tile = (int)blockIdx.x - P.first_block[ji] + it * P.tile_stride;
+    if (it > 0 && tile >= P.j[0].M / kRows) break;  // (P.tiles > 1: one job, first_block[0] = 0)
+    TileRows rows{tile * kRows, 0};
+    if (F && P.rope.head_dim && ji < 2) {  // 8 dims of one head and their partners D/2 on
+      const int D = P.rope.head_dim, per_head = D / kRows;
+      rows = TileRows{(tile / per_head) * D + (tile % per_head) * 8, D / 2 - 8};
+    }
+    if (it > 0) __syncthreads();  // the previous tile's epilogue is done with the table's space
+    // weights first (they depend on no kernel: with PDL they stream in while the one before
+    // finishes; round 13: a per-warp ring of 4 blocks instead, which can only run 4 blocks ahead of
+    // the wait, decoded 492 tok/s against this 570).
 #pragma unroll
-  for (int u = 0; u < 2; ++u)
+    for (int u = 0; u < 2; ++u) {
+      if (u < nj) {
+        stage_absmax(smem, Lo, Js[u], u, rows, tid);
+        if (!(P.ablate & 1)) stage_tile(smem, Lo, Js[u], u, rows, tid);
+      }
+    }
+    asm volatile("cp.async.commit_group;\n");
+    {  // the pair table: thread e writes entry e's 32 copies, 16 bytes at a time, rotated by e so
+       // that the 8 lanes of a quarter-warp hit 8 different bank quads
+      const int e = tid;
+      const uint32_t v = bf2_bits(P.lut[e >> 4], P.lut[e & 15]);
+      const uint4 v4 = make_uint4(v, v, v, v);
+      uint32_t* pair = reinterpret_cast<uint32_t*>(smem);
 #pragma unroll
-    for (int j = 0; j < NT; ++j) acc[u][j][0] = acc[u][j][1] = acc[u][j][2] = acc[u][j][3] = 0.f;
-  if (F && P.f.norm_x) {  // x = rmsnorm(norm_x) into shared memory (row_maths.cuh: rmsnorm_rows' bits)
-    bf16* xs = reinterpret_cast<bf16*>(smem + fused_x_off(Lo));
-    float* sh = reinterpret_cast<float*>(smem + fused_bytes(Lo, J.K) - 32 * 4);
-    RmsRow<kThreads, 4> row;
-    row.load(P.f.norm_x, J.K);
-    const float r = row.rms_rsqrt(J.K, P.f.norm_eps, sh);
+      for (int i = 0; i < 8; ++i) *reinterpret_cast<uint4*>(&pair[e * 32 + 4 * ((i + e) & 7)]) = v4;
+    }
+    if (it == 0) {
 #pragma unroll
-    for (int k = 0; k < row.kNV; ++k)
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-        if (const int c = row.col(k, i); c < J.K) xs[c] = norm_out(wr.v[k][i], row.v[k][i], r);
+      for (int u = 0; u < 2; ++u)
+        if (u < nj && !Js[u].absmax) code2[256 * u + tid] = Js[u].code2[tid];
+    }
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");  // the tiles and absmax codes landed
     __syncthreads();
-    tile_dot<NT, true>(smem, Lo, Js, nj, xs, warp, tab_lane, b_lo, P.ablate & 2 ? b_lo : b_hi, lane, N, acc);
-  } else {
+#pragma unroll
+    for (int u = 0; u < 2; ++u)
+      if (u < nj) decode_absmax(smem, Lo, Js[u], code2 + 256 * u, u, rows, tid);
+    if (it == 0) {
+      // the rope pair's cos/sin need no kernel ahead (pos is copied in before the graph): before the wait
+      if constexpr (F)
+        if (P.rope.head_dim && ji < 2 && tid < kRows / 2) rope_cs(*P.rope.pos, P.rope.inv_freq[rows(tid) % P.rope.head_dim], rc, rs);
+      if constexpr (PDL) pdl_wait();  // x, res, h and out belong to the kernels before
+    }
+    float acc[2][NT][4];
+#pragma unroll
+    for (int u = 0; u < 2; ++u)
+#pragma unroll
+      for (int j = 0; j < NT; ++j) acc[u][j][0] = acc[u][j][1] = acc[u][j][2] = acc[u][j][3] = 0.f;
     __syncthreads();
-    tile_dot<NT, false>(smem, Lo, Js, nj, Js[0].x, warp, tab_lane, b_lo, P.ablate & 2 ? b_lo : b_hi, lane, N, acc);
+    tile_dot<NT>(smem, Lo, Js, nj, Js[0].x, warp, tab_lane, b_lo, b_end, lane, N, acc);
+    __syncthreads();  // the table is done with: its space takes the partial sums
+    float(*red)[kWarps * kRows][16] = reinterpret_cast<float(*)[kWarps * kRows][16]>(smem);
+    store_partial<NT>(red[0] + warp * kRows, acc[0], lane);
+    if (P.glu) store_partial<NT>(red[1] + warp * kRows, acc[1], lane);
+    __syncthreads();
+    if (F && P.rope.head_dim) {
+      rope_epilogue(P, J, ji, rows, red[0], tid, rc, rs);
+    } else if (tid < kRows * 8 * NT) {
+      const int r = tid / (8 * NT), n = tid % (8 * NT), m = rows(r);
+      if (n < N) {
+        const float v = row_total(red[0], J, r, n, m);
+        if (P.glu) {  // out = silu(gate)·up (each with its LoRA B first, as gemv.cu)
+          const float u = row_total(red[1], P.j[1], r, n, m);
+          const float sg = 1.f / (1.f + __expf(-v));
+          static_cast<bf16*>(J.out)[(int64_t)n * J.M + m] = __float2bfloat16(v * sg * u);
+        } else {
+          gemv_store(J, n, m, v);
+        }
+      }
+    }
   }
-  __syncthreads();  // the table is done with: its space takes the partial sums
-  float(*red)[kWarps * kRows][16] = reinterpret_cast<float(*)[kWarps * kRows][16]>(smem);
-  store_partial<NT>(red[0] + warp * kRows, acc[0], lane);
-  if (P.glu) store_partial<NT>(red[1] + warp * kRows, acc[1], lane);
-  __syncthreads();
-  if (F && P.f.head_dim) {
-    rope_epilogue(P, J, ji, rows, red[0], tid, rc, rs);
-    return;
-  }
-  if (tid >= kRows * 8 * NT) return;
-  const int r = tid / (8 * NT), n = tid % (8 * NT), m = rows(r);
-  if (n >= N) return;
-  const float v = row_total(red[0], J, r, n, m);
-  if (P.glu) {  // out = silu(gate)·up (each with its LoRA B first, as gemv.cu)
-    const float u = row_total(red[1], P.j[1], r, n, m);
-    const float sg = 1.f / (1.f + __expf(-v));
-    static_cast<bf16*>(J.out)[(int64_t)n * J.M + m] = __float2bfloat16(v * sg * u);
-    return;
-  }
-  gemv_store(J, n, m, v);
 }
 
-constexpr int kMaxSmem = 200 * 1024;  // a block's shared memory at most (H100/H200: 227 KB usable)
+constexpr int kMaxSmem = 200 * 1024;     // a block's shared memory at most (H100/H200: 227 KB usable)
 
 template <int NT, bool F>
 void launch(const Params& P, int blocks, int smem) {
@@ -406,8 +404,24 @@ void launch(const Params& P, int blocks, int smem) {
     MIMIC_CUDA_CHECK(cudaFuncSetAttribute(gemv_tc_kernel<NT, true, F>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
     raised = true;
   }
+  // one wave: when a single job (or gate/up) has more tiles than the SMs hold blocks of this size,
+  // each block takes two (P.tiles); MIMIC_GEMV_TC_TILES=1 keeps one a block (the A/B leg)
+  Params Q = P;
+  Q.tiles = 1;
+  Q.tile_stride = 0;
+  const char* te = std::getenv("MIMIC_GEMV_TC_TILES");
+  if (P.nj == 1 && !(te && std::strcmp(te, "1") == 0) && !P.rope.head_dim) {
+    int per_sm = 0;
+    MIMIC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_tc_kernel<NT, true, F>, kThreads, smem));
+    const int slots = per_sm * Context::get().sm_count;
+    if (slots > 0 && blocks > slots && (blocks + 1) / 2 <= slots) {
+      Q.tiles = 2;
+      blocks = (blocks + 1) / 2;
+      Q.tile_stride = blocks;
+    }
+  }
   launch_pdl(gemv_tc_kernel<NT, false, F>, gemv_tc_kernel<NT, true, F>, dim3(blocks), dim3(kThreads), (size_t)smem,
-             Context::get().stream, P);
+             Context::get().stream, Q);
   MIMIC_CUDA_LAUNCHED();
 }
 
@@ -447,11 +461,9 @@ bool plan(const GemvJob* jobs, int n_jobs, int64_t N, bool glu, Params& P, int& 
   P.nj = glu ? 1 : n_jobs;
   P.glu = glu ? 1 : 0;
   P.N = (int)N;
-  static const int ablate = [] {
-    const char* e = std::getenv("MIMIC_GEMV_TC_ABLATE");
-    return e ? std::atoi(e) : 0;
-  }();
-  P.ablate = ablate;
+  // read at every plan (a graph's recording), not once, so that one process can alternate A/B legs
+  const char* ab = std::getenv("MIMIC_GEMV_TC_ABLATE");
+  P.ablate = ab ? std::atoi(ab) : 0;
   return true;
 }
 }  // namespace
@@ -465,31 +477,20 @@ bool gemv_tc(const GemvJob* jobs, int n_jobs, int64_t N, bool glu) {
   return true;
 }
 
-bool gemv_tc_fused(const GemvJob* jobs, int n_jobs, bool glu, const GemvFuse& f) {
+bool gemv_tc_qkv_rope(const GemvJob* jobs, const GemvRope& rope) {
   Params P;
   int blocks, smem;
-  if (!plan(jobs, n_jobs, 1, glu, P, blocks, smem)) return false;
-  for (int i = 0; i < n_jobs; ++i) {
+  if (!plan(jobs, 3, 1, false, P, blocks, smem)) return false;
+  const int D = rope.head_dim;
+  if (D <= 0 || D % kRows || jobs[0].M % D || jobs[1].M % D || jobs[2].M != jobs[1].M || !rope.pos || !rope.inv_freq ||
+      !rope.kcache || !rope.vcache || !jobs[0].out)
+    return false;
+  for (int i = 0; i < 3; ++i) {
     const GemvJob& j = jobs[i];
-    MIMIC_CHECK(!j.lora_B || (j.lora_h && j.r > 0), "EINVAL", "gemv_tc_fused: job ", i, " has LoRA B without h or rank");
-    if (f.norm_x && (j.K != jobs[0].K || j.K > kRmsVirtual * 4 || !f.norm_w)) return false;
+    MIMIC_CHECK(!j.lora_B || (j.lora_h && j.r > 0), "EINVAL", "gemv_tc_qkv_rope: job ", i, " has LoRA B without h or rank");
+    if (j.out_f32 || j.res || j.beta != 0.f) return false;
   }
-  if (f.head_dim) {
-    const int D = f.head_dim;
-    if (glu || n_jobs != 3 || D % kRows || jobs[0].M % D || jobs[1].M % D || jobs[2].M != jobs[1].M || !f.pos ||
-        !f.inv_freq || !f.kcache || !f.vcache || !jobs[0].out)
-      return false;
-    for (int i = 0; i < 3; ++i)
-      if (jobs[i].out_f32 || jobs[i].res || jobs[i].beta != 0.f) return false;
-  } else {
-    for (int i = 0; i < n_jobs; ++i)
-      if (!jobs[i].out) return false;
-  }
-  if (f.norm_x) {
-    for (int i = 0; i < n_jobs; ++i) smem = std::max(smem, fused_bytes(Layout(jobs[i].K, glu ? 2 : 1), jobs[i].K));
-    if (smem > kMaxSmem) return false;
-  }
-  P.f = f;
+  P.rope = rope;
   launch<1, true>(P, blocks, smem);
   return true;
 }

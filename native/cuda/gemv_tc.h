@@ -8,19 +8,11 @@
 
 namespace mimic::cuda {
 
-// What a batch-1 decode launch of gemv_tc may fold around its products (decode_step.cu's fused
-// graph; row_maths.cuh holds the arithmetic, shared with the kernels it replaces, so the tokens are
-// the same bits either way):
-//  norm_x set: x = rmsnorm(norm_x)·norm_w is computed by EVERY block into shared memory after the
-//    wait (12 KB of fp32 from L2 per block for the 3B) instead of by an rmsnorm_rows launch; the
-//    jobs' x is not read.
-//  head_dim set: the launch is a layer's q, k, v (jobs 0, 1, 2): a q/k block's 16 rows are the rope
-//    pairs (d, d + D/2) of 8 dims of one head, so its epilogue rotates them (rope_append's maths)
-//    and writes q to its out, k and v straight into the cache rows at *pos; no rope launch.
-struct GemvFuse {
-  const float* norm_x = nullptr;
-  const float* norm_w = nullptr;
-  float norm_eps = 0.f;
+// RoPE and the KV append folded into a batch-1 decode step's q/k/v launch (decode_step.cu): a q/k
+// block's 16 rows are the rope pairs (d, d + D/2) of 8 dims of one head, so its epilogue rotates them
+// with rope_append's arithmetic (row_maths.cuh: the same bits) and writes q to its out, k and v
+// straight into the cache rows at *pos — no rope_append launch (round 14: +1 %).
+struct GemvRope {
   const int32_t* pos = nullptr;
   const float* inv_freq = nullptr;
   int head_dim = 0;
@@ -36,7 +28,8 @@ struct GemvParams {
   int nj, N;
   int glu;  // 1: blocks walk job 0 (gate) and job 1 (up) over the same rows; out of job 0 = silu(gate)·up
   float lut[16];
-  GemvFuse f;  // gemv_tc's fused decode launches only
+  GemvRope rope;  // gemv_tc_qkv_rope only
+  int tiles, tile_stride;  // gemv_tc: 16-row tiles a block takes, tile_stride apart (one job)
   int ablate;  // gemv_tc, MIMIC_GEMV_TC_ABLATE (profiling only, wrong results): 1 no weight copy, 2 no products
 };
 
@@ -45,7 +38,7 @@ struct GemvParams {
 __device__ __forceinline__ void gemv_store(const GemvJob& J, int64_t n, int m, float v) {
   const int64_t o = n * J.M + m;
   v *= J.alpha;
-  if (J.res) v += J.res[o];
+  if (J.res) v += __ldcg(J.res + o);
   if (J.out_f32) {
     float* out = static_cast<float*>(J.out);
     if (J.beta != 0.f) v += J.beta * out[o];
@@ -62,10 +55,10 @@ bool gemv_tc_fits(const GemvJob& j);
 // Launches the product and returns true, or returns false (nothing launched) when a job does not
 // fit or the path is switched off. glu: jobs[0], jobs[1] are gate and up (gemv_glu's contract).
 bool gemv_tc(const GemvJob* jobs, int n_jobs, int64_t N, bool glu);
-// One row of x with the folds of `f` (above): launches and returns true, or returns false having
-// launched nothing (the path is off, a job does not fit, or the fold's shape conditions fail:
-// q/k/v rows a multiple of head_dim, head_dim % 16 == 0, bf16 out, no residual or β) — the caller
-// then runs the unfused kernels, which give the same bits.
-bool gemv_tc_fused(const GemvJob* jobs, int n_jobs, bool glu, const GemvFuse& f);
+// jobs[0..2] = q, k, v of one layer, one row of x, with GemvRope's epilogue: launches and returns
+// true, or returns false having launched nothing (the path is off, a job does not fit, or q/k rows
+// are not whole heads of head_dim % 16 == 0, or an out is fp32 / has a residual or β) — the caller
+// then runs gemv + rope_append, which give the same bits.
+bool gemv_tc_qkv_rope(const GemvJob* jobs, const GemvRope& rope);
 
 }  // namespace mimic::cuda

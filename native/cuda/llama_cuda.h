@@ -134,7 +134,7 @@ float* decode_step(DeviceModel& d, int32_t id, DeviceKV& kv);
 // Forces programmatic dependent launches in the decode graph on (1) or off (0), or back to
 // MIMIC_DECODE_PDL (-1); graphs are re-recorded at their next step. For the checks.
 void decode_pdl_override(int mode);
-// The same for the norms and RoPE folded into the decode graph's gemv_tc launches (MIMIC_DECODE_FUSE).
+// The same for RoPE + the KV append folded into the decode graph's q/k/v launch (MIMIC_DECODE_FUSE).
 void decode_fuse_override(int mode);
 // The decode step's in-graph timeline (pdl.h's markers; PDL graphs only): decode_trace(true) makes
 // the next recorded graphs carry a marker after every kernel; decode_trace_read() gives, for the
@@ -145,6 +145,8 @@ struct DecodeTraceRow {
   double resident_ns, done_ns;
 };
 void decode_trace(bool on);
+// Every decode graph is re-recorded at its next step (after an environment switch changed; A/B legs).
+void decode_graph_invalidate();
 std::vector<DecodeTraceRow> decode_trace_read();
 
 // T tokens of one sequence (appended to the cache when given). logits: host [n_logits, V] fp32 for

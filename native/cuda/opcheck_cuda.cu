@@ -680,6 +680,7 @@ std::vector<OpCheckRow> cuda_op_checks() {
   check_gemv_tc(out, 3072, 1024, 3072, 1, true); // the 3B's q/k shapes
   check_gemv_tc(out, 1024, 3072, 3072, 8, true);
   check_gemv_tc(out, 3072, 16, 8192, 1, true);   // down: K = 8192
+  check_gemv_tc(out, 8192, 16, 3072, 1, true);   // the 3B's gate/up: more tiles than blocks fit, two a block
   check_gemv_tc(out, 256, 64, 512, 13, true);    // two n-tiles
   check_gemv_tc(out, 64, 48, 256, 16, false);
   check_nf4_quantize(out, 96, 200, true, true);      // 300 blocks: the second 256-group is partial

@@ -30,11 +30,13 @@ struct RmsRow {
   static constexpr int kWarpsT = T / 32, kNV = kRmsVirtual / T;
   float v[kNV][PER];
   __device__ static int col(int k, int i) { return ((int)(threadIdx.x >> 5) + k * kWarpsT) * 32 + (threadIdx.x & 31) + i * kRmsVirtual; }
-  __device__ void load(const float* __restrict__ x, int C) {  // every load issued before any is used
+  // every load issued before any is used; through L2 (__ldcg): under PDL x is the output of the kernel
+  // ahead, which the read-only path of __ldg may not see
+  __device__ void load(const float* __restrict__ x, int C) {
 #pragma unroll
     for (int k = 0; k < kNV; ++k)
 #pragma unroll
-      for (int i = 0; i < PER; ++i) v[k][i] = col(k, i) < C ? x[col(k, i)] : 0.f;
+      for (int i = 0; i < PER; ++i) v[k][i] = col(k, i) < C ? __ldcg(x + col(k, i)) : 0.f;
   }
   // r = rsqrt(mean(x²) + eps) for every thread; sh: 32 floats, free again after the caller's next
   // __syncthreads.

@@ -7,8 +7,9 @@
 //                                     CPU engine
 //   cuda_check bench <hf dir> [steps] NF4 load, GPU memory, training 8×512 (recompute) with falling
 //                                     loss, decode tokens/s, logits of a fixed prompt (logits_3b.bin)
-//   cuda_check trace <hf dir> [steps] the batch-1 decode step's in-graph timeline: each kernel's
-//                                     exposed µs (pdl.h's markers), by kind and for layer 10
+//   cuda_check trace <hf dir> [steps] [VAR=v ...]  the batch-1 decode step's in-graph timeline:
+//                                     each kernel's exposed µs (pdl.h's markers), by kind and for
+//                                     layer 10; with VAR=v, an A/B alternated in one process
 // Every line of the final table starts with "ROW" so check.sh can collect them. Exit code 1 when a
 // row fails. Errors are mimic::Error, printed, exit code 2.
 #include <chrono>
@@ -329,8 +330,8 @@ void model_checks(const std::string& ref) {
     }
     {  // the decode graph recorded two ways that must give the same logits bit for bit: with
        // programmatic dependent launches (pdl.h) or without (the same kernels and order: a missing
-       // griddepcontrol.wait shows here), and with the norms and RoPE folded into gemv_tc (GemvFuse)
-       // or as their own kernels (row_maths.cuh's arithmetic either way)
+       // griddepcontrol.wait shows here), and with RoPE + the KV append folded into the q/k/v launch
+       // (gemv_tc_qkv_rope) or as rope_append (row_maths.cuh's arithmetic either way)
       auto decode_run = [&](void (*override)(int), int mode) {
         override(mode);
         cuda::DeviceKV kv;
@@ -344,7 +345,7 @@ void model_checks(const std::string& ref) {
       const std::string m = quant ? "model nf4" : "model fp32";
       add(m, "decode graph with PDL == without, bit for bit (5 + 1x7)",
           rel(decode_run(cuda::decode_pdl_override, 1), decode_run(cuda::decode_pdl_override, 0)), 0.0);
-      add(m, "decode graph, norms + RoPE fused into the gemv == apart, bit for bit (5 + 1x7)",
+      add(m, "decode graph, RoPE + KV append in the q/k/v gemv == apart, bit for bit (5 + 1x7)",
           rel(decode_run(cuda::decode_fuse_override, 1), decode_run(cuda::decode_fuse_override, 0)), 0.0);
     }
     // batched decode (decode_batch_cuda.cu) vs each session alone: 20 sessions (two GEMV row blocks),
@@ -749,13 +750,22 @@ std::string short_kernel(const std::string& m) {  // a mangled name → its func
     if (m.find(k) != std::string::npos) {
       std::string t = k;
       const size_t a = m.find(k) + t.size();
-      if (t == "gemv_tc_kernel" && m.size() > a + 12) t += m.substr(a + 3, 1) == "1" ? "<N8" : "<N16", t += m.find("ELb1EEE", a) != std::string::npos ? ",fused>" : ">";
+      if (t == "gemv_tc_kernel" && m.size() > a + 12) {  // <NT, PDL, F, XS>: ILi1ELb1ELb0ELb1EE...
+        t += m.substr(a + 3, 1) == "1" ? "<N8" : "<N16";
+        const size_t f = m.find("ELb", a + 4), x = f == std::string::npos ? f : m.find("ELb", f + 4);
+        if (x != std::string::npos && m.substr(x + 3, 1) == "1") t += ",fused";
+        if (x != std::string::npos && m.find("ELb", x + 4) != std::string::npos && m.substr(m.find("ELb", x + 4) + 3, 1) == "1") t += ",xs";
+        t += ">";
+      }
       return t;
     }
   }
   return m.substr(0, 40);
 }
-void trace(const std::string& dir, int steps) {
+// envs ("VAR=value", ...): an A/B in one process on one GPU — leg A without them, leg B with them,
+// alternated 4 times (graphs re-recorded at each switch), untraced step times compared; then each
+// leg's traced breakdown.
+void trace(const std::string& dir, int steps, const std::vector<std::string>& envs) {
   std::unique_ptr<LlamaModel> cpu;
   auto gpu = cuda::load_model(dir, true, &cpu);
   const LlamaConfig& c = cpu->cfg;
@@ -765,46 +775,79 @@ void trace(const std::string& dir, int steps) {
   for (int i = 0; i < 128; ++i) prompt[i] = (i * 31 + 7) % 128000;
   cuda::llama_forward(*gpu, prompt.data(), 128, &kv, nullptr, 1);
   int32_t tok = 1234;
-  auto run = [&](int n) {
+  auto run = [&](int n) {  // n steps from cache length 128 (after 3 untimed ones): seconds a step
+    kv.len = 125;
+    for (int i = 0; i < 3; ++i) cuda::llama_forward(*gpu, &tok, 1, &kv, nullptr, 1);
     cuda::Context::get().sync();
     const double a = now();
     for (int i = 0; i < n; ++i) cuda::llama_forward(*gpu, &tok, 1, &kv, nullptr, 1);
     cuda::Context::get().sync();
     return (now() - a) / n;
   };
-  run(4);
-  kv.len = 128;
-  const double plain = run(steps);
-  cuda::decode_trace(true);
-  kv.len = 128;
-  run(4);
-  kv.len = 128;
-  std::vector<double> exposed;
-  std::vector<std::string> names;
-  double traced = 0.0;
-  for (int s = 0; s < steps; ++s) {
-    traced += run(1) / steps;
-    const auto rows = cuda::decode_trace_read();
-    if (exposed.empty()) { exposed.assign(rows.size(), 0.0); for (auto& r : rows) names.push_back(short_kernel(r.kernel)); }
-    for (size_t i = 1; i < rows.size(); ++i) exposed[i] += (rows[i].done_ns - rows[i - 1].done_ns) / 1e3 / steps;
+  auto set_leg = [&](int leg) {
+    for (const std::string& e : envs) {
+      const std::string k = e.substr(0, e.find('='));
+      if (leg) setenv(k.c_str(), e.substr(e.find('=') + 1).c_str(), 1);
+      else unsetenv(k.c_str());
+    }
+    cuda::decode_graph_invalidate();
+  };
+  const int legs = envs.empty() ? 1 : 2;
+  std::string bname;
+  for (const std::string& e : envs) bname += (bname.empty() ? "" : " ") + e;
+  if (legs == 2) {
+    std::vector<double> t[2];
+    for (int r = 0; r < 4; ++r)
+      for (int leg = 0; leg < 2; ++leg) { set_leg(leg); t[leg].push_back(run(4 * steps)); }
+    double m[2], lo[2];
+    for (int leg = 0; leg < 2; ++leg) {
+      m[leg] = 0.0; lo[leg] = 1e9;
+      for (double x : t[leg]) { m[leg] += x / t[leg].size(); lo[leg] = std::min(lo[leg], x); }
+    }
+    std::printf("TRACE ab A (defaults) %.4f ms (best %.4f) | B (%s) %.4f ms (best %.4f) | B/A %.3f (4 alternations x %d steps)\n",
+                m[0] * 1e3, lo[0] * 1e3, bname.c_str(), m[1] * 1e3, lo[1] * 1e3, m[1] / m[0], 4 * steps);
+    std::vector<float> lg[2];  // the same step in both legs: a switch that keeps the maths gives 0
+    for (int leg = 0; leg < 2; ++leg) {
+      set_leg(leg);
+      lg[leg].assign((size_t)c.vocab_size, 0.f);
+      kv.len = 128;
+      cuda::llama_forward(*gpu, &tok, 1, &kv, lg[leg].data(), 1);
+    }
+    double dmax = 0.0;
+    for (size_t i = 0; i < lg[0].size(); ++i) dmax = std::max(dmax, (double)std::fabs(lg[0][i] - lg[1][i]));
+    std::printf("TRACE ab logits of one step, max |A - B| = %.3g\n", dmax);
   }
-  cuda::decode_trace(false);
-  double total = 0.0;
-  for (double e : exposed) total += e;
-  std::printf("TRACE step %.3f ms untraced, %.3f ms traced; %zu kernels; Σ exposed %.1f µs (cache 128..%d)\n", plain * 1e3,
-              traced * 1e3, names.size(), total, 128 + steps);
-  std::map<std::string, std::pair<double, int>> by;
-  for (size_t i = 1; i < names.size(); ++i) { by[names[i]].first += exposed[i]; by[names[i]].second += 1; }
-  for (auto& [k, v] : by) std::printf("TRACE kind %-32s %4d launches %8.1f µs  (%.2f µs each)\n", k.c_str(), v.second, v.first, v.first / v.second);
-  // one middle layer in order: the launches between two consecutive attention kernels
-  std::vector<size_t> attn;
-  for (size_t i = 0; i < names.size(); ++i) if (names[i].rfind("decode_attn", 0) == 0) attn.push_back(i);
-  if (attn.size() > 12) {
-    for (size_t i = attn[10] - 2; i < attn[11] - 1 && i < names.size(); ++i)
-      std::printf("TRACE layer10 %3zu %-32s %6.2f µs\n", i, names[i].c_str(), exposed[i]);
+  for (int leg = 0; leg < legs; ++leg) {
+    set_leg(leg);
+    const char* L = leg ? "B" : "A";
+    const double plain = run(steps);
+    cuda::decode_trace(true);
+    run(2);
+    std::vector<double> exposed;
+    std::vector<std::string> names;
+    double traced = 0.0;
+    for (int s = 0; s < steps; ++s) {
+      traced += run(1) / steps;
+      const auto rows = cuda::decode_trace_read();
+      if (exposed.empty()) { exposed.assign(rows.size(), 0.0); for (auto& r : rows) names.push_back(short_kernel(r.kernel)); }
+      for (size_t i = 1; i < rows.size(); ++i) exposed[i] += (rows[i].done_ns - rows[i - 1].done_ns) / 1e3 / steps;
+    }
+    cuda::decode_trace(false);
+    double total = 0.0;
+    for (double e : exposed) total += e;
+    std::printf("TRACE %s step %.3f ms untraced, %.3f ms traced; %zu kernels; Σ exposed %.1f µs (cache 128)%s%s\n", L, plain * 1e3,
+                traced * 1e3, names.size(), total, leg ? " " : "", leg ? bname.c_str() : "");
+    std::map<std::string, std::pair<double, int>> by;
+    for (size_t i = 1; i < names.size(); ++i) { by[names[i]].first += exposed[i]; by[names[i]].second += 1; }
+    for (auto& [k, v] : by)
+      std::printf("TRACE %s kind %-32s %4d launches %8.1f µs  (%.2f µs each)\n", L, k.c_str(), v.second, v.first, v.first / v.second);
+    std::vector<size_t> attn;  // one middle layer in order: the launches around the 11th attention
+    for (size_t i = 0; i < names.size(); ++i) if (names[i].rfind("decode_attn", 0) == 0) attn.push_back(i);
+    if (attn.size() > 12)
+      for (size_t i = attn[10] - 2; i < attn[11] - 1 && i < names.size(); ++i)
+        std::printf("TRACE %s layer10 %3zu %-32s %6.2f µs\n", L, i, names[i].c_str(), exposed[i]);
   }
-  for (size_t i = names.size() > 4 ? names.size() - 4 : 0; i < names.size(); ++i)
-    std::printf("TRACE tail %3zu %-32s %6.2f µs\n", i, names[i].c_str(), exposed[i]);
+  set_leg(0);
 }
 
 }  // namespace
@@ -834,7 +877,7 @@ int main(int argc, char** argv) {
     } else if (mode == "batch") {
       batch_bench(argv[2]);
     } else if (mode == "trace") {
-      trace(argv[2], argc > 3 ? std::atoi(argv[3]) : 16);
+      trace(argv[2], argc > 3 ? std::atoi(argv[3]) : 16, std::vector<std::string>(argv + std::min(argc, 4), argv + argc));
     } else if (mode == "bench") {
       bench(argv[2], argc > 3 ? std::atoi(argv[3]) : 30, argc > 4 ? argv[4] : ".");
     }
