@@ -207,7 +207,7 @@ __device__ __forceinline__ void tile_dot(char* smem, const Layout& Lo, const Gem
     for (int j = 0; j < NT; ++j) {
       if (xon[j] && b < b_hi) {
         const uint4* xp = reinterpret_cast<const uint4*>(xr[j] + 64 * b);
-        d[j][0] = __ldcg(xp);  // L2, coherent: x is the PDL predecessor's output (not __ldg's read-only path)
+        d[j][0] = __ldcg(xp);  // through L2: x is another kernel's output (pdl.h: never __ldg under PDL)
         d[j][1] = __ldcg(xp + 1);
       } else {
         d[j][0] = d[j][1] = make_uint4(0, 0, 0, 0);

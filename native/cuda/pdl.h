@@ -10,6 +10,12 @@
 // `dependent` of launch_pdl) must call pdl_wait() before its first read of data another kernel
 // wrote and before its first global write; pdl_trigger() at its start lets its own successor be
 // scheduled as soon as all of its blocks are resident.
+// Reads of another kernel's output go through L2 (__ldcg), never the read-only path (__ldg,
+// ld.global.nc): under PDL a kernel is launched — and its SM's L1 lines trusted — while earlier
+// kernels still run, and one of those may still be loading the OLD contents of a buffer this kernel
+// will read once its wait returns (e.g. xn, normalized twice a layer: a late q/k/v block re-caching
+// the first norm beside an early gate/up block). Round 14: decode rows failed (PDL only) in builds
+// whose timing differed; with every such load through L2 they pass.
 // On by default in the decode graph (MIMIC_DECODE_PDL=0 turns it off): round 12 measured +4 % with
 // gemv.cu's kernel; with gemv_tc.cu, which stages its whole weight tile before the wait, +17 %
 // (round 13, H200: 488 → 570 tok/s).
