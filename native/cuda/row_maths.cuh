@@ -1,9 +1,10 @@
-// row_maths — the decode step's per-row RMSNorm and RoPE arithmetic, ONE text for every kernel that
-// computes them: decode_kernels.cuh (rmsnorm_rows, rope_append: the batched step and the unfused
-// graph) and gemv_tc.cu (the same maths folded into the q/k/v and gate/up products of the fused
-// graph, decode_step.cu). A sequence's tokens must not depend on which of those ran, so the order
-// of every sum and every rounding is fixed here, with explicit _rn intrinsics (no FMA contraction
-// left to the compiler's choice per call site).
+// row_maths — the decode step's per-row RMSNorm and RoPE arithmetic, one text for the kernels that
+// compute them: decode_kernels.cuh (rmsnorm_rows, rope_append: the batched step and the graph) and
+// gemv_tc.cu's q/k/v epilogue (gemv_tc_qkv_rope: RoPE folded into the product, decode_step.cu). A
+// sequence's tokens must not depend on which of them ran, so the order of every sum and every
+// rounding is fixed here, with explicit _rn intrinsics (no FMA contraction left to the compiler's
+// choice per call site). (Round 14 also folded the norm into gemv_tc's prologue with RmsRow<256, 4>
+// — the same bits, 3 % slower — and removed it; RmsRow keeps the block-size generality.)
 //
 //   rms_rsqrt:  r = rsqrt(Σ_c x[c]² / C + eps), the sum in the order of 1024 "virtual threads": thread
 //               v sums c = v, v + 1024, … (8 terms, C <= 8192) by FMA, warp v/32 adds its 32 by the
