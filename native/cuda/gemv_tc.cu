@@ -50,6 +50,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
+#include <vector>
 
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
@@ -396,6 +398,19 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_tc_kernel(const __grid_const
 
 constexpr int kMaxSmem = 200 * 1024;     // a block's shared memory at most (H100/H200: 227 KB usable)
 
+// Blocks of this instantiation an SM holds at `smem` bytes: the occupancy API's answer, asked once
+// per size (launch() needs it for every one-job launch, and eager steps launch ~140 a token).
+template <int NT, bool F>
+int blocks_per_sm(int smem) {
+  thread_local std::vector<std::pair<int, int>> known;  // (smem, blocks)
+  for (const auto& [s, n] : known)
+    if (s == smem) return n;
+  int n = 0;
+  MIMIC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_tc_kernel<NT, true, F>, kThreads, smem));
+  known.emplace_back(smem, n);
+  return n;
+}
+
 template <int NT, bool F>
 void launch(const Params& P, int blocks, int smem) {
   static bool raised = false;  // once per instantiation pair: opt in to > 48 KB of dynamic shared memory
@@ -411,9 +426,7 @@ void launch(const Params& P, int blocks, int smem) {
   Q.tile_stride = 0;
   const char* te = std::getenv("MIMIC_GEMV_TC_TILES");
   if (P.nj == 1 && !(te && std::strcmp(te, "1") == 0) && !P.rope.head_dim) {
-    int per_sm = 0;
-    MIMIC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_tc_kernel<NT, true, F>, kThreads, smem));
-    const int slots = per_sm * Context::get().sm_count;
+    const int slots = blocks_per_sm<NT, F>(smem) * Context::get().sm_count;
     if (slots > 0 && blocks > slots && (blocks + 1) / 2 <= slots) {
       Q.tiles = 2;
       blocks = (blocks + 1) / 2;

@@ -750,11 +750,10 @@ std::string short_kernel(const std::string& m) {  // a mangled name → its func
     if (m.find(k) != std::string::npos) {
       std::string t = k;
       const size_t a = m.find(k) + t.size();
-      if (t == "gemv_tc_kernel" && m.size() > a + 12) {  // <NT, PDL, F, XS>: ILi1ELb1ELb0ELb1EE...
+      if (t == "gemv_tc_kernel" && m.size() > a + 12) {  // <NT, PDL, F>: ILi1ELb1ELb0EE...
         t += m.substr(a + 3, 1) == "1" ? "<N8" : "<N16";
-        const size_t f = m.find("ELb", a + 4), x = f == std::string::npos ? f : m.find("ELb", f + 4);
-        if (x != std::string::npos && m.substr(x + 3, 1) == "1") t += ",fused";
-        if (x != std::string::npos && m.find("ELb", x + 4) != std::string::npos && m.substr(m.find("ELb", x + 4) + 3, 1) == "1") t += ",xs";
+        const size_t pdl = m.find("ELb", a + 4), f = pdl == std::string::npos ? pdl : m.find("ELb", pdl + 4);
+        if (f != std::string::npos && m.substr(f + 3, 1) == "1") t += ",rope";
         t += ">";
       }
       return t;
