@@ -27,6 +27,7 @@ namespace mimic::cuda {
 namespace {
 
 constexpr int kAttnThreads = 256;
+constexpr int kVPre = 8;  // decode_attn: value rows a thread group requests with the key rows (128 keys at D = 128)
 constexpr int kNormThreads = kRmsVirtual;  // one virtual thread a thread (row_maths.cuh): C <= 8192
 
 // q [S, Hq, D], k/v [S, Hkv, D] of the new tokens (bf16). Block (b, s): b < Hq: query head b; else
@@ -119,7 +120,7 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(bf16* __restr
                                                                    const bf16* const* __restrict__ vtab,
                                                                    const bf16* k1, const bf16* v1,
                                                                    const int32_t* __restrict__ pos, int Hq, int Hkv,
-                                                                   int Drt, bool prefetch) {
+                                                                   int Drt, bool prefetch, bool vpre) {
   const int D = DT ? DT : Drt;
   if constexpr (PDL) {
     pdl_trigger();
@@ -144,6 +145,7 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(bf16* __restr
   __shared__ float red[32];
   __shared__ float sc[kAttnThreads];
   __shared__ float part[kAttnThreads * 8];
+  __shared__ uint4 vsh[kVPre][kAttnThreads];  // vpre: each thread's value pieces of the chunk
   const int h = blockIdx.x, s = blockIdx.y, hk = h / (Hq / Hkv), tid = threadIdx.x;
   const bf16* kc = ktab ? ktab[s] : k1;
   const bf16* vc = vtab ? vtab[s] : v1;
@@ -158,7 +160,19 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(bf16* __restr
   float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
   float m = -INFINITY, l = 0.f;
   for (int j0 = 0; j0 < len; j0 += kAttnThreads) {
-    const int j = j0 + tid;
+    const int j = j0 + tid, n = min(kAttnThreads, len - j0);
+    // the thread's 16 bytes of the group's first kVPre value rows of the chunk, copied into shared
+    // memory (cp.async: L2, no register) while the key rows load — they do not depend on the scores:
+    // one L2 round trip for both instead of one after the other (vpre). Each thread reads back only
+    // its own copies: no barrier.
+    if (vpre && g < groups) {
+#pragma unroll
+      for (int i = 0; i < kVPre; ++i) {
+        const int jj = g + i * groups;
+        cp_async16(&vsh[i][tid], vc + ((int64_t)(j0 + min(jj, n - 1)) * Hkv + hk) * D + d0, jj < n);
+      }
+      asm volatile("cp.async.commit_group;\n" ::: "memory");
+    }
     float sj = -INFINITY;
     if (j < len) {
       const uint4* kr = reinterpret_cast<const uint4*>(kc + ((int64_t)j * Hkv + hk) * D);
@@ -189,9 +203,25 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(bf16* __restr
     if (g < groups) {
 #pragma unroll
       for (int t = 0; t < 8; ++t) acc[t] *= corr;
-      const int n = min(kAttnThreads, len - j0);
+      int jj = g;
+      if (vpre) {  // the same order of products as the loop below: bit for bit either way
+        asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+#pragma unroll
+        for (int i = 0; i < kVPre; ++i, jj += groups) {
+          if (jj < n) {
+            const float pj = sc[jj];
+            const uint4 vv = vsh[i][tid];
+            const uint32_t u[4] = {vv.x, vv.y, vv.z, vv.w};
+#pragma unroll
+            for (int t = 0; t < 4; ++t) {
+              acc[2 * t] = fmaf(pj, __uint_as_float(u[t] << 16), acc[2 * t]);
+              acc[2 * t + 1] = fmaf(pj, __uint_as_float(u[t] & 0xffff0000u), acc[2 * t + 1]);
+            }
+          }
+        }
+      }
 #pragma unroll 4
-      for (int jj = g; jj < n; jj += groups) {
+      for (; jj < n; jj += groups) {
         const float pj = sc[jj];
         const uint4 vv = __ldcg(reinterpret_cast<const uint4*>(vc + ((int64_t)(j0 + jj) * Hkv + hk) * D + d0));
         const uint32_t u[4] = {vv.x, vv.y, vv.z, vv.w};
@@ -216,22 +246,28 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(bf16* __restr
     out[(int64_t)h * D + d] = __float2bfloat16(a * inv);
   }
 }
-// MIMIC_ATTN_PREFETCH=0: no L2 prefetch of the old cache rows before the PDL wait (the A/B leg).
-bool attn_prefetch_enabled() {  // read at each launch (recording): one process may alternate A/B legs
+// MIMIC_ATTN_PREFETCH=0: no L2 prefetch of the old cache rows before the PDL wait; MIMIC_ATTN_VPRE=0:
+// value rows loaded after the scores (the A/B legs). Read at each launch (recording): one process may
+// alternate A/B legs.
+bool attn_prefetch_enabled() {
   const char* e = std::getenv("MIMIC_ATTN_PREFETCH");
+  return !(e && std::strcmp(e, "0") == 0);
+}
+bool attn_vpre_enabled() {
+  const char* e = std::getenv("MIMIC_ATTN_VPRE");
   return !(e && std::strcmp(e, "0") == 0);
 }
 void decode_attn(bf16* out, const bf16* q, const bf16* const* ktab, const bf16* const* vtab, const bf16* k1,
                  const bf16* v1, const int32_t* pos, int S, int Hq, int Hkv, int D) {
   const dim3 grid(Hq, S);
-  const bool pf = attn_prefetch_enabled();
+  const bool pf = attn_prefetch_enabled(), vp = attn_vpre_enabled();
   cudaStream_t st = Context::get().stream;
   if (D == 128)
     launch_pdl(decode_attn_kernel<128, false>, decode_attn_kernel<128, true>, grid, dim3(kAttnThreads), 0, st, out, q,
-               ktab, vtab, k1, v1, pos, Hq, Hkv, D, pf);
+               ktab, vtab, k1, v1, pos, Hq, Hkv, D, pf, vp);
   else
     launch_pdl(decode_attn_kernel<0, false>, decode_attn_kernel<0, true>, grid, dim3(kAttnThreads), 0, st, out, q, ktab,
-               vtab, k1, v1, pos, Hq, Hkv, D, pf);
+               vtab, k1, v1, pos, Hq, Hkv, D, pf, vp);
   MIMIC_CUDA_LAUNCHED();
 }
 

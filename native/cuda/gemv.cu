@@ -157,7 +157,7 @@ __device__ __forceinline__ void row_dot(const GemvJob& J, int m, int lane, int N
       if (n < N) {
         float t = 0.f;
         for (int j = lane; j < J.r; j += 32)
-          t = fmaf(J.lora_h[(int64_t)n * J.r + j], __bfloat162float(J.lora_B[(int64_t)m * J.r + j]), t);
+          t = fmaf(__ldcg(J.lora_h + (int64_t)n * J.r + j), __bfloat162float(J.lora_B[(int64_t)m * J.r + j]), t);
         acc[n] = fmaf(J.scale, warp_sum(t), acc[n]);
       }
     }
@@ -224,12 +224,98 @@ __global__ void __launch_bounds__(kThreads, NT >= 8 ? 1 : 3) gemv_kernel(const _
   }
 }
 
+// The lm_head of a decode step (one bf16 job, x [N, K] small): one wave of blocks, each copying x
+// into shared memory once (cp.async: L2, pdl.h) and looping over row groups (warp w: rows
+// (g·kWarps + w) for g = blockIdx.x, + gridDim.x, …). With one warp a row, gemv_kernel's warps each
+// read the 6 KB x from L2 for their one row: ~16k rows moved as many bytes through L2 as the 788 MB
+// weight itself once round 14's rule took x off the read-only path. Same products, same order as
+// gemv_kernel's bf16 path: the same bits.
+template <int NT, bool PDL>
+__global__ void __launch_bounds__(kThreads, 3) gemv_rows_kernel(const __grid_constant__ Params P) {
+  extern __shared__ __align__(16) uint4 xs[];  // x [N, K]
+  const GemvJob& J = P.j[0];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, K = J.K, nch = K / 8, N = P.N;
+  if constexpr (PDL) {
+    pdl_trigger();
+    const int m = blockIdx.x * kWarps + warp;
+    if (m < J.M)  // the first row into L2 while the kernel before finishes
+      for (int c = lane; c < nch; c += 32) asm volatile("prefetch.global.L2 [%0];" ::"l"(J.W + (int64_t)m * K + 8 * c));
+    pdl_wait();
+  }
+  for (int i = threadIdx.x; i < N * nch; i += kThreads) cp_async16(xs + i, J.x + 8 * (int64_t)i);
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+  __syncthreads();
+  for (int m = blockIdx.x * kWarps + warp; m < J.M; m += gridDim.x * kWarps) {
+    const uint4* wrow = reinterpret_cast<const uint4*>(J.W + (int64_t)m * K);
+    float acc[NT];
+#pragma unroll
+    for (int n = 0; n < NT; ++n) acc[n] = 0.f;
+    for (int c0 = lane; c0 < nch; c0 += 32 * kGroup) {
+      uint4 w[kGroup];
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g)
+        if (c0 + 32 * g < nch) w[g] = ldg_stream(wrow + c0 + 32 * g);
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        const int c = c0 + 32 * g;
+        if (c < nch) {
+          const uint32_t ws[4] = {w[g].x, w[g].y, w[g].z, w[g].w};
+#pragma unroll
+          for (int n = 0; n < NT; ++n) {
+            if (n < N) {
+              const uint4 xv = xs[n * nch + c];
+              const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
+              float s = acc[n];
+#pragma unroll
+              for (int t = 0; t < 4; ++t) {
+                s = fmaf(bf_lo(ws[t]), bf_lo(xw[t]), s);
+                s = fmaf(bf_hi(ws[t]), bf_hi(xw[t]), s);
+              }
+              acc[n] = s;
+            }
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < NT; ++n) acc[n] = warp_sum(acc[n]);
+    if (lane == 0) {
+#pragma unroll
+      for (int n = 0; n < NT; ++n)
+        if (n < N) gemv_store(J, n, m, acc[n]);
+    }
+  }
+}
+
 bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
 
 template <int NT>
 void launch(const Params& P, int blocks) {
   launch_pdl(gemv_kernel<NT, false>, gemv_kernel<NT, true>, dim3(blocks), dim3(kThreads), 0, Context::get().stream, P);
   MIMIC_CUDA_LAUNCHED();
+}
+
+constexpr int kXsMaxBytes = 32 * 1024;  // gemv_rows_kernel's x at most (N·K·2 bytes; < 48 KB: no opt-in)
+
+// One bf16 job without LoRA, x small: gemv_rows_kernel, one wave; false (nothing launched) otherwise,
+// or when MIMIC_GEMV_ROWS=0 (read at every launch, i.e. every graph recording: the A/B leg).
+template <int NT>
+bool launch_rows(const Params& P) {
+  const GemvJob& J = P.j[0];
+  const int xs_bytes = P.N * J.K * 2;
+  const char* e = std::getenv("MIMIC_GEMV_ROWS");
+  if (P.nj != 1 || P.glu || !J.W || !J.fast || J.lora_B || xs_bytes > kXsMaxBytes || (e && std::strcmp(e, "0") == 0))
+    return false;
+  static const int slots = [] {
+    int n = 0;
+    MIMIC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_rows_kernel<NT, true>, kThreads, kXsMaxBytes));
+    return std::max(1, n) * Context::get().sm_count;
+  }();
+  const int groups = (J.M + kWarps - 1) / kWarps;
+  launch_pdl(gemv_rows_kernel<NT, false>, gemv_rows_kernel<NT, true>, dim3(std::min(groups, slots)), dim3(kThreads),
+             (size_t)xs_bytes, Context::get().stream, P);
+  MIMIC_CUDA_LAUNCHED();
+  return true;
 }
 
 }  // namespace
@@ -265,6 +351,7 @@ void gemv_launch(const GemvJob* jobs, int n_jobs, int64_t N, bool glu) {
   P.nj = glu ? 1 : n_jobs;  // glu: the blocks walk job 0's rows and compute job 1's alongside
   P.glu = glu ? 1 : 0;
   P.N = (int)N;
+  if (N == 1 && launch_rows<1>(P)) return;
   if (N == 1) launch<1>(P, blocks);
   else if (N == 2) launch<2>(P, blocks);
   else if (N <= 4) launch<4>(P, blocks);

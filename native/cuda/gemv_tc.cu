@@ -183,50 +183,27 @@ __device__ __forceinline__ void block_mma(const char* tab_lane, uint2 wa, uint2 
   }
 }
 
+__device__ __forceinline__ uint4 shfl4(uint4 v, int src) {
+  return make_uint4(__shfl_sync(~0u, v.x, src), __shfl_sync(~0u, v.y, src), __shfl_sync(~0u, v.z, src),
+                    __shfl_sync(~0u, v.w, src));
+}
+
 // Σ over the warp's 64-blocks [b_lo, b_hi) of the tile's rows g, g+8, for nj jobs (2: gate and up,
 // one x) into acc[u] (the C fragments of the NT n-tiles; zero on entry). Codes and absmax from the
-// tiles staged in shared memory, x [N, K] from global (L2), RD blocks of it in flight ahead of the
-// products (round 14: staging x in shared memory after the wait, or 2 blocks ahead, was no faster).
+// tiles staged in shared memory; x [N, K] from global (L2, pdl.h).
+// One row of x (the decode step) and at most 16 blocks a warp (K <= 8192): the warp loads its whole
+// x slice at once — lane ℓ holds its 16-byte pieces ℓ, ℓ + 32, … — and each block's B fragment comes
+// by shuffles: one L2 round trip a warp instead of one a block (round 15: with x not loaded at all
+// the step was 10 % faster — each block waited for its x from L2). Lanes g > 0 feed columns n > 0,
+// which nobody reads, so they take the same values as g = 0. Otherwise x is loaded a block ahead.
 template <int NT>
 __device__ __forceinline__ void tile_dot(char* smem, const Layout& Lo, const GemvJob* Js, int nj, const bf16* x,
                                          int warp, const char* tab_lane, int b_lo, int b_hi, int lane, int N,
-                                         float (&acc)[2][NT][4]) {
+                                         float (&acc)[2][NT][4], bool x_ablate, bool x_warp) {
   const int g = lane >> 2, q = lane & 3, K = Js[0].K;
   const int pitch = Lo.w_pitch;
   const int w0 = g * pitch + 8 * q;  // + Lo.w_off[u]
-  const bf16* xr[NT];
-  bool xon[NT];
-#pragma unroll
-  for (int j = 0; j < NT; ++j) {
-    const int n = 8 * j + g;
-    xon[j] = n < N;
-    xr[j] = x + (int64_t)(xon[j] ? n : 0) * K + 16 * q;
-  }
-  constexpr int RD = 1;
-  uint4 xv[RD][NT][2];
-  auto load_x = [&](int b, uint4 (&d)[NT][2]) {
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      if (xon[j] && b < b_hi) {
-        const uint4* xp = reinterpret_cast<const uint4*>(xr[j] + 64 * b);
-        d[j][0] = __ldcg(xp);  // through L2: x is another kernel's output (pdl.h: never __ldg under PDL)
-        d[j][1] = __ldcg(xp + 1);
-      } else {
-        d[j][0] = d[j][1] = make_uint4(0, 0, 0, 0);
-      }
-    }
-  };
-#pragma unroll
-  for (int i = 0; i < RD; ++i) load_x(b_lo + i, xv[i]);
-  for (int b0 = b_lo; b0 < b_hi; b0 += RD)
-#pragma unroll
-  for (int i = 0; i < RD; ++i) {
-    const int b = b0 + i;
-    if (b >= b_hi) break;
-    uint4 xc[NT][2];
-#pragma unroll
-    for (int j = 0; j < NT; ++j) { xc[j][0] = xv[i][j][0]; xc[j][1] = xv[i][j][1]; }
-    load_x(b + RD, xv[i]);
+  auto products = [&](int b, const uint4 (&xc)[NT][2]) {  // block b with its B fragments xc
     uint2 wa[2], wb[2];
     const int off = 32 * b;
 #pragma unroll
@@ -244,6 +221,57 @@ __device__ __forceinline__ void tile_dot(char* smem, const Layout& Lo, const Gem
         block_mma<NT>(tab_lane, wa[u], wb[u], am[0], am[8 * Lo.am_pitch], xc, acc[u]);
       }
     }
+  };
+  if (NT == 1 && N == 1 && b_hi - b_lo <= 16 && x_warp && !x_ablate) {
+    constexpr int kT = 4;  // 16-byte pieces a lane: 32·4 = 128 = 16 blocks of 64 values
+    const uint4* xp = reinterpret_cast<const uint4*>(x + 64 * b_lo);
+    const int pieces = 8 * (b_hi - b_lo);
+    uint4 xs[kT];
+#pragma unroll
+    for (int t = 0; t < kT; ++t) xs[t] = lane + 32 * t < pieces ? __ldcg(xp + lane + 32 * t) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+    for (int t = 0; t < kT; ++t) {
+      const int nbb = min(4, b_hi - b_lo - 4 * t);
+#pragma unroll 1
+      for (int bb = 0; bb < nbb; ++bb) {  // block b_lo + 4t + bb: pieces 8bb + 2q, + 1 of xs[t]
+        uint4 xc[NT][2];
+        xc[0][0] = shfl4(xs[t], 8 * bb + 2 * q);
+        xc[0][1] = shfl4(xs[t], 8 * bb + 2 * q + 1);
+        products(b_lo + 4 * t + bb, xc);
+      }
+    }
+    return;
+  }
+  const bf16* xr[NT];
+  bool xon[NT];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+    const int n = 8 * j + g;
+    xon[j] = n < N;
+    xr[j] = x + (int64_t)(xon[j] ? n : 0) * K + 16 * q;
+  }
+  uint4 xn[NT][2];  // the next block's x, loaded while this one is multiplied
+  auto load_x = [&](int b, uint4 (&d)[NT][2]) {
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      if (x_ablate) {  // MIMIC_GEMV_TC_ABLATE & 4 (timing only): no x load at all
+        d[j][0] = d[j][1] = make_uint4(0x3f803f80u + b, 0x3f803f80u, 0x3f803f80u, 0x3f803f80u);
+      } else if (xon[j] && b < b_hi) {
+        const uint4* xp = reinterpret_cast<const uint4*>(xr[j] + 64 * b);
+        d[j][0] = __ldcg(xp);  // through L2: x is another kernel's output (pdl.h: never __ldg under PDL)
+        d[j][1] = __ldcg(xp + 1);
+      } else {
+        d[j][0] = d[j][1] = make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  load_x(b_lo, xn);
+  for (int b = b_lo; b < b_hi; ++b) {
+    uint4 xc[NT][2];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) { xc[j][0] = xn[j][0]; xc[j][1] = xn[j][1]; }
+    load_x(b + 1, xn);
+    products(b, xc);
   }
 }
 
@@ -298,6 +326,9 @@ __device__ __forceinline__ void rope_epilogue(const Params& P, const GemvJob& J,
 }
 
 // F: a q/k/v launch with RoPE and the KV append in its epilogue (GemvRope in P.rope; N == 1).
+// 3 blocks an SM (<= 80 registers) even where the shared memory only allows 2 (gate/up, down): round
+// 15 gave those 128 registers (2 blocks) — 4 % slower: such a block fills the register file, and the
+// next kernels' blocks (PDL) can no longer start beside it.
 template <int NT, bool PDL, bool F>
 __global__ void __launch_bounds__(kThreads, 3) gemv_tc_kernel(const __grid_constant__ Params P) {
   extern __shared__ __align__(16) char smem[];
@@ -372,7 +403,7 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_tc_kernel(const __grid_const
 #pragma unroll
       for (int j = 0; j < NT; ++j) acc[u][j][0] = acc[u][j][1] = acc[u][j][2] = acc[u][j][3] = 0.f;
     __syncthreads();
-    tile_dot<NT>(smem, Lo, Js, nj, Js[0].x, warp, tab_lane, b_lo, b_end, lane, N, acc);
+    tile_dot<NT>(smem, Lo, Js, nj, Js[0].x, warp, tab_lane, b_lo, b_end, lane, N, acc, P.ablate & 4, P.x_warp);
     __syncthreads();  // the table is done with: its space takes the partial sums
     float(*red)[kWarps * kRows][16] = reinterpret_cast<float(*)[kWarps * kRows][16]>(smem);
     store_partial<NT>(red[0] + warp * kRows, acc[0], lane);
@@ -433,8 +464,8 @@ void launch(const Params& P, int blocks, int smem) {
       Q.tile_stride = blocks;
     }
   }
-  launch_pdl(gemv_tc_kernel<NT, false, F>, gemv_tc_kernel<NT, true, F>, dim3(blocks), dim3(kThreads), (size_t)smem,
-             Context::get().stream, Q);
+  launch_pdl(gemv_tc_kernel<NT, false, F>, gemv_tc_kernel<NT, true, F>, dim3(blocks), dim3(kThreads),
+             (size_t)smem, Context::get().stream, Q);
   MIMIC_CUDA_LAUNCHED();
 }
 
@@ -477,6 +508,8 @@ bool plan(const GemvJob* jobs, int n_jobs, int64_t N, bool glu, Params& P, int& 
   // read at every plan (a graph's recording), not once, so that one process can alternate A/B legs
   const char* ab = std::getenv("MIMIC_GEMV_TC_ABLATE");
   P.ablate = ab ? std::atoi(ab) : 0;
+  const char* xw = std::getenv("MIMIC_GEMV_TC_XWARP");  // 0: x loaded a block ahead (the A/B leg)
+  P.x_warp = !(xw && std::strcmp(xw, "0") == 0);
   return true;
 }
 }  // namespace

@@ -29,8 +29,9 @@ struct GemvParams {
   int glu;  // 1: blocks walk job 0 (gate) and job 1 (up) over the same rows; out of job 0 = silu(gate)·up
   float lut[16];
   GemvRope rope;  // gemv_tc_qkv_rope only
-  int tiles, tile_stride;  // gemv_tc: 16-row tiles a block takes, tile_stride apart (one job)
-  int ablate;  // gemv_tc, MIMIC_GEMV_TC_ABLATE (profiling only, wrong results): 1 no weight copy, 2 no products
+  int tiles, tile_stride;  // 16-row tiles a block takes (gemv_tc), tile_stride blocks apart (one job)
+  int x_warp;  // gemv_tc, N = 1: each warp loads its x slice at once (MIMIC_GEMV_TC_XWARP=0: a block ahead)
+  int ablate;  // gemv_tc, MIMIC_GEMV_TC_ABLATE (profiling only, wrong results): 1 no weight copy, 2 no products, 4 no x loads
 };
 
 // out[n, m] = α·v + res[n, m] + β·out[n, m] (bf16 or fp32 out): the common epilogue of a job's

@@ -211,6 +211,34 @@ void check_gemv_jobs(std::vector<OpCheckRow>& out, int64_t N) {
                     y2, kBf16Tol));
 }
 
+// The lm_head's path (gemv.cu's gemv_rows_kernel: one bf16 job, x staged in shared memory, one
+// wave of blocks looping over rows): vs fp32 on the CPU, and bit for bit against gemv_kernel's one
+// warp a row (MIMIC_GEMV_ROWS=0) — the same products in the same order. M % 8 != 0 and more row
+// groups than resident blocks (the loop).
+void check_gemv_rows(std::vector<OpCheckRow>& out, int M, int K) {
+  auto W = rnd((int64_t)M * K, 61, 0.05f), x = rnd(K, 62);
+  std::vector<float> y((size_t)M);
+  for (int m = 0; m < M; ++m) {
+    double s = 0;
+    for (int k = 0; k < K; ++k) s += (double)x[k] * W[(int64_t)m * K + k];
+    y[m] = (float)s;
+  }
+  auto Wd = dev_bf16(W), xd = dev_bf16(x);
+  DevBuf<float> ya(M), yb(M);
+  MIMIC_CUDA_CHECK(cudaMemset(ya.p, 0xff, ya.bytes()));  // poison: every element must be written
+  GemvJob j;
+  j.W = Wd.p; j.M = M; j.K = K; j.x = xd.p; j.out = ya.p; j.out_f32 = true;
+  gemv(&j, 1, 1);
+  setenv("MIMIC_GEMV_ROWS", "0", 1);
+  j.out = yb.p;
+  gemv(&j, 1, 1);
+  unsetenv("MIMIC_GEMV_ROWS");
+  const std::string tag = std::to_string(M) + "x" + std::to_string(K) + " N=1";
+  auto a = host_f32(ya.p, y.size());
+  out.push_back(row("gemv", "bf16 lm_head path (x in shared memory, rows loop) vs fp32 " + tag, a, y, 1e-3));
+  out.push_back(row("gemv", "bf16 lm_head path == one warp a row, bit for bit " + tag, a, host_f32(yb.p, y.size()), 0.0));
+}
+
 // gate/up in one launch with silu(gate)·up in the epilogue (the decode MLP) vs the CPU twins.
 void check_gemv_glu(std::vector<OpCheckRow>& out, int64_t N) {
   const int M = 45, K = 256;
@@ -672,6 +700,8 @@ std::vector<OpCheckRow> cuda_op_checks() {
   check_gemv_nf4(out, 64, 101, 3, false);
   check_gemv_nf4(out, 64, 101, 16, true);
   check_gemv_jobs(out, 1);
+  check_gemv_rows(out, 20003, 3072);  // ~2,500 row groups: more than one wave's blocks
+  check_gemv_rows(out, 61, 200);
   check_gemv_jobs(out, 7);
   check_gemv_glu(out, 1);
   check_gemv_glu(out, 5);

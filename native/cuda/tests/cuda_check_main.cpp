@@ -745,7 +745,7 @@ void batch_bench(const std::string& dir) {
 // the step with everything else overlapped as in the real graph. Printed by kernel kind (summed over
 // the step) and for one middle layer in launch order; the first line is the traced step vs untraced.
 std::string short_kernel(const std::string& m) {  // a mangled name → its function's name
-  for (const char* k : {"gemv_tc_kernel", "gemv_kernel", "decode_attn_kernel", "rope_append_kernel", "rmsnorm_rows_kernel",
+  for (const char* k : {"gemv_tc_kernel", "gemv_rows_kernel", "gemv_kernel", "decode_attn_kernel", "rope_append_kernel", "rmsnorm_rows_kernel",
                         "embedding", "trace_marker"}) {
     if (m.find(k) != std::string::npos) {
       std::string t = k;
