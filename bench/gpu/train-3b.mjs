@@ -105,6 +105,32 @@ if (phases.includes('parity')) await phase('parity', async () => {
   }
   results.greedyPrefixVsCpu = same;
   check('session.length counts the cache', gg.len === 9 + 12 ? 0 : 1, 0);
+  // The run-ahead step (native/addon/session.h: next() launches the step of the token it returns):
+  // the same tokens with it off (greedy and sampled, same seed); a next() with another token than the
+  // one returned, reset(), and nextBatch() after a run-ahead all give what a session without it gives.
+  const SAMPLED = { temperature: 0.9, topK: 40, topP: 0.95, repetitionPenalty: 1.1 };
+  const walk = async (ahead, sampling, script) => {
+    process.env.MIMIC_RUN_AHEAD = ahead ? '1' : '0';
+    try {
+      const s = mg.createSession(64, 11), o = [];
+      let t = await s.next(ids.subarray(0, 9), sampling);
+      o.push(t);
+      for (let i = 0; i < 10; i++) {
+        const feed = script(i, t, s);
+        t = await s.next(Int32Array.of(feed), sampling, Int32Array.from(o));
+        o.push(t);
+      }
+      const s2 = mg.createSession(64, 12);
+      await s2.next(ids.subarray(2, 7), sampling);
+      const [b1, b2] = await mg.nextBatch([s, s2], [Int32Array.of(t), Int32Array.of(3)], [sampling, sampling], [Int32Array.from(o), new Int32Array(0)]);
+      o.push(b1, b2, await s.next(Int32Array.of(b1), sampling), s.length);
+      return o.join(',');
+    } finally { delete process.env.MIMIC_RUN_AHEAD; }
+  };
+  const plain = (i, t) => t;
+  const detour = (i, t, s) => { if (i === 4) s.reset(); return i === 4 ? ids[0] : i === 2 || i === 6 ? (t + 1) % V : t; };
+  for (const [name, sampling, script] of [['greedy', GREEDY, plain], ['sampled', SAMPLED, plain], ['greedy, other tokens fed + reset', GREEDY, detour], ['sampled, other tokens fed + reset', SAMPLED, detour]])
+    check(`run-ahead on == off: ${name} (then nextBatch)`, (await walk(true, sampling, script)) === (await walk(false, sampling, script)) ? 0 : 1, 0);
 
   const opts0 = { lora: { r: 4, alpha: 8, dropout: 0, targets: TARGETS }, seed: 3, recompute: false };
   const t0 = mc.createTrainer(opts0), t0g = mg.createTrainer(opts0);
@@ -185,6 +211,12 @@ if (phases.includes('bench') && ckpt) await phase('bench', async () => {
     t = performance.now();
     for (let i = 0; i < n; i++) tok = await s.next(Int32Array.of(tok), GREEDY);
     r.decode_tok_s = result('decode_tok_s (batch 1, greedy, via session.next)', n / ((performance.now() - t) / 1000));
+    // the same without the run-ahead step (native/addon/session.h): each next() launches its own step
+    process.env.MIMIC_RUN_AHEAD = '0';
+    t = performance.now();
+    for (let i = 0; i < n; i++) tok = await s.next(Int32Array.of(tok), GREEDY);
+    r.decode_tok_s_no_run_ahead = result('decode_tok_s_no_run_ahead (the same, MIMIC_RUN_AHEAD=0)', n / ((performance.now() - t) / 1000));
+    delete process.env.MIMIC_RUN_AHEAD;
     for (const P of [512, 100]) {
       const sp = m.createSession(P + 8, 1);
       const ids = Int32Array.from({ length: P }, (_, i) => (i * 17 + 3) % 128000);

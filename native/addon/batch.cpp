@@ -100,6 +100,7 @@ class NextBatchWorker : public Worker {
       SessionState& s = *e.s;
       if (!s.gpu_kv || s.gpu_kv->k.empty()) s.gpu_kv = cuda::kv_acquire(d, s.cache.max_len);
       s.gpu_kv->len = s.cache.len;  // reset() sets the counter only
+      s.ahead.len = -1;             // this step writes the row a next() may have run ahead into
       cuda::DeviceDecodeSeq& q = seqs[i];
       q.kv = s.gpu_kv.get();
       q.ids = e.ids.data();

@@ -2,6 +2,8 @@
 #include "addon/session.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include "addon/args.h"
@@ -31,6 +33,14 @@ SamplingParams ReadSampling(Napi::Env env, Napi::Value v) {
 
 namespace {
 
+#ifdef MIMIC_CUDA
+// MIMIC_RUN_AHEAD=0 turns the run-ahead step off (SessionState::Ahead; the A/B leg). Read per call.
+bool RunAhead() {
+  const char* e = std::getenv("MIMIC_RUN_AHEAD");
+  return !(e && std::strcmp(e, "0") == 0);
+}
+#endif
+
 class NextWorker : public Worker {
  public:
   NextWorker(Napi::Env env, std::shared_ptr<SessionState> s, std::vector<int32_t> ids, SamplingParams p,
@@ -56,10 +66,30 @@ class NextWorker : public Worker {
       // the cache comes from the model's pool (a freed session's, with its decode graph) when one fits
       if (s_->gpu_kv->k.empty()) s_->gpu_kv = cuda::kv_acquire(d, s_->cache.max_len);
       cuda::DeviceKV& kv = *s_->gpu_kv;
-      kv.len = s_->cache.len;  // reset() sets the counter only
-      float* last = cuda::llama_forward(d, ids_.data(), (int)ids_.size(), &kv, nullptr, 1);
+      SessionState::Ahead& a = s_->ahead;
+      float* last = nullptr;
+      if (a.len >= 0 && a.len == s_->cache.len && a.kv == &kv && ids_.size() == 1 && ids_[0] == a.token &&
+          a.model_uid == d.uid && a.device_lora == d.lora_version) {
+        last = a.logits;  // launched by the previous next(): stream order makes the sampling wait for it
+        kv.len = a.len + 1;
+      } else {
+        kv.len = s_->cache.len;  // reset() sets the counter only
+        last = cuda::llama_forward(d, ids_.data(), (int)ids_.size(), &kv, nullptr, 1);
+      }
+      a.len = -1;
       s_->cache.len = kv.len;
       token_ = cuda::sample_token(last, m.cfg.vocab_size, p_, history_.data(), (int64_t)history_.size(), s_->rng);
+      if (RunAhead() && kv.len < kv.max_len && cuda::decode_step_ready(d, kv)) {
+        // the step for the token just sampled, before JavaScript asks for it (one graph launch, no
+        // wait; never a graph capture, which would delay this token). Only an optimization: if it
+        // fails, this call still returns its token.
+        try {
+          if (float* row = cuda::decode_step(d, token_, kv)) a = {s_->cache.len, token_, row, &kv, d.uid, d.lora_version};
+        } catch (const std::exception&) {
+          a.len = -1;
+        }
+        kv.len = s_->cache.len;
+      }
       return;
     }
 #endif
@@ -142,6 +172,9 @@ Napi::Value Session::Release(const Napi::CallbackInfo& info) {
   if (state_->busy) return Napi::Boolean::New(env, false);
   state_->cache.len = 0;
 #ifdef MIMIC_CUDA
+  state_->ahead.len = -1;
+#endif
+#ifdef MIMIC_CUDA
   if (state_->gpu_kv && !state_->gpu_kv->k.empty()) {
     cuda::kv_release(std::move(state_->gpu_kv));
     state_->gpu_kv = std::make_shared<cuda::DeviceKV>();
@@ -154,6 +187,9 @@ Napi::Value Session::Reset(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (state_->busy) throw MakeError(env, "EBUSY", "session.reset() while next() is running; await it first");
   state_->cache.len = 0;
+#ifdef MIMIC_CUDA
+  state_->ahead.len = -1;
+#endif
   return env.Undefined();
 }
 

@@ -28,6 +28,20 @@ struct SessionState {
 #endif
   Rng rng;
   uint64_t lora_version = 0;    // adapter the cached K/V were computed with
+#ifdef MIMIC_CUDA
+  // The step run ahead (device 'cuda', MIMIC_RUN_AHEAD != 0): once next() has sampled `token` at cache
+  // length `len`, the decode graph for that token is launched before returning, so the GPU computes it
+  // while JavaScript handles the token. The next next() with exactly [token] at that length (same
+  // cache, model and adapter) only samples its logits; anything else ignores it (its K/V row at `len`
+  // is overwritten by whichever step comes next). Set by next(); cleared by next() and nextBatch().
+  struct Ahead {
+    int len = -1;
+    int32_t token = 0;
+    float* logits = nullptr;
+    const cuda::DeviceKV* kv = nullptr;
+    uint64_t model_uid = 0, device_lora = 0;
+  } ahead;
+#endif
   std::atomic<bool> busy{false};
   explicit SessionState(uint64_t seed) : rng(seed) {}
   ~SessionState();              // device 'cuda': gives the KV cache back to the model's pool

@@ -86,7 +86,9 @@ bool pdl_wanted() {
 // RoPE + the KV append go inside the q/k/v launch (gemv_tc_qkv_rope: a launch a layer fewer, the
 // same bits — row_maths.cuh) unless MIMIC_DECODE_FUSE=0; decode_fuse_override(1|0|-1) forces it
 // either way for the checks. Round 14 also folded the two RMSNorms into the products' prologue
-// (every block normalizing the row itself): 3 % slower than rmsnorm_rows, removed.
+// (every block normalizing the row itself): 3 % slower than rmsnorm_rows, removed; round 15 into
+// the epilogue of o and down (the last block to finish, by a ticket, normalizing the row): 11 %
+// slower (a fence in every block, then one block's serial norm), removed.
 int g_fuse_override = -1;
 bool fuse_wanted() {
   const char* e = std::getenv("MIMIC_DECODE_FUSE");
@@ -250,14 +252,25 @@ std::vector<DecodeTraceRow> decode_trace_read() {
   return rows;
 }
 
-float* decode_step(DeviceModel& d, int32_t id, DeviceKV& kv) {
+namespace {
+bool graph_usable(const DeviceModel& d, const DeviceKV& kv) {
   const LlamaConfig& c = d.cfg;
-  if (!graph_enabled() || kv.k.empty() || c.head_dim % 8 != 0 || c.head_dim > 256 || c.num_heads % c.num_kv_heads)
-    return nullptr;
+  return graph_enabled() && !kv.k.empty() && c.head_dim % 8 == 0 && c.head_dim <= 256 && c.num_heads % c.num_kv_heads == 0;
+}
+bool graph_current(const DeviceModel& d, const DeviceKV& kv) {
+  const DecodeGraph* g = kv.graph.get();
+  return g && g->model_uid == d.uid && g->lora_version == d.lora_version && g->k0 == kv.k[0].p &&
+         g->max_len == kv.max_len && g->pdl == pdl_wanted() && g->rope_fold == fuse_wanted() && g->traced == g_trace.on &&
+         g->gen == g_graph_gen;
+}
+}  // namespace
+
+bool decode_step_ready(const DeviceModel& d, const DeviceKV& kv) { return graph_usable(d, kv) && graph_current(d, kv); }
+
+float* decode_step(DeviceModel& d, int32_t id, DeviceKV& kv) {
+  if (!graph_usable(d, kv)) return nullptr;
   DecodeGraph* g = kv.graph.get();
-  if (!g || g->model_uid != d.uid || g->lora_version != d.lora_version || g->k0 != kv.k[0].p ||
-      g->max_len != kv.max_len || g->pdl != pdl_wanted() || g->rope_fold != fuse_wanted() || g->traced != g_trace.on ||
-      g->gen != g_graph_gen) {
+  if (!graph_current(d, kv)) {
     kv.graph.reset();
     kv.graph = build(d, kv);
     g = kv.graph.get();

@@ -347,7 +347,7 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_tc_kernel(const __grid_const
   const char* tab_lane = smem + 4 * lane;
   const int N = P.N;
   if constexpr (PDL) pdl_trigger();
-  float rc = 0.f, rs = 0.f;
+  float rc = 0.f, rs = 0.f, res_v = 0.f;
   // P.tiles > 1 (one job or gate/up, more tiles than an SM holds blocks): this block also takes the
   // tiles P.tile_stride, 2·P.tile_stride, … on, one after another in the same shared memory, instead
   // of a second wave of blocks that would each start, fill the table and decode their absmax behind
@@ -396,6 +396,11 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_tc_kernel(const __grid_const
       if constexpr (F)
         if (P.rope.head_dim && ji < 2 && tid < kRows / 2) rope_cs(*P.rope.pos, P.rope.inv_freq[rows(tid) % P.rope.head_dim], rc, rs);
       if constexpr (PDL) pdl_wait();  // x, res, h and out belong to the kernels before
+      // the epilogue thread's residual, requested now: its L2 round trip hides under the products
+      if (P.res_pre && P.tiles == 1 && !P.glu && !(F && P.rope.head_dim) && J.res && tid < kRows * 8 * NT) {
+        const int n = tid % (8 * NT);
+        if (n < N) res_v = __ldcg(J.res + (int64_t)n * J.M + rows(tid / (8 * NT)));
+      }
     }
     float acc[2][NT][4];
 #pragma unroll
@@ -420,7 +425,7 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_tc_kernel(const __grid_const
           const float sg = 1.f / (1.f + __expf(-v));
           static_cast<bf16*>(J.out)[(int64_t)n * J.M + m] = __float2bfloat16(v * sg * u);
         } else {
-          gemv_store(J, n, m, v);
+          gemv_store(J, n, m, v, P.res_pre && P.tiles == 1, res_v);
         }
       }
     }
@@ -508,6 +513,8 @@ bool plan(const GemvJob* jobs, int n_jobs, int64_t N, bool glu, Params& P, int& 
   // read at every plan (a graph's recording), not once, so that one process can alternate A/B legs
   const char* ab = std::getenv("MIMIC_GEMV_TC_ABLATE");
   P.ablate = ab ? std::atoi(ab) : 0;
+  const char* rp = std::getenv("MIMIC_GEMV_TC_RESPRE");  // 0: the residual loaded in the epilogue (the A/B leg)
+  P.res_pre = !(rp && std::strcmp(rp, "0") == 0);
   const char* xw = std::getenv("MIMIC_GEMV_TC_XWARP");  // 0: x loaded a block ahead (the A/B leg)
   P.x_warp = !(xw && std::strcmp(xw, "0") == 0);
   return true;

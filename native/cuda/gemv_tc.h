@@ -31,15 +31,17 @@ struct GemvParams {
   GemvRope rope;  // gemv_tc_qkv_rope only
   int tiles, tile_stride;  // 16-row tiles a block takes (gemv_tc), tile_stride blocks apart (one job)
   int x_warp;  // gemv_tc, N = 1: each warp loads its x slice at once (MIMIC_GEMV_TC_XWARP=0: a block ahead)
+  int res_pre;  // gemv_tc, one tile a block: the residual loaded right after the wait (MIMIC_GEMV_TC_RESPRE=0: in the epilogue)
   int ablate;  // gemv_tc, MIMIC_GEMV_TC_ABLATE (profiling only, wrong results): 1 no weight copy, 2 no products, 4 no x loads
 };
 
 // out[n, m] = α·v + res[n, m] + β·out[n, m] (bf16 or fp32 out): the common epilogue of a job's
 // product v (LoRA B already added). Only .cu files include this header.
-__device__ __forceinline__ void gemv_store(const GemvJob& J, int64_t n, int m, float v) {
+// pre: res[n, m] was loaded already, into res_v (gemv_tc: before the products).
+__device__ __forceinline__ void gemv_store(const GemvJob& J, int64_t n, int m, float v, bool pre = false, float res_v = 0.f) {
   const int64_t o = n * J.M + m;
   v *= J.alpha;
-  if (J.res) v += __ldcg(J.res + o);
+  if (J.res) v += pre ? res_v : __ldcg(J.res + o);
   if (J.out_f32) {
     float* out = static_cast<float*>(J.out);
     if (J.beta != 0.f) v += J.beta * out[o];

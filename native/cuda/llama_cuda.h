@@ -131,6 +131,8 @@ const float* decode_batch_logits(DeviceModel& d, DeviceKV* const* kvs, const int
 // (valid until the next step on this kv), or nullptr when the fast path does not apply (then the
 // caller runs the eager forward). Does not validate id or capacity: llama_forward does.
 float* decode_step(DeviceModel& d, int32_t id, DeviceKV& kv);
+// True when decode_step would launch kv's captured graph as it is (no capture first).
+bool decode_step_ready(const DeviceModel& d, const DeviceKV& kv);
 // Forces programmatic dependent launches in the decode graph on (1) or off (0), or back to
 // MIMIC_DECODE_PDL (-1); graphs are re-recorded at their next step. For the checks.
 void decode_pdl_override(int mode);
