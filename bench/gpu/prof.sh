@@ -3,7 +3,8 @@
 # two GPUs; logs packed into $OUT/prof.tgz. METRICS (default: duration, DRAM and SM throughput,
 # issue activity, achieved occupancy) go to every phase listed in PHASES_G0 / PHASES_G1 (run under the
 # env assignments ENV_G0 / ENV_G1, "-" for none); STALL=1 adds
-# ncu's warp-state, memory and occupancy sections for the decode step's first gemv nodes.
+# ncu's warp-state, memory and occupancy sections for the decode step's first gemv nodes (STALL_K: the
+# kernel name regex; STALL_SECTIONS: more "--section X" flags, e.g. ComputeWorkloadAnalysis).
 #   device: run(kind="nvidia-h200-x2", command="bash bench/gpu/prof.sh", carry=[".device-node", "dist", ".gpu-carry"])
 source bench/gpu/lib.sh
 METRICS=${METRICS:-gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,smsp__issue_active.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active}
@@ -25,7 +26,7 @@ run_phases $G1 "${ENV_G1:--}" ${PHASES_G1:-train2}
 wait
 if [ -n "$STALL" ]; then  # why the decode gemv warps wait: the first 4 gemv nodes of one decode step
   CUDA_VISIBLE_DEVICES=0 timeout $(left 150) $NCU --clock-control none --profile-from-start off -k regex:${STALL_K:-gemv_kernel} -c 4 \
-    --section WarpStateStats --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy \
+    --section WarpStateStats --section MemoryWorkloadAnalysis --section LaunchStats --section Occupancy ${STALL_SECTIONS} \
     ./build/mimic_cuda_check prof $CK decodegraph > "$L/stall-gemv.txt" 2>&1
   echo "stall rc $?"
 fi

@@ -96,7 +96,8 @@ struct TileRows {
   __device__ int operator()(int r) const { return m0 + r + (r >= 8 ? hs : 0); }
 };
 
-// The pair of byte i (0..3) of word w, from the lane's copy: byte offset (byte·32 + lane)·4.
+// The pair of byte i (0..3) of word w, from the lane's copy: byte offset (byte·32 + lane)·4. (A shift,
+// two LOP3s and the LDS in SASS; round 15 made it one LOP3 by inline PTX: no change in the step.)
 __device__ __forceinline__ uint32_t pair_of(const char* tab_lane, uint32_t w, int i) {
   const uint32_t off = i == 0 ? (w << 7) & 0x7f80u : (w >> (8 * i - 7)) & 0x7f80u;
   return *reinterpret_cast<const uint32_t*>(tab_lane + off);
@@ -107,12 +108,16 @@ __device__ __forceinline__ uint32_t pair_of(const char* tab_lane, uint32_t w, in
 // ran at 15-23 % of DRAM). Round 14 tried each warp staging and awaiting only its own 64-blocks in two
 // halves (products overlapping the copy): 4 % slower in the step — the copy is not what a block waits
 // for after the PDL wait (the timeline's ablations: the products are).
+// Warp w copies rows 2w, 2w + 1, its lanes striding over a row's 16-byte pieces (no integer division
+// per piece: round 15's profile had the staging loops at ~25 % of gate/up's instructions).
 __device__ __forceinline__ void stage_tile(char* smem, const Layout& Lo, const GemvJob& J, int u, TileRows rows, int tid) {
-  const int row_bytes = J.K >> 1, pieces = row_bytes >> 4;
+  const int row_bytes = J.K >> 1, pieces = row_bytes >> 4, warp = tid >> 5, lane = tid & 31;
   char* dst = smem + Lo.w_off[u];
-  for (int i = tid; i < kRows * pieces; i += kThreads) {
-    const int r = i / pieces, c = i - r * pieces;
-    cp_async16(dst + r * Lo.w_pitch + 16 * c, J.packed + (int64_t)rows(r) * row_bytes + 16 * c);
+  static_assert(kRows == 2 * kWarps, "two rows a warp");
+#pragma unroll
+  for (int r = 2 * warp; r < 2 * warp + 2; ++r) {
+    const uint8_t* src = J.packed + (int64_t)rows(r) * row_bytes;
+    for (int c = lane; c < pieces; c += 32) cp_async16(dst + r * Lo.w_pitch + 16 * c, src + 16 * c);
   }
 }
 
@@ -121,10 +126,11 @@ __device__ __forceinline__ void stage_tile(char* smem, const Layout& Lo, const G
 // or plain fp32 absmax straight into the padded am rows.
 __device__ __forceinline__ void stage_absmax(char* smem, const Layout& Lo, const GemvJob& J, int u, TileRows rows, int tid) {
   if (J.absmax) {
-    for (int i = tid; i < kRows * Lo.nb; i += kThreads) {
-      const int r = i / Lo.nb, b = i - r * Lo.nb;
-      reinterpret_cast<float*>(smem + Lo.am_off[u])[r * Lo.am_pitch + b] = __ldg(J.absmax + (int64_t)rows(r) * Lo.nb + b);
-    }
+    const int warp = tid >> 5, lane = tid & 31;
+#pragma unroll
+    for (int r = 2 * warp; r < 2 * warp + 2; ++r)
+      for (int b = lane; b < Lo.nb; b += 32)
+        reinterpret_cast<float*>(smem + Lo.am_off[u])[r * Lo.am_pitch + b] = __ldg(J.absmax + (int64_t)rows(r) * Lo.nb + b);
   } else if (rows.hs == 0) {
     const uint8_t* a8 = J.am_u8 + (int64_t)rows.m0 * Lo.nb;
     for (int i = tid; i < (kRows * Lo.nb) >> 4; i += kThreads) cp_async16(smem + Lo.u8_off[u] + 16 * i, a8 + 16 * i);
@@ -143,11 +149,15 @@ __device__ __forceinline__ void decode_absmax(char* smem, const Layout& Lo, cons
   if (J.absmax) return;
   const uint8_t* a8 = reinterpret_cast<const uint8_t*>(smem + Lo.u8_off[u]);
   float* am = reinterpret_cast<float*>(smem + Lo.am_off[u]);
-  for (int i = tid; i < kRows * Lo.nb; i += kThreads) {
-    const int r = i / Lo.nb, b = i - r * Lo.nb;
-    const int64_t blk = (int64_t)rows(r) * Lo.nb + b;
-    const uint8_t c = rows.hs == 0 || Lo.nb % 2 == 0 ? a8[i] : __ldg(J.am_u8 + blk);
-    am[r * Lo.am_pitch + b] = fmaf(code2[c], __ldg(J.absmax2 + (blk >> 8)), J.offset);
+  const int warp = tid >> 5, lane = tid & 31;
+  const bool staged = rows.hs == 0 || Lo.nb % 2 == 0;
+#pragma unroll
+  for (int r = 2 * warp; r < 2 * warp + 2; ++r) {
+    const int64_t row0 = (int64_t)rows(r) * Lo.nb;
+    for (int b = lane; b < Lo.nb; b += 32) {
+      const uint8_t c = staged ? a8[r * Lo.nb + b] : __ldg(J.am_u8 + row0 + b);
+      am[r * Lo.am_pitch + b] = fmaf(code2[c], __ldg(J.absmax2 + ((row0 + b) >> 8)), J.offset);
+    }
   }
 }
 
@@ -343,8 +353,8 @@ __global__ void __launch_bounds__(kThreads, 3) gemv_tc_kernel(const __grid_const
   const Layout Lo(J.K, nj);
   const int b_lo = warp * Lo.nb / kWarps, b_hi = (warp + 1) * Lo.nb / kWarps;
   const int b_end = P.ablate & 2 ? b_lo : b_hi;
-  float* code2 = reinterpret_cast<float*>(smem + kPairBytes);
   const char* tab_lane = smem + 4 * lane;
+  float* code2 = reinterpret_cast<float*>(smem + kPairBytes);
   const int N = P.N;
   if constexpr (PDL) pdl_trigger();
   float rc = 0.f, rs = 0.f, res_v = 0.f;
