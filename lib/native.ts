@@ -51,6 +51,9 @@ export interface NativeSession {
   /**
    * Appends `ids` (a prompt, or the last sampled token) to the cache and samples the next token
    * with `sampling`; `history` is what the repetition penalty looks at (prompt + generated ids).
+   * On the GPU the step for the returned token is launched before the promise resolves, so that
+   * the next `next([token])` only waits for the GPU (feeding anything else, or reset(), simply
+   * discards that step; the tokens are the same either way). `MIMIC_RUN_AHEAD=0` turns it off.
    */
   next(ids: Int32Array, sampling: NativeSamplingOptions, history: Int32Array): Promise<number>;
   /** Clears the cache; the RNG keeps its state. */
