@@ -173,8 +173,6 @@ Napi::Value Session::Release(const Napi::CallbackInfo& info) {
   state_->cache.len = 0;
 #ifdef MIMIC_CUDA
   state_->ahead.len = -1;
-#endif
-#ifdef MIMIC_CUDA
   if (state_->gpu_kv && !state_->gpu_kv->k.empty()) {
     cuda::kv_release(std::move(state_->gpu_kv));
     state_->gpu_kv = std::make_shared<cuda::DeviceKV>();

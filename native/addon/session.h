@@ -33,7 +33,8 @@ struct SessionState {
   // length `len`, the decode graph for that token is launched before returning, so the GPU computes it
   // while JavaScript handles the token. The next next() with exactly [token] at that length (same
   // cache, model and adapter) only samples its logits; anything else ignores it (its K/V row at `len`
-  // is overwritten by whichever step comes next). Set by next(); cleared by next() and nextBatch().
+  // is overwritten by whichever step comes next). Set by next(); cleared by next(), nextBatch(), reset()
+  // and _release().
   struct Ahead {
     int len = -1;
     int32_t token = 0;
