@@ -2,14 +2,13 @@
 #include "addon/session.h"
 
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <vector>
 
 #include "addon/args.h"
 #include "addon/data.h"
 #include "addon/errors.h"
 #include "addon/model.h"
+#include "core/env.h"
 #include "core/error.h"
 
 #ifdef MIMIC_CUDA
@@ -35,10 +34,7 @@ namespace {
 
 #ifdef MIMIC_CUDA
 // MIMIC_RUN_AHEAD=0 turns the run-ahead step off (SessionState::Ahead; the A/B leg). Read per call.
-bool RunAhead() {
-  const char* e = std::getenv("MIMIC_RUN_AHEAD");
-  return !(e && std::strcmp(e, "0") == 0);
-}
+bool RunAhead() { return env_switch_on("MIMIC_RUN_AHEAD"); }
 #endif
 
 class NextWorker : public Worker {

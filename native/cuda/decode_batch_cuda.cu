@@ -41,6 +41,7 @@
 #include <map>
 #include <type_traits>
 
+#include "core/env.h"
 #include "cuda/common.cuh"
 #include "cuda/decode_kernels.cuh"
 #include "cuda/llama_cuda.h"
@@ -120,10 +121,7 @@ struct StepStart {
   }
 };
 
-bool batch_graph_enabled() {
-  const char* e = std::getenv("MIMIC_BATCH_GRAPH");
-  return !(e && std::strcmp(e, "0") == 0);
-}
+bool batch_graph_enabled() { return env_switch_on("MIMIC_BATCH_GRAPH"); }
 
 int max_lora_rank(const DeviceModel& d) {
   int R = 0;

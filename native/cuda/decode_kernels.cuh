@@ -17,6 +17,7 @@
 #include <cstring>
 #include <initializer_list>
 
+#include "core/env.h"
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
 #include "cuda/llama_cuda.h"
@@ -249,14 +250,8 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(bf16* __restr
 // MIMIC_ATTN_PREFETCH=0: no L2 prefetch of the old cache rows before the PDL wait; MIMIC_ATTN_VPRE=0:
 // value rows loaded after the scores (the A/B legs). Read at each launch (recording): one process may
 // alternate A/B legs.
-bool attn_prefetch_enabled() {
-  const char* e = std::getenv("MIMIC_ATTN_PREFETCH");
-  return !(e && std::strcmp(e, "0") == 0);
-}
-bool attn_vpre_enabled() {
-  const char* e = std::getenv("MIMIC_ATTN_VPRE");
-  return !(e && std::strcmp(e, "0") == 0);
-}
+bool attn_prefetch_enabled() { return env_switch_on("MIMIC_ATTN_PREFETCH"); }
+bool attn_vpre_enabled() { return env_switch_on("MIMIC_ATTN_VPRE"); }
 void decode_attn(bf16* out, const bf16* q, const bf16* const* ktab, const bf16* const* vtab, const bf16* k1,
                  const bf16* v1, const int32_t* pos, int S, int Hq, int Hkv, int D) {
   const dim3 grid(Hq, S);

@@ -17,6 +17,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/env.h"
 #include "cuda/common.cuh"
 #include "cuda/decode_kernels.cuh"
 #include "cuda/gemv_tc.h"
@@ -76,10 +77,7 @@ __global__ void trace_marker_kernel(unsigned long long* stamps, int i) {
 int g_pdl_override = -1;
 bool g_pdl_broken = false;  // a capture with PDL failed once: plain launches from then on
 bool pdl_wanted() {
-  static const bool env = [] {
-    const char* e = std::getenv("MIMIC_DECODE_PDL");
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
+  static const bool env = env_switch_on("MIMIC_DECODE_PDL");
   return !g_pdl_broken && (g_pdl_override >= 0 ? g_pdl_override == 1 : env);
 }
 
@@ -91,14 +89,12 @@ bool pdl_wanted() {
 // slower (a fence in every block, then one block's serial norm), removed.
 int g_fuse_override = -1;
 bool fuse_wanted() {
-  const char* e = std::getenv("MIMIC_DECODE_FUSE");
-  const bool env = !(e && std::strcmp(e, "0") == 0);
+  const bool env = env_switch_on("MIMIC_DECODE_FUSE");
   return g_fuse_override >= 0 ? g_fuse_override == 1 : env;
 }
 
 bool graph_enabled() {
-  const char* e = std::getenv("MIMIC_DECODE_GRAPH");
-  return !(e && std::strcmp(e, "0") == 0) && gemv_enabled();
+  return env_switch_on("MIMIC_DECODE_GRAPH") && gemv_enabled();
 }
 
 // Records the whole step on the (capturing) stream.

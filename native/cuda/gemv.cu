@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/env.h"
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
 #include "cuda/gemv_tc.h"
@@ -284,8 +285,7 @@ template <int NT>
 bool launch_rows(const Params& P) {
   const GemvJob& J = P.j[0];
   const int xs_bytes = P.N * J.K * 2;
-  const char* e = std::getenv("MIMIC_GEMV_ROWS");
-  if (P.nj != 1 || P.glu || !J.W || !J.fast || J.lora_B || xs_bytes > kXsMaxBytes || (e && std::strcmp(e, "0") == 0))
+  if (P.nj != 1 || P.glu || !J.W || !J.fast || J.lora_B || xs_bytes > kXsMaxBytes || !env_switch_on("MIMIC_GEMV_ROWS"))
     return false;
   static const int slots = [] {
     int n = 0;
@@ -304,10 +304,7 @@ bool launch_rows(const Params& P) {
 void gemv_launch(const GemvJob* jobs, int n_jobs, int64_t N, bool glu);
 void gemv(const GemvJob* jobs, int n_jobs, int64_t N) { gemv_launch(jobs, n_jobs, N, false); }
 
-bool gemv_enabled() {
-  const char* e = std::getenv("MIMIC_NF4_GEMV");
-  return !(e && std::strcmp(e, "0") == 0);
-}
+bool gemv_enabled() { return env_switch_on("MIMIC_NF4_GEMV"); }
 
 void gemv_launch(const GemvJob* jobs, int n_jobs, int64_t N, bool glu) {
   MIMIC_CHECK(n_jobs >= 1 && n_jobs <= kGemvMaxJobs, "EINVAL", "gemv: 1..", kGemvMaxJobs, " jobs, got ", n_jobs);

@@ -53,6 +53,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/env.h"
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
 #include "cuda/gemv_tc.h"
@@ -489,10 +490,7 @@ bool aligned(const void* p, uintptr_t a) { return ((uintptr_t)p & (a - 1)) == 0;
 }  // namespace
 
 bool gemv_tc_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("MIMIC_GEMV_TC");
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
+  static const bool on = env_switch_on("MIMIC_GEMV_TC");
   return on;
 }
 
@@ -523,10 +521,8 @@ bool plan(const GemvJob* jobs, int n_jobs, int64_t N, bool glu, Params& P, int& 
   // read at every plan (a graph's recording), not once, so that one process can alternate A/B legs
   const char* ab = std::getenv("MIMIC_GEMV_TC_ABLATE");
   P.ablate = ab ? std::atoi(ab) : 0;
-  const char* rp = std::getenv("MIMIC_GEMV_TC_RESPRE");  // 0: the residual loaded in the epilogue (the A/B leg)
-  P.res_pre = !(rp && std::strcmp(rp, "0") == 0);
-  const char* xw = std::getenv("MIMIC_GEMV_TC_XWARP");  // 0: x loaded a block ahead (the A/B leg)
-  P.x_warp = !(xw && std::strcmp(xw, "0") == 0);
+  P.res_pre = env_switch_on("MIMIC_GEMV_TC_RESPRE");  // 0: the residual loaded in the epilogue (the A/B leg)
+  P.x_warp = env_switch_on("MIMIC_GEMV_TC_XWARP");     // 0: x loaded a block ahead (the A/B leg)
   return true;
 }
 }  // namespace

@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/env.h"
 #include "cuda/common.cuh"
 #include "ops/cross_entropy.h"
 
@@ -207,10 +208,7 @@ struct LayerRun {
 // MIMIC_LAYER_DENSE=0: the recompute and the backward dequantize each weight on their own (3
 // dequantize passes a step instead of 2; same results).
 bool layer_dense_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("MIMIC_LAYER_DENSE");
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
+  static const bool on = env_switch_on("MIMIC_LAYER_DENSE");
   return on;
 }
 

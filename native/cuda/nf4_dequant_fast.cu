@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/env.h"
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
 #include "cuda/nf4_dequant_fast.h"
@@ -115,10 +116,7 @@ int resident_grid() {
 }  // namespace
 
 bool nf4_dequant_fast_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("MIMIC_NF4_DEQUANT_FAST");  // on unless "0" (round 7: the default)
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
+  static const bool on = env_switch_on("MIMIC_NF4_DEQUANT_FAST");  // round 7: the default
   return on;
 }
 

@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/env.h"
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
 
@@ -205,10 +206,7 @@ void launch(float* part, const bf16* x, const NF4Device& W, int S, int splits, i
 }  // namespace
 
 bool nf4_gemm_small_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("MIMIC_NF4_GEMM_SMALL");
-    return !(e && std::strcmp(e, "0") == 0);
-  }();
+  static const bool on = env_switch_on("MIMIC_NF4_GEMM_SMALL");
   return on;
 }
 
