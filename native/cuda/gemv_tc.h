@@ -32,7 +32,7 @@ struct GemvParams {
   int tiles, tile_stride;  // 16-row tiles a block takes (gemv_tc), tile_stride blocks apart (one job)
   int x_warp;  // gemv_tc, N = 1: each warp loads its x slice at once (MIMIC_GEMV_TC_XWARP=0: a block ahead)
   int res_pre;  // gemv_tc, one tile a block: the residual loaded right after the wait (MIMIC_GEMV_TC_RESPRE=0: in the epilogue)
-  int ablate;  // gemv_tc, MIMIC_GEMV_TC_ABLATE (profiling only, wrong results): 1 no weight copy, 2 no products, 4 no x loads
+  int ablate;  // gemv_tc, MIMIC_GEMV_TC_ABLATE (profiling only, wrong results): 1 no weight copy, 2 no products, 4 no x loads, 8 a release (fence + atomic) a block
 };
 
 // out[n, m] = α·v + res[n, m] + β·out[n, m] (bf16 or fp32 out): the common epilogue of a job's
