@@ -52,12 +52,13 @@ gpu_checkpoint() {
   cp -n .gpu-carry/tok/tokenizer*.json $CK/ 2>/dev/null
 }
 
-# serve-load against the 3B at C clients on GPU 0 (serve-C.json / .err in $L), one summary line
+# serve-load against the 3B at C clients on GPU 0 (serve-C[TAG].json / .err in $L), one summary line;
+# TAG (optional) names a leg run under other env assignments: ( export X=0; gpu_serve 32 -x0 )
 gpu_serve() {
   local C=$1 R; R=$([ "$1" = 1 ] && echo 6 || echo 128)
-  can 25 "serve $C" || return 1
+  can 25 "serve $C$2" || return 1
   CUDA_VISIBLE_DEVICES=0 timeout $(left 60) node .gpu-carry/serve-load.mjs --model $CK --device cuda --quant nf4 \
-    --clients $C --requests $R --max-tokens 128 --max-sessions 32 --deadline 50 --json > "$L/serve-$C.json" 2> "$L/serve-$C.err"
+    --clients $C --requests $R --max-tokens 128 --max-sessions 32 --deadline 50 --json > "$L/serve-$C$2.json" 2> "$L/serve-$C$2.err"
 }
 serve_line() {
   echo "serve $1: $(node -e "const r=JSON.parse(require('fs').readFileSync('$L/serve-$1.json','utf8'));console.log(r.tokensPerSecond,'tok/s p50',r.p50Ms,'p99',r.p99Ms,'errors',r.errors)" 2>&1 | tail -1)"

@@ -19,6 +19,7 @@ gpu_checkpoint
   cp /tmp/js/js-round.json "$L/" 2>/dev/null
   can 60 cpp-bench && CUDA_VISIBLE_DEVICES=0 timeout $(left 150) ./build/mimic_cuda_check bench $CK "${STEPS:-12}" /tmp > "$L/bench.log" 2>&1
   for C in 1 32; do gpu_serve $C; done
+  [ -n "$SERVE_AB" ] && ( export $SERVE_AB; gpu_serve 32 -ab )  # SERVE_AB="X=0": 32 clients again under X=0
 ) &
 SIDE=$!
 can 60 peer && CUDA_VISIBLE_DEVICES=$G1 timeout $(left 200) python3 bench/peers/peer_torch.py --train 8x512,2x512 --decode 64 --steps 6 2>&1 | grep '^{' > "$L/peer.log"
@@ -34,5 +35,6 @@ echo "-- bench (default):"; grep -h '^BENCH' "$L/bench.log" 2>/dev/null
 echo "-- bench ${AB_ENV:-MIMIC_NF4_GEMM_SMALL=0}:"; grep -h '^BENCH' "$L/bench-ab.log" 2>/dev/null
 grep -h '^CHECK FAIL\|^PHASE .* FAILED\|^RESULT\|^JS ROUND' "$L/js.log" 2>/dev/null
 for C in 1 32; do serve_line $C; done
+[ -n "$SERVE_AB" ] && echo "[$SERVE_AB]" && serve_line 32-ab
 node bench/gpu/round3.mjs "$L" 2>&1 | tail -24
 pack; ls -la "$OUT"

@@ -49,10 +49,13 @@ const flat = (obj) => { const keys = Object.keys(obj).sort(); const n = keys.red
 const checks = [];
 const check = (name, err, tol) => { const pass = Number.isFinite(err) && err <= tol; checks.push({ name, err, tol, pass }); log(`CHECK ${pass ? 'PASS' : 'FAIL'} ${name}: ${err.toExponential(3)} (tol ${tol})`); return pass; };
 
-// GPU memory in use (whole device) sampled every 50 ms while fn runs → peak GiB.
+// GPU memory in use (the whole card this process runs on) sampled every 50 ms while fn runs → peak
+// GiB. nvidia-smi ignores CUDA_VISIBLE_DEVICES, so the card is named with -i: without it the query
+// printed every card and the peak was the busiest one's (round 16: the PyTorch peer's 33 GiB on GPU 1).
 async function withPeak(fn) {
   if (device !== 'cuda') return { value: await fn(), peakGiB: null };
-  const p = spawn('nvidia-smi', ['--query-gpu=memory.used', '--format=csv,noheader,nounits', '-lms', '50']);
+  const card = (process.env.CUDA_VISIBLE_DEVICES ?? '0').split(',')[0].trim() || '0';
+  const p = spawn('nvidia-smi', ['-i', card, '--query-gpu=memory.used', '--format=csv,noheader,nounits', '-lms', '50']);
   let peak = 0;
   p.stdout.on('data', (d) => { for (const l of String(d).split('\n')) { const v = Number(l.trim()); if (l.trim() && v > peak) peak = v; } });
   p.on('error', () => {});
@@ -131,6 +134,36 @@ if (phases.includes('parity')) await phase('parity', async () => {
   const detour = (i, t, s) => { if (i === 4) s.reset(); return i === 4 ? ids[0] : i === 2 || i === 6 ? (t + 1) % V : t; };
   for (const [name, sampling, script] of [['greedy', GREEDY, plain], ['sampled', SAMPLED, plain], ['greedy, other tokens fed + reset', GREEDY, detour], ['sampled, other tokens fed + reset', SAMPLED, detour]])
     check(`run-ahead on == off: ${name} (then nextBatch)`, (await walk(true, sampling, script)) === (await walk(false, sampling, script)) ? 0 : 1, 0);
+  // The batched step run ahead (addon/batch.cpp: nextBatch() launches the step of the tokens it
+  // returns): the same tokens with it off, through a script where a session joins with a prompt, one
+  // leaves and comes back, one is fed another token than the one returned, one is reset, the rows come
+  // in another order, and one steps alone with next() in between.
+  const batchWalk = async (ahead, sampling) => {
+    process.env.MIMIC_RUN_AHEAD = ahead ? '1' : '0';
+    try {
+      const ss = [0, 1, 2, 3].map((i) => mg.createSession(64, 20 + i));
+      const hist = ss.map(() => []), out = [];
+      const feed = new Map([[0, ids.subarray(0, 5)], [1, ids.subarray(5, 9)], [2, ids.subarray(9, 16)]]);
+      for (let step = 0; step < 14; step++) {
+        if (step === 3) feed.set(3, ids.subarray(2, 8));
+        if (step === 5) feed.delete(1);
+        if (step === 7) feed.set(2, Int32Array.of((feed.get(2)[0] + 1) % V));
+        if (step === 9) { ss[0].reset(); feed.set(0, ids.subarray(1, 6)); }
+        if (step === 11) feed.set(1, Int32Array.of(hist[1].at(-1)));
+        if (step === 12) {
+          const t = await ss[2].next(feed.get(2), sampling, Int32Array.from(hist[2]));
+          hist[2].push(t); feed.set(2, Int32Array.of(t)); out.push(`n${t}`);
+        }
+        const order = step === 10 ? [...feed.keys()].reverse() : [...feed.keys()];
+        const toks = await mg.nextBatch(order.map((i) => ss[i]), order.map((i) => feed.get(i)), order.map(() => sampling), order.map((i) => Int32Array.from(hist[i])));
+        order.forEach((i, k) => { hist[i].push(toks[k]); feed.set(i, Int32Array.of(toks[k])); out.push(`${i}:${toks[k]}`); });
+      }
+      return [...out, ...ss.map((s) => s.length)].join(',');
+    } finally { delete process.env.MIMIC_RUN_AHEAD; }
+  };
+  for (const [name, sampling] of [['greedy', GREEDY], ['sampled', SAMPLED]])
+    check(`batched run-ahead on == off: ${name} (join, leave, other token, reset, order, next() between)`,
+      (await batchWalk(true, sampling)) === (await batchWalk(false, sampling)) ? 0 : 1, 0);
 
   const opts0 = { lora: { r: 4, alpha: 8, dropout: 0, targets: TARGETS }, seed: 3, recompute: false };
   const t0 = mc.createTrainer(opts0), t0g = mg.createTrainer(opts0);
@@ -217,6 +250,23 @@ if (phases.includes('bench') && ckpt) await phase('bench', async () => {
     for (let i = 0; i < n; i++) tok = await s.next(Int32Array.of(tok), GREEDY);
     r.decode_tok_s_no_run_ahead = result('decode_tok_s_no_run_ahead (the same, MIMIC_RUN_AHEAD=0)', n / ((performance.now() - t) / 1000));
     delete process.env.MIMIC_RUN_AHEAD;
+    // batched decode through Node (model.nextBatch, what serve runs), S sessions a step, greedy; with
+    // and without the batched step run ahead (addon/batch.cpp)
+    for (const S of [8, 32]) {
+      const ss = Array.from({ length: S }, (_, i) => m.createSession(256, i));
+      const none = ss.map(() => new Int32Array(0)), greedy = ss.map(() => GREEDY);
+      let toks = await m.nextBatch(ss, ss.map((_, i) => Int32Array.from({ length: 16 }, (_, j) => (i * 131 + j * 7) % 128000)), greedy, none);
+      const steps = async (n) => { for (let k = 0; k < n; k++) toks = await m.nextBatch(ss, [...toks].map((x) => Int32Array.of(x)), greedy, none); };
+      await steps(4);  // the width's graph captured
+      t = performance.now();
+      await steps(64);
+      r[`batch${S}_tok_s`] = result(`batch${S}_tok_s (model.nextBatch, ${S} sessions, greedy)`, S * 64 / ((performance.now() - t) / 1000));
+      process.env.MIMIC_RUN_AHEAD = '0';
+      t = performance.now();
+      await steps(64);
+      r[`batch${S}_tok_s_no_run_ahead`] = result(`batch${S}_tok_s_no_run_ahead (the same, MIMIC_RUN_AHEAD=0)`, S * 64 / ((performance.now() - t) / 1000));
+      delete process.env.MIMIC_RUN_AHEAD;
+    }
     for (const P of [512, 100]) {
       const sp = m.createSession(P + 8, 1);
       const ids = Int32Array.from({ length: P }, (_, i) => (i * 17 + 3) % 128000);

@@ -95,12 +95,19 @@ class NextBatchWorker : public Worker {
     }
     cuda::DeviceModel& d = ms.device_model();
     std::vector<cuda::DeviceDecodeSeq> seqs(e_.size());
+    const uint64_t ticket = cuda::decode_batch_ticket(d);  // the step the previous nextBatch() ran ahead, if still the last
+    bool taken = false;
     for (size_t i = 0; i < e_.size(); ++i) {
       BatchEntry& e = e_[i];
       SessionState& s = *e.s;
       if (!s.gpu_kv || s.gpu_kv->k.empty()) s.gpu_kv = cuda::kv_acquire(d, s.cache.max_len);
       s.gpu_kv->len = s.cache.len;  // reset() sets the counter only
-      s.ahead.len = -1;             // this step writes the row a next() may have run ahead into
+      const SessionState::BatchAhead& ba = s.batch_ahead;
+      const bool hit = ticket && ba.ticket == ticket && e.ids.size() == 1 && e.ids[0] == ba.token &&
+                       ba.len == s.cache.len && ba.kv == s.gpu_kv.get();
+      taken |= hit;
+      seqs[i].ahead_row = hit ? ba.row : -1;
+      s.forget_ahead();             // this step writes the rows a next() or nextBatch() may have run ahead into
       cuda::DeviceDecodeSeq& q = seqs[i];
       q.kv = s.gpu_kv.get();
       q.ids = e.ids.data();
@@ -112,7 +119,7 @@ class NextBatchWorker : public Worker {
     }
     tokens_.resize(e_.size());
     try {
-      cuda::decode_batch(d, seqs.data(), (int)seqs.size(), tokens_.data());
+      cuda::decode_batch(d, seqs.data(), (int)seqs.size(), tokens_.data(), taken ? ticket : 0);
     } catch (...) {
       for (BatchEntry& e : e_) e.s->cache.len = e.s->gpu_kv->len;
       throw;
@@ -120,6 +127,25 @@ class NextBatchWorker : public Worker {
     for (BatchEntry& e : e_) {
       e.s->cache.len = e.s->gpu_kv->len;
       e.s->lora_version = lv;
+    }
+    if (RunAhead() && e_.size() >= 2) RunAheadStep(d);
+  }
+  // The step for the tokens just sampled, launched before they go back to JavaScript (one graph
+  // launch, no wait): when the next nextBatch() brings these sessions with these tokens, their rows
+  // are only sampled. Only an optimization: if it fails, this call still returns its tokens.
+  void RunAheadStep(cuda::DeviceModel& d) {
+    std::vector<cuda::DeviceKV*> kvs(e_.size());
+    for (size_t i = 0; i < e_.size(); ++i) kvs[i] = e_[i].s->gpu_kv.get();
+    uint64_t t = 0;
+    try {
+      t = cuda::decode_batch_ahead(d, kvs.data(), tokens_.data(), (int)e_.size());
+    } catch (const std::exception&) {
+      t = 0;
+    }
+    for (size_t i = 0; i < e_.size(); ++i) {
+      SessionState& s = *e_[i].s;
+      s.gpu_kv->len = s.cache.len;
+      if (t) s.batch_ahead = {t, (int)i, s.cache.len, tokens_[i], s.gpu_kv.get()};
     }
   }
 #endif

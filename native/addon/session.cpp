@@ -30,12 +30,11 @@ SamplingParams ReadSampling(Napi::Env env, Napi::Value v) {
   return p;
 }
 
-namespace {
-
 #ifdef MIMIC_CUDA
-// MIMIC_RUN_AHEAD=0 turns the run-ahead step off (SessionState::Ahead; the A/B leg). Read per call.
 bool RunAhead() { return env_switch_on("MIMIC_RUN_AHEAD"); }
 #endif
+
+namespace {
 
 class NextWorker : public Worker {
  public:
@@ -72,7 +71,7 @@ class NextWorker : public Worker {
         kv.len = s_->cache.len;  // reset() sets the counter only
         last = cuda::llama_forward(d, ids_.data(), (int)ids_.size(), &kv, nullptr, 1);
       }
-      a.len = -1;
+      s_->forget_ahead();
       s_->cache.len = kv.len;
       token_ = cuda::sample_token(last, m.cfg.vocab_size, p_, history_.data(), (int64_t)history_.size(), s_->rng);
       if (RunAhead() && kv.len < kv.max_len && cuda::decode_step_ready(d, kv)) {
@@ -168,7 +167,7 @@ Napi::Value Session::Release(const Napi::CallbackInfo& info) {
   if (state_->busy) return Napi::Boolean::New(env, false);
   state_->cache.len = 0;
 #ifdef MIMIC_CUDA
-  state_->ahead.len = -1;
+  state_->forget_ahead();
   if (state_->gpu_kv && !state_->gpu_kv->k.empty()) {
     cuda::kv_release(std::move(state_->gpu_kv));
     state_->gpu_kv = std::make_shared<cuda::DeviceKV>();
@@ -182,7 +181,7 @@ Napi::Value Session::Reset(const Napi::CallbackInfo& info) {
   if (state_->busy) throw MakeError(env, "EBUSY", "session.reset() while next() is running; await it first");
   state_->cache.len = 0;
 #ifdef MIMIC_CUDA
-  state_->ahead.len = -1;
+  state_->forget_ahead();
 #endif
   return env.Undefined();
 }

@@ -34,7 +34,7 @@ struct SessionState {
   // while JavaScript handles the token. The next next() with exactly [token] at that length (same
   // cache, model and adapter) only samples its logits; anything else ignores it (its K/V row at `len`
   // is overwritten by whichever step comes next). Set by next(); cleared by next(), nextBatch(), reset()
-  // and _release().
+  // and _release() (forget_ahead()).
   struct Ahead {
     int len = -1;
     int32_t token = 0;
@@ -42,6 +42,20 @@ struct SessionState {
     const cuda::DeviceKV* kv = nullptr;
     uint64_t model_uid = 0, device_lora = 0;
   } ahead;
+  // This session's row in the batched step run ahead (cuda::decode_batch_ahead, launched by a
+  // nextBatch() for the tokens it returned): taken by the next nextBatch() that brings exactly
+  // `token` at cache length `len` while `ticket` is still the model's last batched forward. Set by
+  // nextBatch(); cleared with `ahead` (forget_ahead()).
+  struct BatchAhead {
+    uint64_t ticket = 0;
+    int row = -1, len = -1;
+    int32_t token = 0;
+    const cuda::DeviceKV* kv = nullptr;
+  } batch_ahead;
+  void forget_ahead() {
+    ahead.len = -1;
+    batch_ahead.ticket = 0;
+  }
 #endif
   std::atomic<bool> busy{false};
   explicit SessionState(uint64_t seed) : rng(seed) {}
@@ -63,6 +77,11 @@ class Session : public Napi::ObjectWrap<Session> {
   Napi::Value Release(const Napi::CallbackInfo& info);
   std::shared_ptr<SessionState> state_;
 };
+
+#ifdef MIMIC_CUDA
+// MIMIC_RUN_AHEAD=0 turns the steps run ahead off (next()'s and nextBatch()'s; the A/B leg). Read per call.
+bool RunAhead();
+#endif
 
 // Reads a NativeSamplingOptions object; throws EINVAL naming the bad field.
 SamplingParams ReadSampling(Napi::Env env, Napi::Value v);

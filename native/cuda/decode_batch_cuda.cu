@@ -36,6 +36,7 @@
 // GEMV and stay bit-exact. Its graph is captured on the second step of a width (the first runs
 // eagerly, so cuBLAS has picked and loaded its kernels); a capture that fails sends that route eager
 // for the rest of the process.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -86,6 +87,15 @@ struct BatchDecode {
   };
   std::map<int, Graph> graphs;       // by 2·S + route (1: GEMM)
   std::map<int, int> seen;           // GEMM route: steps run per width (captured from the second on)
+  // The last batched forward's ticket (decode_batch_ticket): logits hold its rows until the next one.
+  uint64_t ticket = 0;
+  int ticket_rows = 0;
+  // Recorded after each copy of `host` to `meta`: a step run ahead (decode_batch_ahead) returns before
+  // its copy ran, so the next step waits for this before it rewrites the pinned table.
+  cudaEvent_t meta_copied = nullptr;
+  void wait_meta() const {
+    if (meta_copied) MIMIC_CUDA_CHECK(cudaEventSynchronize(meta_copied));
+  }
   void clear_graphs() {
     for (auto& [s, g] : graphs) {
       if (g.exec) cudaGraphExecDestroy(g.exec);
@@ -97,6 +107,7 @@ struct BatchDecode {
   ~BatchDecode() {
     clear_graphs();
     if (host) cudaFreeHost(host);
+    if (meta_copied) cudaEventDestroy(meta_copied);
   }
   bf16** ktab() const { return reinterpret_cast<bf16**>(meta.p); }
   int32_t* ids(int L) const { return reinterpret_cast<int32_t*>(meta.p + sizeof(void*) * 2 * L * cap); }
@@ -302,6 +313,11 @@ void record_gemm(DeviceModel& d, BatchDecode& b, int S) {
 
 bool graphs_broken[2] = {false, false};  // a capture of that route (GEMV, GEMM) failed once in this process: eager from then on
 
+uint64_t next_ticket() {
+  static std::atomic<uint64_t> n{0};
+  return ++n;
+}
+
 }  // namespace
 
 const float* decode_batch_logits(DeviceModel& d, DeviceKV* const* kvs, const int32_t* ids, int S) {
@@ -310,7 +326,10 @@ const float* decode_batch_logits(DeviceModel& d, DeviceKV* const* kvs, const int
   MIMIC_CHECK(gemv_enabled() && c.head_dim % 8 == 0 && c.head_dim <= 256 && c.num_heads % c.num_kv_heads == 0,
               "ENOTSUP", "batched decoding on the GPU needs the fused GEMV (MIMIC_NF4_GEMV unset) and head_dim % 8 == 0, <= 256");
   const bool gemm = S >= batch_gemm_min_rows();
+  if (d.batch) d.batch->wait_meta();  // a step run ahead may not have copied its table yet
   BatchDecode& b = ensure(d, S, gemm);
+  b.ticket = next_ticket();  // from here on the logits are this step's
+  b.ticket_rows = S;
   const int L = c.num_layers, cap = b.cap;
   // the table: per layer the S sessions' K then V cache pointers, then ids and positions
   bf16** kt = reinterpret_cast<bf16**>(b.host);
@@ -327,8 +346,10 @@ const float* decode_batch_logits(DeviceModel& d, DeviceKV* const* kvs, const int
     hpos[s] = kv.len;
   }
   cudaStream_t st = Context::get().stream;
-  // the previous step's copy has finished: every step ends with a sync (sampling reads back)
+  // the previous step's copy has finished (wait_meta above)
   MIMIC_CUDA_CHECK(cudaMemcpyAsync(b.meta.p, b.host, b.meta_bytes, cudaMemcpyHostToDevice, st));
+  if (!b.meta_copied) MIMIC_CUDA_CHECK(cudaEventCreateWithFlags(&b.meta_copied, cudaEventDisableTiming));
+  MIMIC_CUDA_CHECK(cudaEventRecord(b.meta_copied, st));
   bool ran = false;
   const int key = 2 * S + (gemm ? 1 : 0);
   // the GEMM route's first step at a width runs eagerly (cuBLAS picks and loads its kernels outside a capture)
@@ -372,8 +393,67 @@ const float* decode_batch_logits(DeviceModel& d, DeviceKV* const* kvs, const int
   return b.logits.p;
 }
 
-void decode_batch(DeviceModel& d, const DeviceDecodeSeq* seqs, int S, int32_t* tokens) {
+uint64_t decode_batch_ticket(const DeviceModel& d) { return d.batch ? d.batch->ticket : 0; }
+
+uint64_t decode_batch_ahead(DeviceModel& d, DeviceKV* const* kvs, const int32_t* ids, int S) {
+  if (S < 2 || !d.batch || !batch_graph_enabled()) return 0;
+  const bool gemm = S >= batch_gemm_min_rows();
+  BatchDecode& b = *d.batch;
+  // only a graph already captured at this width, on buffers that hold S rows: a capture (or the GEMM
+  // route's eager first step) here would hold back the tokens the caller is about to return
+  if (graphs_broken[gemm] || S > b.cap || (gemm && b.gemm_cap != b.cap) || b.lora_version != d.lora_version ||
+      b.graphs.find(2 * S + (gemm ? 1 : 0)) == b.graphs.end())
+    return 0;
+  for (int s = 0; s < S; ++s)
+    if (kvs[s]->len >= kvs[s]->max_len) return 0;
+  decode_batch_logits(d, kvs, ids, S);
+  for (int s = 0; s < S; ++s) kvs[s]->len -= 1;  // not taken yet: decode_batch takes a row when its token comes back
+  return b.ticket;
+}
+
+void decode_batch(DeviceModel& d, const DeviceDecodeSeq* seqs, int S, int32_t* tokens, uint64_t ahead) {
   const int64_t V = d.cfg.vocab_size;
+  // First the one-token rows the step run ahead already computed (still the last batched forward):
+  // sampled from its logits before any forward of this call replaces them. Rows of that step that
+  // this batch does not bring are sampled greedily and dropped (no rng, no history: nobody's state).
+  if (ahead && d.batch && d.batch->ticket == ahead) {
+    BatchDecode& b = *d.batch;
+    SamplingParams argmax;
+    argmax.temperature = 0.f;
+    Rng unused(0);
+    std::vector<SampleRow> rows((size_t)b.ticket_rows, SampleRow{&argmax, nullptr, 0, &unused});
+    std::vector<int> of((size_t)b.ticket_rows, -1);
+    for (int s = 0; s < S; ++s) {
+      const DeviceDecodeSeq& q = seqs[s];
+      if (q.n_ids == 1 && q.ahead_row >= 0 && q.ahead_row < b.ticket_rows && of[(size_t)q.ahead_row] < 0) {
+        of[(size_t)q.ahead_row] = s;
+        rows[(size_t)q.ahead_row] = SampleRow{&q.params, q.history, q.n_history, q.rng};
+      }
+    }
+    if (std::any_of(of.begin(), of.end(), [](int s) { return s >= 0; })) {
+      std::vector<int32_t> picked((size_t)b.ticket_rows);
+      sample_tokens(b.logits.p, V, b.ticket_rows, rows.data(), picked.data());
+      for (size_t r = 0; r < of.size(); ++r)
+        if (of[r] >= 0) {
+          tokens[of[r]] = picked[r];
+          seqs[of[r]].kv->len += 1;  // the row the step run ahead wrote at this position
+        }
+    }
+    b.ticket = 0;  // sampled (the penalty edited rows in place): not again
+    std::vector<DeviceDecodeSeq> rest;
+    std::vector<int> at;
+    for (int s = 0; s < S; ++s)
+      if (!(seqs[s].n_ids == 1 && seqs[s].ahead_row >= 0 && seqs[s].ahead_row < (int)of.size() && of[(size_t)seqs[s].ahead_row] == s)) {
+        rest.push_back(seqs[s]);
+        rest.back().ahead_row = -1;
+        at.push_back(s);
+      }
+    if (rest.empty()) return;
+    std::vector<int32_t> t(rest.size());
+    decode_batch(d, rest.data(), (int)rest.size(), t.data(), 0);
+    for (size_t i = 0; i < at.size(); ++i) tokens[at[i]] = t[i];
+    return;
+  }
   std::vector<int> one;  // sequences with a single new token
   for (int s = 0; s < S; ++s) {
     const DeviceDecodeSeq& q = seqs[s];

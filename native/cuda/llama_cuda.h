@@ -120,11 +120,22 @@ struct DeviceDecodeSeq {
   const int32_t* history = nullptr;
   int64_t n_history = 0;
   Rng* rng = nullptr;
+  int ahead_row = -1;  // this one-token row's row in the step run ahead (decode_batch_ahead), or -1
 };
-void decode_batch(DeviceModel& d, const DeviceDecodeSeq* seqs, int S, int32_t* tokens);
+// ahead: the ticket decode_batch_ahead returned (0: none); rows with ahead_row >= 0 are sampled from
+// that step's logits when it is still the last batched forward, and the rest run as usual.
+void decode_batch(DeviceModel& d, const DeviceDecodeSeq* seqs, int S, int32_t* tokens, uint64_t ahead = 0);
 // The forward half for S one-token sequences: fp32 logits [S, V] on the device (valid until the
 // next call), every kv->len advanced by one.
 const float* decode_batch_logits(DeviceModel& d, DeviceKV* const* kvs, const int32_t* ids, int S);
+// The batched step run ahead (addon/batch.cpp): right after a nextBatch() sampled `ids`, the forward
+// for exactly those tokens is launched without waiting, so the GPU computes the next step while
+// JavaScript handles these tokens; kv->len stays (the rows are taken by decode_batch when the tokens
+// come back). Launched only where this width's graph is already captured (a capture would delay the
+// tokens at hand) and every cache has room; returns its ticket, or 0 when nothing was launched.
+uint64_t decode_batch_ahead(DeviceModel& d, DeviceKV* const* kvs, const int32_t* ids, int S);
+// The ticket of the last batched forward (0: none yet, or its logits already sampled).
+uint64_t decode_batch_ticket(const DeviceModel& d);
 
 // One token appended to kv (T = 1) as a single CUDA graph launch (native/cuda/decode_step.cu):
 // fused NF4/bf16 GEMVs, no cuBLAS, no host allocation. Returns the fp32 logits [V] on the device
