@@ -193,9 +193,13 @@ export interface NativeModel {
    * appends `ids[i]` (its last token, or a chunk of prompt) and samples its next token with
    * `sampling[i]` and `history[i]`, exactly as `sessions[i].next(ids[i], sampling[i], history[i])`
    * would; the projections run once over all the rows, so the weights are read once per step.
-   * Resolves with one token per session, in order. Rejects EINVAL (arrays of unequal length, a
-   * session of another model or twice), EBUSY (a session is in a running call), ENOTSUP (a
-   * non-CPU model: step its sessions with next()). All four arrays have the same length ≥ 1.
+   * Resolves with one token per session, in order. On device 'cuda' it then launches the step
+   * for the tokens it returned before returning them (native/cuda/decode_batch_cuda.cu,
+   * `decode_batch_ahead`): a next nextBatch() that brings those sessions with those tokens only
+   * samples their rows, so the GPU computes while JavaScript handles the tokens; anything else
+   * ignores it (`MIMIC_RUN_AHEAD=0`: off). Rejects EINVAL (arrays of unequal length, a session of
+   * another model or twice), EBUSY (a session is in a running call), ENOTSUP (a device without a
+   * batched step: step its sessions with next()). All four arrays have the same length ≥ 1.
    */
   nextBatch(sessions: NativeSession[], ids: Int32Array[], sampling: NativeSamplingOptions[], history: Int32Array[]): Promise<Int32Array>;
 }
