@@ -96,7 +96,7 @@ class NextBatchWorker : public Worker {
     cuda::DeviceModel& d = ms.device_model();
     std::vector<cuda::DeviceDecodeSeq> seqs(e_.size());
     const uint64_t ticket = cuda::decode_batch_ticket(d);  // the step the previous nextBatch() ran ahead, if still the last
-    bool taken = false;
+    bool any_hit = false;
     for (size_t i = 0; i < e_.size(); ++i) {
       BatchEntry& e = e_[i];
       SessionState& s = *e.s;
@@ -105,7 +105,7 @@ class NextBatchWorker : public Worker {
       const SessionState::BatchAhead& ba = s.batch_ahead;
       const bool hit = ticket && ba.ticket == ticket && e.ids.size() == 1 && e.ids[0] == ba.token &&
                        ba.len == s.cache.len && ba.kv == s.gpu_kv.get();
-      taken |= hit;
+      any_hit |= hit;
       seqs[i].ahead_row = hit ? ba.row : -1;
       s.forget_ahead();             // this step writes the rows a next() or nextBatch() may have run ahead into
       cuda::DeviceDecodeSeq& q = seqs[i];
@@ -119,7 +119,7 @@ class NextBatchWorker : public Worker {
     }
     tokens_.resize(e_.size());
     try {
-      cuda::decode_batch(d, seqs.data(), (int)seqs.size(), tokens_.data(), taken ? ticket : 0);
+      cuda::decode_batch(d, seqs.data(), (int)seqs.size(), tokens_.data(), any_hit ? ticket : 0);
     } catch (...) {
       for (BatchEntry& e : e_) e.s->cache.len = e.s->gpu_kv->len;
       throw;

@@ -411,51 +411,50 @@ uint64_t decode_batch_ahead(DeviceModel& d, DeviceKV* const* kvs, const int32_t*
   return b.ticket;
 }
 
+namespace {
+
+// The one-token rows the step run ahead already computed (its ticket still the last batched
+// forward): sampled from its logits, their caches take the row it wrote; taken[s] marks them. Rows
+// of that step this batch does not bring are sampled as an argmax and dropped (no rng, no history:
+// nobody's state). Called before any forward of the batch, which would replace those logits.
+void take_ahead_rows(DeviceModel& d, const DeviceDecodeSeq* seqs, int S, uint64_t ahead, int32_t* tokens,
+                     std::vector<char>& taken) {
+  if (!ahead || !d.batch || d.batch->ticket != ahead) return;
+  BatchDecode& b = *d.batch;
+  const int R = b.ticket_rows;
+  SamplingParams argmax;
+  argmax.temperature = 0.f;
+  Rng unused(0);
+  std::vector<SampleRow> rows((size_t)R, SampleRow{&argmax, nullptr, 0, &unused});
+  std::vector<int> of((size_t)R, -1);  // the batch row that takes each row of the step run ahead
+  for (int s = 0; s < S; ++s) {
+    const DeviceDecodeSeq& q = seqs[s];
+    if (q.n_ids == 1 && q.ahead_row >= 0 && q.ahead_row < R && of[(size_t)q.ahead_row] < 0) {
+      of[(size_t)q.ahead_row] = s;
+      rows[(size_t)q.ahead_row] = SampleRow{&q.params, q.history, q.n_history, q.rng};
+    }
+  }
+  b.ticket = 0;  // from here on its rows are sampled (the penalty edits them in place): not again
+  if (std::none_of(of.begin(), of.end(), [](int s) { return s >= 0; })) return;
+  std::vector<int32_t> picked((size_t)R);
+  sample_tokens(b.logits.p, d.cfg.vocab_size, R, rows.data(), picked.data());
+  for (int r = 0; r < R; ++r)
+    if (const int s = of[(size_t)r]; s >= 0) {
+      tokens[s] = picked[(size_t)r];
+      seqs[s].kv->len += 1;  // the row the step run ahead wrote at this position
+      taken[(size_t)s] = 1;
+    }
+}
+
+}  // namespace
+
 void decode_batch(DeviceModel& d, const DeviceDecodeSeq* seqs, int S, int32_t* tokens, uint64_t ahead) {
   const int64_t V = d.cfg.vocab_size;
-  // First the one-token rows the step run ahead already computed (still the last batched forward):
-  // sampled from its logits before any forward of this call replaces them. Rows of that step that
-  // this batch does not bring are sampled greedily and dropped (no rng, no history: nobody's state).
-  if (ahead && d.batch && d.batch->ticket == ahead) {
-    BatchDecode& b = *d.batch;
-    SamplingParams argmax;
-    argmax.temperature = 0.f;
-    Rng unused(0);
-    std::vector<SampleRow> rows((size_t)b.ticket_rows, SampleRow{&argmax, nullptr, 0, &unused});
-    std::vector<int> of((size_t)b.ticket_rows, -1);
-    for (int s = 0; s < S; ++s) {
-      const DeviceDecodeSeq& q = seqs[s];
-      if (q.n_ids == 1 && q.ahead_row >= 0 && q.ahead_row < b.ticket_rows && of[(size_t)q.ahead_row] < 0) {
-        of[(size_t)q.ahead_row] = s;
-        rows[(size_t)q.ahead_row] = SampleRow{&q.params, q.history, q.n_history, q.rng};
-      }
-    }
-    if (std::any_of(of.begin(), of.end(), [](int s) { return s >= 0; })) {
-      std::vector<int32_t> picked((size_t)b.ticket_rows);
-      sample_tokens(b.logits.p, V, b.ticket_rows, rows.data(), picked.data());
-      for (size_t r = 0; r < of.size(); ++r)
-        if (of[r] >= 0) {
-          tokens[of[r]] = picked[r];
-          seqs[of[r]].kv->len += 1;  // the row the step run ahead wrote at this position
-        }
-    }
-    b.ticket = 0;  // sampled (the penalty edited rows in place): not again
-    std::vector<DeviceDecodeSeq> rest;
-    std::vector<int> at;
-    for (int s = 0; s < S; ++s)
-      if (!(seqs[s].n_ids == 1 && seqs[s].ahead_row >= 0 && seqs[s].ahead_row < (int)of.size() && of[(size_t)seqs[s].ahead_row] == s)) {
-        rest.push_back(seqs[s]);
-        rest.back().ahead_row = -1;
-        at.push_back(s);
-      }
-    if (rest.empty()) return;
-    std::vector<int32_t> t(rest.size());
-    decode_batch(d, rest.data(), (int)rest.size(), t.data(), 0);
-    for (size_t i = 0; i < at.size(); ++i) tokens[at[i]] = t[i];
-    return;
-  }
+  std::vector<char> taken((size_t)S, 0);
+  take_ahead_rows(d, seqs, S, ahead, tokens, taken);
   std::vector<int> one;  // sequences with a single new token
   for (int s = 0; s < S; ++s) {
+    if (taken[(size_t)s]) continue;
     const DeviceDecodeSeq& q = seqs[s];
     if (q.n_ids == 1) { one.push_back(s); continue; }
     // a chunk of prompt: the per-session prefill path, sampled at once (its logits row lives in
