@@ -5,6 +5,9 @@
 # env assignments ENV_G0 / ENV_G1, "-" for none); STALL=1 adds
 # ncu's warp-state, memory and occupancy sections for the decode step's first gemv nodes (STALL_K: the
 # kernel name regex; STALL_SECTIONS: more "--section X" flags, e.g. ComputeWorkloadAnalysis).
+# Each phase's per-kernel totals are summed by bench/gpu/ncu_sum.py. A training step (train, train2)
+# needs METRICS=gpu__time_duration.sum (one replay pass a kernel; round 16: with the five default
+# metrics the 8×512 step did not finish in 200 s, with the one it took ~50 s).
 #   device: run(kind="nvidia-h200-x2", command="bash bench/gpu/prof.sh", carry=[".device-node", "dist", ".gpu-carry"])
 source bench/gpu/lib.sh
 METRICS=${METRICS:-gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed,smsp__issue_active.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active}
@@ -19,6 +22,7 @@ run_phases() {  # gpu env phases...
     CUDA_VISIBLE_DEVICES=$g env $e timeout $(left 200) $NCU --clock-control none --profile-from-start off --metrics "$METRICS" \
       --print-summary per-kernel ./build/mimic_cuda_check prof $CK $ph > "$L/prof-$g-$ph.txt" 2>&1
     echo "prof GPU $g [$e] $ph rc $? $(grep -m1 '^PROF' "$L/prof-$g-$ph.txt")"
+    python3 bench/gpu/ncu_sum.py "$L/prof-$g-$ph.txt" 16 | sed "s/^/[$g $ph] /"
   done
 }
 run_phases 0 "${ENV_G0:--}" ${PHASES_G0:-decodegraph} &
