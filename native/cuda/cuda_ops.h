@@ -160,7 +160,9 @@ void attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf
 
 // ---- swiglu (native/cuda/swiglu.cu) ---------------------------------------------------------
 void swiglu_forward(bf16* out, const bf16* gate, const bf16* up, int64_t N, int C);
-void swiglu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up, int64_t N, int C);
+// accumulate = false: the gradients are written, not added (swiglu.cu)
+void swiglu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up, int64_t N, int C,
+                     bool accumulate = true);
 
 // ---- cross_entropy (native/cuda/cross_entropy.cu) -------------------------------------------
 // Adds Σ over unmasked rows of the loss to *loss_sum (device double). The _backward variant also

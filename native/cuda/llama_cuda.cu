@@ -282,9 +282,7 @@ void layer_backward(DeviceModel& d, int l, Acts& a, const float* x, const LayerR
   f32_to_bf16_kernel<<<ew_grid(N * C), 256, 0, stream()>>>(w.dy16.p, w.dres.p, N * C);
   MIMIC_CUDA_LAUNCHED();
   seed(6); lin_backward<bf16>(lc, w.dact.p, 0.f, w.dy16.p, a.act.p, N, L.proj[6], a.lh[6].p);
-  zero(w.dgate.p, sizeof(bf16) * N * I);
-  zero(w.dup.p, sizeof(bf16) * N * I);
-  swiglu_backward(w.dgate.p, w.dup.p, w.dact.p, a.gate.p, a.up.p, N, (int)I);
+  swiglu_backward(w.dgate.p, w.dup.p, w.dact.p, a.gate.p, a.up.p, N, (int)I, /*accumulate=*/false);
   seed(4); lin_backward<float>(lc, w.dn.p, 0.f, w.dgate.p, a.xn2.p, N, L.proj[4], a.lh[4].p);
   seed(5); lin_backward<float>(lc, w.dn.p, 1.f, w.dup.p, a.xn2.p, N, L.proj[5], a.lh[5].p);
   rmsnorm_backward(w.dres.p, w.dn.p, a.h.p, L.post_norm.p, a.rstd2.p, N, (int)C);

@@ -491,22 +491,28 @@ void check_attention(std::vector<OpCheckRow>& out, int B, int Tq, int q_offset, 
   out.push_back(row("attention", "bwd dv " + tag, host_f32(dvd.p, dv.size()), dv, kBf16Tol));
 }
 
-void check_swiglu(std::vector<OpCheckRow>& out) {
-  const int64_t N = 37;
-  const int C = 171;
+// C = 171: one value a thread; C = 1024: the 16-byte path (8 values a thread), where the backward
+// also runs with accumulate = false (the training layer's call) against accumulating onto zeros.
+void check_swiglu(std::vector<OpCheckRow>& out, int64_t N, int C) {
+  const std::string tag = " N=" + std::to_string(N) + " C=" + std::to_string(C);
   auto g = rnd(N * C, 71, 4.f), u = rnd(N * C, 72, 2.f), dy = rnd(N * C, 73);
   std::vector<float> y((size_t)(N * C)), dg((size_t)(N * C), 0.f), du((size_t)(N * C), 0.f);
   cpu::swiglu_forward(y.data(), g.data(), u.data(), N, C);
   cpu::swiglu_backward(dg.data(), du.data(), dy.data(), g.data(), u.data(), N, C);
   auto gd = dev_bf16(g), ud = dev_bf16(u), dyd = dev_bf16(dy);
-  DevBuf<bf16> yd(N * C), dgd(N * C), dud(N * C);
+  DevBuf<bf16> yd(N * C), dgd(N * C), dud(N * C), dgw(N * C), duw(N * C);
   MIMIC_CUDA_CHECK(cudaMemsetAsync(dgd.p, 0, dgd.bytes(), Context::get().stream));
   MIMIC_CUDA_CHECK(cudaMemsetAsync(dud.p, 0, dud.bytes(), Context::get().stream));
   swiglu_forward(yd.p, gd.p, ud.p, N, C);
   swiglu_backward(dgd.p, dud.p, dyd.p, gd.p, ud.p, N, C);
-  out.push_back(row("swiglu", "fwd", host_f32(yd.p, y.size()), y, kBf16Tol));
-  out.push_back(row("swiglu", "bwd dgate", host_f32(dgd.p, dg.size()), dg, kBf16Tol));
-  out.push_back(row("swiglu", "bwd dup", host_f32(dud.p, du.size()), du, kBf16Tol));
+  out.push_back(row("swiglu", "fwd" + tag, host_f32(yd.p, y.size()), y, kBf16Tol));
+  const auto dg_acc = host_f32(dgd.p, dg.size()), du_acc = host_f32(dud.p, du.size());
+  out.push_back(row("swiglu", "bwd dgate" + tag, dg_acc, dg, kBf16Tol));
+  out.push_back(row("swiglu", "bwd dup" + tag, du_acc, du, kBf16Tol));
+  if (C % 8) return;
+  swiglu_backward(dgw.p, duw.p, dyd.p, gd.p, ud.p, N, C, /*accumulate=*/false);  // dgw, duw: never zeroed
+  out.push_back(row("swiglu", "bwd dgate, written == accumulated onto zeros" + tag, host_f32(dgw.p, dg.size()), dg_acc, 0.0));
+  out.push_back(row("swiglu", "bwd dup, written == accumulated onto zeros" + tag, host_f32(duw.p, du.size()), du_acc, 0.0));
 }
 
 template <class TL>
@@ -742,7 +748,8 @@ std::vector<OpCheckRow> cuda_op_checks() {
     attention_tc_override(-1);
     for (size_t i = first; i < out.size(); ++i) out[i].op = "attention_tc";
   }
-  check_swiglu(out);
+  check_swiglu(out, 37, 171);
+  check_swiglu(out, 16, 1024);
   check_ce<float>(out, 23, 1531, "fp32 V=1531");
   check_ce<bf16>(out, 23, 1531, "bf16 V=1531");
   check_ce<bf16>(out, 3, 128256, "bf16 V=128256");
