@@ -85,7 +85,9 @@ struct BatchDecode {
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
   };
-  std::map<int, Graph> graphs;       // by 2·S + route (1: GEMM)
+  std::map<int, Graph> graphs;       // by graph_key(S, route)
+  static int graph_key(int S, bool gemm) { return 2 * S + (gemm ? 1 : 0); }
+  static bool is_gemm_key(int key) { return key & 1; }
   std::map<int, int> seen;           // GEMM route: steps run per width (captured from the second on)
   // The last batched forward's ticket (decode_batch_ticket): logits hold its rows until the next one.
   uint64_t ticket = 0;
@@ -163,7 +165,7 @@ BatchDecode& ensure(DeviceModel& d, int S, bool gemm) {
     b.gemm_cap = b.cap;
     b.gemm_R = b.R;
     for (auto it = b.graphs.begin(); it != b.graphs.end();) {
-      if (it->first & 1) {
+      if (BatchDecode::is_gemm_key(it->first)) {
         if (it->second.exec) cudaGraphExecDestroy(it->second.exec);
         if (it->second.graph) cudaGraphDestroy(it->second.graph);
         it = b.graphs.erase(it);
@@ -351,7 +353,7 @@ const float* decode_batch_logits(DeviceModel& d, DeviceKV* const* kvs, const int
   if (!b.meta_copied) MIMIC_CUDA_CHECK(cudaEventCreateWithFlags(&b.meta_copied, cudaEventDisableTiming));
   MIMIC_CUDA_CHECK(cudaEventRecord(b.meta_copied, st));
   bool ran = false;
-  const int key = 2 * S + (gemm ? 1 : 0);
+  const int key = BatchDecode::graph_key(S, gemm);
   // the GEMM route's first step at a width runs eagerly (cuBLAS picks and loads its kernels outside a capture)
   const bool warm = !gemm || b.seen[S]++ > 0;
   if (batch_graph_enabled() && !graphs_broken[gemm] && warm) {
@@ -402,7 +404,7 @@ uint64_t decode_batch_ahead(DeviceModel& d, DeviceKV* const* kvs, const int32_t*
   // only a graph already captured at this width, on buffers that hold S rows: a capture (or the GEMM
   // route's eager first step) here would hold back the tokens the caller is about to return
   if (graphs_broken[gemm] || S > b.cap || (gemm && b.gemm_cap != b.cap) || b.lora_version != d.lora_version ||
-      b.graphs.find(2 * S + (gemm ? 1 : 0)) == b.graphs.end())
+      b.graphs.find(BatchDecode::graph_key(S, gemm)) == b.graphs.end())
     return 0;
   for (int s = 0; s < S; ++s)
     if (kvs[s]->len >= kvs[s]->max_len) return 0;

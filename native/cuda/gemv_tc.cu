@@ -483,6 +483,9 @@ int blocks_per_sm(int smem) {
   return n;
 }
 
+// A launch of one job (or gate/up) without rope pairs: its blocks may take two tiles each (P.tiles).
+bool can_take_two_tiles(const Params& P) { return P.nj == 1 && !P.rope.head_dim; }
+
 template <int NT, bool F, int W>
 void launch_w(const Params& P, int blocks, int smem) {
   raise_smem<NT, F, W>();
@@ -491,8 +494,7 @@ void launch_w(const Params& P, int blocks, int smem) {
   Params Q = P;
   Q.tiles = 1;
   Q.tile_stride = 0;
-  const char* te = std::getenv("MIMIC_GEMV_TC_TILES");
-  if (P.nj == 1 && !(te && std::strcmp(te, "1") == 0) && !P.rope.head_dim) {
+  if (can_take_two_tiles(P) && !env_is("MIMIC_GEMV_TC_TILES", "1")) {
     const int slots = blocks_per_sm<NT, F, W>(smem) * Context::get().sm_count;
     if (slots > 0 && blocks > slots && (blocks + 1) / 2 <= slots) {
       Q.tiles = 2;
@@ -512,9 +514,8 @@ void launch_w(const Params& P, int blocks, int smem) {
 // MIMIC_GEMV_TC_WARPS=8: 8 always (the A/B leg; read at every launch, i.e. at a graph's recording).
 template <int NT, bool F>
 void launch(const Params& P, int blocks, int smem) {
-  const char* e = std::getenv("MIMIC_GEMV_TC_WARPS");
-  const int slots12 = e && std::strcmp(e, "8") == 0 ? 0 : blocks_per_sm<1, F, 12>(smem) * Context::get().sm_count;
-  const bool fits = blocks <= slots12 || (P.nj == 1 && !P.rope.head_dim && (blocks + 1) / 2 <= slots12);
+  const int slots12 = env_is("MIMIC_GEMV_TC_WARPS", "8") ? 0 : blocks_per_sm<1, F, 12>(smem) * Context::get().sm_count;
+  const bool fits = blocks <= slots12 || (can_take_two_tiles(P) && (blocks + 1) / 2 <= slots12);
   if (fits) launch_w<NT, F, 12>(P, blocks, smem);
   else launch_w<NT, F, 8>(P, blocks, smem);
 }
