@@ -46,6 +46,17 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Barriers as functors, for device code that some kernels run with the whole block and others with
+// a subset of a bigger block's warps: __syncthreads, or named barrier ID of the first N threads.
+struct BlockBar {
+  __device__ void operator()() const { __syncthreads(); }
+};
+template <int ID, int N>
+struct NamedBar {
+  static_assert(ID > 0 && ID < 16 && N % 32 == 0, "barrier 0 is __syncthreads; whole warps");
+  __device__ void operator()() const { asm volatile("bar.sync %0, %1;" ::"n"(ID), "n"(N) : "memory"); }
+};
+
 // Asks L2 for the 128-byte line holding p (no register, no wait; sm_80+).
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
 

@@ -96,18 +96,135 @@ void rmsnorm_rows(bf16* out, const float* x, const float* w, int N, int C, float
   MIMIC_CUDA_LAUNCHED();
 }
 
-__device__ float attn_block_reduce(float v, float* sh, bool is_max) {
+template <class Bar>
+__device__ float attn_block_reduce(float v, float* sh, bool is_max, Bar bar) {
   for (int o = 16; o > 0; o >>= 1) {
     const float t = __shfl_xor_sync(0xffffffffu, v, o);
     v = is_max ? fmaxf(v, t) : v + t;
   }
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  __syncthreads();
+  bar();
   if (lane == 0) sh[w] = v;
-  __syncthreads();
+  bar();
   float r = sh[0];
   for (int i = 1; i < kAttnThreads / 32; ++i) r = is_max ? fmaxf(r, sh[i]) : r + sh[i];
   return r;
+}
+
+// One query head h (KV head hk) of one row against keys [0, len) of its cache rows kc/vc: the body of
+// decode_attn_kernel, run by kAttnThreads threads (tid) that `bar` synchronizes (BlockBar, or in
+// decode_persist.cu a named barrier of a bigger block's first 8 warps). S: the scratch
+// (vsh only with vpre).
+struct AttnSmem {
+  float* qs;    // [256]
+  float* red;   // [32]
+  float* sc;    // [kAttnThreads]
+  float* part;  // [kAttnThreads * 8]
+  uint4 (*vsh)[kAttnThreads];  // [kVPre][kAttnThreads]
+};
+template <int DT, class Bar>
+__device__ __forceinline__ void attn_head(bf16* __restrict__ out, const bf16* __restrict__ q, const bf16* kc, const bf16* vc,
+                                          int len, int h, int hk, int Hkv, int Drt, bool vpre, const AttnSmem& S, int tid,
+                                          Bar bar) {
+  const int D = DT ? DT : Drt;
+  float* qs = S.qs;
+  float* red = S.red;
+  float* sc = S.sc;
+  float* part = S.part;
+  uint4 (*vsh)[kAttnThreads] = S.vsh;
+  const float sm_scale = rsqrtf((float)D);
+  // q and the cache rows through L2 (__ldcg): under PDL they are the output of the kernels ahead
+  for (int d = tid; d < D; d += kAttnThreads) qs[d] = __bfloat162float(__ldcg(q + (int64_t)h * D + d)) * sm_scale;
+  bar();
+  const int G = D / 8, groups = kAttnThreads / G, g = tid / G, d0 = (tid % G) * 8;
+  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+  float m = -INFINITY, l = 0.f;
+  for (int j0 = 0; j0 < len; j0 += kAttnThreads) {
+    const int j = j0 + tid, n = min(kAttnThreads, len - j0);
+    // the thread's 16 bytes of the group's first kVPre value rows of the chunk, copied into shared
+    // memory (cp.async: L2, no register) while the key rows load — they do not depend on the scores:
+    // one L2 round trip for both instead of one after the other (vpre). Each thread reads back only
+    // its own copies: no barrier.
+    if (vpre && g < groups) {
+#pragma unroll
+      for (int i = 0; i < kVPre; ++i) {
+        const int jj = g + i * groups;
+        cp_async16(&vsh[i][tid], vc + ((int64_t)(j0 + min(jj, n - 1)) * Hkv + hk) * D + d0, jj < n);
+      }
+      asm volatile("cp.async.commit_group;\n" ::: "memory");
+    }
+    float sj = -INFINITY;
+    if (j < len) {
+      const uint4* kr = reinterpret_cast<const uint4*>(kc + ((int64_t)j * Hkv + hk) * D);
+      float a = 0.f;
+      auto dot8 = [&](int c) {
+        const uint4 kv = __ldcg(kr + c);
+        const uint32_t u[4] = {kv.x, kv.y, kv.z, kv.w};
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          a = fmaf(qs[c * 8 + 2 * t], __uint_as_float(u[t] << 16), a);
+          a = fmaf(qs[c * 8 + 2 * t + 1], __uint_as_float(u[t] & 0xffff0000u), a);
+        }
+      };
+      if constexpr (DT > 0) {
+#pragma unroll
+        for (int c = 0; c < DT / 8; ++c) dot8(c);  // every load of the key row in flight at once
+      } else {
+        for (int c = 0; c < D / 8; ++c) dot8(c);
+      }
+      sj = a;
+    }
+    const float mn = fmaxf(m, attn_block_reduce(sj, red, true, bar));
+    const float corr = __expf(m - mn);  // first chunk: exp(−inf) = 0
+    const float p = j < len ? __expf(sj - mn) : 0.f;
+    sc[tid] = p;
+    l = l * corr + attn_block_reduce(p, red, false, bar);  // its barriers also publish sc[] to the block
+    m = mn;
+    if (g < groups) {
+#pragma unroll
+      for (int t = 0; t < 8; ++t) acc[t] *= corr;
+      int jj = g;
+      if (vpre) {  // the same order of products as the loop below: bit for bit either way
+        asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+#pragma unroll
+        for (int i = 0; i < kVPre; ++i, jj += groups) {
+          if (jj < n) {
+            const float pj = sc[jj];
+            const uint4 vv = vsh[i][tid];
+            const uint32_t u[4] = {vv.x, vv.y, vv.z, vv.w};
+#pragma unroll
+            for (int t = 0; t < 4; ++t) {
+              acc[2 * t] = fmaf(pj, __uint_as_float(u[t] << 16), acc[2 * t]);
+              acc[2 * t + 1] = fmaf(pj, __uint_as_float(u[t] & 0xffff0000u), acc[2 * t + 1]);
+            }
+          }
+        }
+      }
+#pragma unroll 4
+      for (; jj < n; jj += groups) {
+        const float pj = sc[jj];
+        const uint4 vv = __ldcg(reinterpret_cast<const uint4*>(vc + ((int64_t)(j0 + jj) * Hkv + hk) * D + d0));
+        const uint32_t u[4] = {vv.x, vv.y, vv.z, vv.w};
+#pragma unroll
+        for (int t = 0; t < 4; ++t) {
+          acc[2 * t] = fmaf(pj, __uint_as_float(u[t] << 16), acc[2 * t]);
+          acc[2 * t + 1] = fmaf(pj, __uint_as_float(u[t] & 0xffff0000u), acc[2 * t + 1]);
+        }
+      }
+    }
+    bar();  // sc[] is rewritten by the next chunk
+  }
+  if (g < groups) {
+#pragma unroll
+    for (int t = 0; t < 8; ++t) part[g * D + d0 + t] = acc[t];
+  }
+  bar();
+  const float inv = 1.f / l;
+  for (int d = tid; d < D; d += kAttnThreads) {
+    float a = 0.f;
+    for (int i = 0; i < groups; ++i) a += part[i * D + d];
+    out[(int64_t)h * D + d] = __float2bfloat16(a * inv);
+  }
 }
 
 // Block (h, s): the new token of row s, query head h, against keys [0, pos[s]] of its cache.
@@ -147,106 +264,11 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(bf16* __restr
   __shared__ float sc[kAttnThreads];
   __shared__ float part[kAttnThreads * 8];
   __shared__ uint4 vsh[kVPre][kAttnThreads];  // vpre: each thread's value pieces of the chunk
-  const int h = blockIdx.x, s = blockIdx.y, hk = h / (Hq / Hkv), tid = threadIdx.x;
-  const bf16* kc = ktab ? ktab[s] : k1;
-  const bf16* vc = vtab ? vtab[s] : v1;
-  q += (int64_t)s * Hq * D;
-  out += (int64_t)s * Hq * D;
-  const int len = pos[s] + 1;
-  const float sm_scale = rsqrtf((float)D);
-  // q and the cache rows through L2 (__ldcg): under PDL they are the output of the kernels ahead
-  for (int d = tid; d < D; d += kAttnThreads) qs[d] = __bfloat162float(__ldcg(q + (int64_t)h * D + d)) * sm_scale;
-  __syncthreads();
-  const int G = D / 8, groups = kAttnThreads / G, g = tid / G, d0 = (tid % G) * 8;
-  float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-  float m = -INFINITY, l = 0.f;
-  for (int j0 = 0; j0 < len; j0 += kAttnThreads) {
-    const int j = j0 + tid, n = min(kAttnThreads, len - j0);
-    // the thread's 16 bytes of the group's first kVPre value rows of the chunk, copied into shared
-    // memory (cp.async: L2, no register) while the key rows load — they do not depend on the scores:
-    // one L2 round trip for both instead of one after the other (vpre). Each thread reads back only
-    // its own copies: no barrier.
-    if (vpre && g < groups) {
-#pragma unroll
-      for (int i = 0; i < kVPre; ++i) {
-        const int jj = g + i * groups;
-        cp_async16(&vsh[i][tid], vc + ((int64_t)(j0 + min(jj, n - 1)) * Hkv + hk) * D + d0, jj < n);
-      }
-      asm volatile("cp.async.commit_group;\n" ::: "memory");
-    }
-    float sj = -INFINITY;
-    if (j < len) {
-      const uint4* kr = reinterpret_cast<const uint4*>(kc + ((int64_t)j * Hkv + hk) * D);
-      float a = 0.f;
-      auto dot8 = [&](int c) {
-        const uint4 kv = __ldcg(kr + c);
-        const uint32_t u[4] = {kv.x, kv.y, kv.z, kv.w};
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-          a = fmaf(qs[c * 8 + 2 * t], __uint_as_float(u[t] << 16), a);
-          a = fmaf(qs[c * 8 + 2 * t + 1], __uint_as_float(u[t] & 0xffff0000u), a);
-        }
-      };
-      if constexpr (DT > 0) {
-#pragma unroll
-        for (int c = 0; c < DT / 8; ++c) dot8(c);  // every load of the key row in flight at once
-      } else {
-        for (int c = 0; c < D / 8; ++c) dot8(c);
-      }
-      sj = a;
-    }
-    const float mn = fmaxf(m, attn_block_reduce(sj, red, true));
-    const float corr = __expf(m - mn);  // first chunk: exp(−inf) = 0
-    const float p = j < len ? __expf(sj - mn) : 0.f;
-    sc[tid] = p;
-    l = l * corr + attn_block_reduce(p, red, false);  // its barriers also publish sc[] to the block
-    m = mn;
-    if (g < groups) {
-#pragma unroll
-      for (int t = 0; t < 8; ++t) acc[t] *= corr;
-      int jj = g;
-      if (vpre) {  // the same order of products as the loop below: bit for bit either way
-        asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-#pragma unroll
-        for (int i = 0; i < kVPre; ++i, jj += groups) {
-          if (jj < n) {
-            const float pj = sc[jj];
-            const uint4 vv = vsh[i][tid];
-            const uint32_t u[4] = {vv.x, vv.y, vv.z, vv.w};
-#pragma unroll
-            for (int t = 0; t < 4; ++t) {
-              acc[2 * t] = fmaf(pj, __uint_as_float(u[t] << 16), acc[2 * t]);
-              acc[2 * t + 1] = fmaf(pj, __uint_as_float(u[t] & 0xffff0000u), acc[2 * t + 1]);
-            }
-          }
-        }
-      }
-#pragma unroll 4
-      for (; jj < n; jj += groups) {
-        const float pj = sc[jj];
-        const uint4 vv = __ldcg(reinterpret_cast<const uint4*>(vc + ((int64_t)(j0 + jj) * Hkv + hk) * D + d0));
-        const uint32_t u[4] = {vv.x, vv.y, vv.z, vv.w};
-#pragma unroll
-        for (int t = 0; t < 4; ++t) {
-          acc[2 * t] = fmaf(pj, __uint_as_float(u[t] << 16), acc[2 * t]);
-          acc[2 * t + 1] = fmaf(pj, __uint_as_float(u[t] & 0xffff0000u), acc[2 * t + 1]);
-        }
-      }
-    }
-    __syncthreads();  // sc[] is rewritten by the next chunk
-  }
-  if (g < groups) {
-#pragma unroll
-    for (int t = 0; t < 8; ++t) part[g * D + d0 + t] = acc[t];
-  }
-  __syncthreads();
-  const float inv = 1.f / l;
-  for (int d = tid; d < D; d += kAttnThreads) {
-    float a = 0.f;
-    for (int i = 0; i < groups; ++i) a += part[i * D + d];
-    out[(int64_t)h * D + d] = __float2bfloat16(a * inv);
-  }
+  const int h = blockIdx.x, s = blockIdx.y;
+  attn_head<DT>(out + (int64_t)s * Hq * D, q + (int64_t)s * Hq * D, ktab ? ktab[s] : k1, vtab ? vtab[s] : v1, pos[s] + 1, h,
+                h / (Hq / Hkv), Hkv, D, vpre, AttnSmem{qs, red, sc, part, vsh}, threadIdx.x, BlockBar{});
 }
+
 // MIMIC_ATTN_PREFETCH=0: no L2 prefetch of the old cache rows before the PDL wait; MIMIC_ATTN_VPRE=0:
 // value rows loaded after the scores (the A/B legs). Read at each launch (recording): one process may
 // alternate A/B legs.

@@ -14,12 +14,15 @@
 // re-initialised, the model differs, or the LoRA layout changed (DeviceModel::lora_version).
 // Adapter VALUES may change between steps (training, push): the graph reads them live.
 // MIMIC_DECODE_GRAPH=0 in the environment turns this path off (llama_forward runs eagerly).
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "core/env.h"
 #include "cuda/common.cuh"
 #include "cuda/decode_kernels.cuh"
+#include "cuda/decode_persist.h"
 #include "cuda/gemv_tc.h"
 #include "cuda/llama_cuda.h"
 #include "cuda/pdl.h"
@@ -31,6 +34,8 @@ struct DecodeGraph {
   bool pdl = false;        // recorded with programmatic dependent launches (pdl.h)
   bool rope_fold = false;  // RoPE + KV append in the q/k/v launch (gemv_tc_qkv_rope)
   bool traced = false;     // recorded with pdl.h's marker kernels (decode_trace)
+  bool persist_asked = false;  // MIMIC_DECODE_PERSIST=1 when recorded
+  bool persist = false;        // the layers as decode_persist.cu's one kernel (ps)
   unsigned gen = 0;        // decode_graph_invalidate's generation when recorded
   const void* k0 = nullptr;
   int max_len = 0;
@@ -41,6 +46,7 @@ struct DecodeGraph {
   DevBuf<int32_t> dev;      // (id, pos)
   DevBuf<float> x0, x1, h, lh, logits;
   DevBuf<bf16> xn, q, k, v, att, gate, up, act;
+  PersistStep ps;
   ~DecodeGraph() {
     if (exec) cudaGraphExecDestroy(exec);
     if (graph) cudaGraphDestroy(graph);
@@ -107,6 +113,14 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
   float* xo = g.x1.p;
   // LoRA A products of the given projections (h_i = x·A_iᵀ, fp32), one launch; B in the epilogues
   const LoraGemv lg{d, g.lh.p, (size_t)R};
+  if (g.persist) {  // every layer in one kernel: x0 in, x0 out
+    decode_persist_launch(g.ps, Context::get().stream);
+    rmsnorm_rows(g.xn.p, x, d.final_norm.p, 1, C, c.rms_norm_eps);
+    GemvJob j;
+    j.W = d.head(); j.M = c.vocab_size; j.K = C; j.x = g.xn.p; j.out = g.logits.p; j.out_f32 = true;
+    gemv(&j, 1, 1);
+    return;
+  }
   for (int l = 0; l < c.num_layers; ++l) {
     const DLayer& Ly = d.layers[l];
     rmsnorm_rows(g.xn.p, x, Ly.in_norm.p, 1, C, c.rms_norm_eps);
@@ -189,6 +203,12 @@ std::shared_ptr<DecodeGraph> build_with(DeviceModel& d, DeviceKV& kv, bool pdl) 
   g->logits.alloc(c.vocab_size);
   g->xn.alloc(std::max(C, QD)); g->q.alloc(QD); g->k.alloc(KD); g->v.alloc(KD); g->att.alloc(QD);
   g->gate.alloc(I); g->up.alloc(I); g->act.alloc(I);
+  g->persist_asked = decode_persist_wanted();
+  if (g->persist_asked) {  // its tables are uploaded before the capture
+    std::string why;
+    g->persist = decode_persist_prepare(d, kv, PersistIO{g->x0.p, g->h.p, g->q.p, g->att.p, g->act.p, g->dev.p + 1}, g->ps, &why);
+    if (!g->persist) std::fprintf(stderr, "mimic: MIMIC_DECODE_PERSIST=1 but the layers stay apart: %s\n", why.c_str());
+  }
   cudaStream_t st = Context::get().stream;
   Context::get().sync();
   MIMIC_CUDA_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
@@ -257,6 +277,7 @@ bool graph_current(const DeviceModel& d, const DeviceKV& kv) {
   const DecodeGraph* g = kv.graph.get();
   return g && g->model_uid == d.uid && g->lora_version == d.lora_version && g->k0 == kv.k[0].p &&
          g->max_len == kv.max_len && g->pdl == pdl_wanted() && g->rope_fold == fuse_wanted() && g->traced == g_trace.on &&
+         g->persist_asked == decode_persist_wanted() &&
          g->gen == g_graph_gen;
 }
 }  // namespace
@@ -279,6 +300,11 @@ float* decode_step(DeviceModel& d, int32_t id, DeviceKV& kv) {
   MIMIC_CUDA_CHECK(cudaGraphLaunch(g->exec, st));
   kv.len += 1;
   return g->logits.p;
+}
+
+std::string decode_persist_profile(const DeviceKV& kv) {
+  const DecodeGraph* g = kv.graph.get();
+  return g && g->persist ? decode_persist_profile(g->ps) : std::string();
 }
 
 void decode_pdl_override(int mode) { g_pdl_override = mode; }

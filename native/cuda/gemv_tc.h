@@ -32,7 +32,8 @@ struct GemvParams {
   int tiles, tile_stride;  // 16-row tiles a block takes (gemv_tc), tile_stride blocks apart (one job)
   int x_warp;  // gemv_tc, N = 1: each warp loads its x slice at once (MIMIC_GEMV_TC_XWARP=0: a block ahead)
   int res_pre;  // gemv_tc, one tile a block: the residual loaded right after the wait (MIMIC_GEMV_TC_RESPRE=0: in the epilogue)
-  int ablate;  // gemv_tc, MIMIC_GEMV_TC_ABLATE (profiling only, wrong results): 1 no weight copy, 2 no products, 4 no x loads, 8 a release (fence + atomic) a block
+  int ablate;  // gemv_tc, MIMIC_GEMV_TC_ABLATE (profiling only, wrong results): 1 no weight copy, 2 no products, 4 no x loads, 8 a release (fence + atomic) a block,
+              // 16 no pair lookups (the code words as A), 32 no weight loads from shared memory either
 };
 
 // out[n, m] = α·v + res[n, m] + β·out[n, m] (bf16 or fp32 out): the common epilogue of a job's
@@ -63,5 +64,9 @@ bool gemv_tc(const GemvJob* jobs, int n_jobs, int64_t N, bool glu);
 // are not whole heads of head_dim % 16 == 0, or an out is fp32 / has a residual or β) — the caller
 // then runs gemv + rope_append, which give the same bits.
 bool gemv_tc_qkv_rope(const GemvJob* jobs, const GemvRope& rope);
+// The warps (8 or 12) a launch of these jobs with one row of x splits K over — gemv_tc (rope false) or
+// gemv_tc_qkv_rope (true) — or 0 when they would not run on the tensor cores. A sum's order depends
+// on it: decode_persist.cu asks it so that its products give the launches' bits.
+int gemv_tc_warps(const GemvJob* jobs, int n_jobs, bool glu, bool rope);
 
 }  // namespace mimic::cuda

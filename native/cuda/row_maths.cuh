@@ -41,7 +41,10 @@ struct RmsRow {
   }
   // r = rsqrt(mean(x²) + eps) for every thread; sh: 32 floats, free again after the caller's next
   // __syncthreads.
-  __device__ float rms_rsqrt(int C, float eps, float* sh) const {
+  __device__ float rms_rsqrt(int C, float eps, float* sh) const { return rms_rsqrt(C, eps, sh, BlockBar{}); }
+  // the same with the barrier of the T threads that hold the row (a subset of a bigger block)
+  template <class Bar>
+  __device__ float rms_rsqrt(int C, float eps, float* sh, Bar bar) const {
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
 #pragma unroll
     for (int k = 0; k < kNV; ++k) {
@@ -51,7 +54,7 @@ struct RmsRow {
       ss = warp_sum(ss);
       if (lane == 0) sh[w + k * kWarpsT] = ss;
     }
-    __syncthreads();
+    bar();
     float t = 0.f;
 #pragma unroll
     for (int i = 0; i < 32; ++i) t = __fadd_rn(t, sh[i]);

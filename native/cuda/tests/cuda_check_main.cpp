@@ -28,6 +28,7 @@
 #include "core/error.h"
 #include "core/json.h"
 #include "core/opcheck.h"
+#include "cuda/decode_persist.h"
 #include "cuda/llama_cuda.h"
 #include "engine/llama.h"
 #include "engine/lora_init.h"
@@ -820,6 +821,7 @@ void trace(const std::string& dir, int steps, const std::vector<std::string>& en
     set_leg(leg);
     const char* L = leg ? "B" : "A";
     const double plain = run(steps);
+    std::printf("%s", cuda::decode_persist_profile(kv).c_str());  // MIMIC_DECODE_PERSIST_STAMPS=1: its timeline
     cuda::decode_trace(true);
     run(2);
     std::vector<double> exposed;
