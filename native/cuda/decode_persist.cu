@@ -7,14 +7,15 @@
 // 0.50 of the bandwidth bound. Weights depend on no activation, so nothing but the kernel
 // boundaries stops them from streaming ahead across stages and layers.
 //
-// Layout. One block an SM (grid = the SMs, all co-resident: a cooperative launch), 12 consumer warps
-// and one producer warp. Stages a layer: Q (q/k/v tiles + RoPE + KV append), A (attention, a query
+// Layout. One block an SM (grid = the SMs, all co-resident: a cooperative launch) of 12 warps.
+// Stages a layer: Q (q/k/v tiles + RoPE + KV append), A (attention, a query
 // head an item), O (o + residual), G (gate/up, silu(gate)·up), D (down + residual). Tile i of a stage
 // belongs to block i mod grid; head h to block grid − 1 − h (the blocks with fewer Q tiles).
-//   producer: walks the block's tiles in order (layer by layer: its Q, O, G, D tiles) and copies each
-//     one's 4-bit rows and absmax codes into a ring in shared memory (cp.async; an mbarrier per item
-//     completes when its bytes landed), as far ahead as the ring's room and kNF items allow.
-//   consumers: take the items in the same order — wait for the bytes, decode the absmax, and (once a
+//   copies (Filler): the block's tiles in order (layer by layer: its Q, O, G, D tiles), each one's
+//     4-bit rows, absmax codes and absmax2 slice into a ring in shared memory (cp.async; an mbarrier
+//     per item completes when its bytes landed), as far ahead as the ring's room and kNF items allow,
+//     issued again each time an item's products free its bytes.
+//   products: the items in the same order — wait for the bytes, decode the absmax, and (once a
 //     stage) wait for the stage ahead: every block adds its finished items to a global counter
 //     (fence, then an atomic: a release) and a consumer block spins on it (an acquire) — then run
 //     gemv_tc's tile product (gemv_tc_tile.cuh) with the warp split gemv_tc would choose (the same
@@ -44,7 +45,7 @@ using namespace gemv_tile;
 using P_t = PersistParams;
 
 constexpr int kCW = 12;                     // consumer warps
-constexpr int kThreads = (kCW + 1) * 32;    // + the producer warp
+constexpr int kThreads = kCW * 32;
 constexpr int kNF = 8;                      // items in flight at most (one mbarrier each)
 using ConsBar = NamedBar<1, kCW * 32>;      // the consumer warps
 using AttnBar = NamedBar<2, kAttnThreads>;  // consumer warps 0..7 (attention, norm)
@@ -108,7 +109,7 @@ __device__ void signal_count(unsigned* c, unsigned n) {
   if (threadIdx.x == 0) atomicAdd(c, n);
 }
 
-// The byte ring the producer fills and the consumers drain in the same order: both sides walk the
+// The byte ring the copies fill and the products drain in the same order: both sides walk the
 // same allocations (an item never wraps; the tail that does not fit is skipped).
 struct Ring {
   int size;
@@ -145,50 +146,70 @@ __device__ __forceinline__ Layout item_layout(const P_t& P, const PersistGeo& g,
   return Lo;
 }
 
-// The producer warp: every item of the block, in the consumers' order, into the ring.
-__device__ void produce(char* smem, const P_t& P, int lane) {
-  Ring ring{P.ring_bytes, 0};
-  volatile long long* cons_bytes = reinterpret_cast<volatile long long*>(smem + P.cons_off);
-  volatile int* cons_items = reinterpret_cast<volatile int*>(smem + P.cons_off + 8);
-  const uint32_t mbar0 = smem_addr(smem + P.mbar_off);
-  int k = 0;
-  for (int l = 0; l < P.L; ++l) {
-    const PersistLayer& Ly = P.layers[l];
-    for (int si = 0; si < 4; ++si) {
-      const int s = kWeightStages[si];
-      const PersistGeo& g = P.geo[s];
-      for (int i = blockIdx.x; i < P.items[s]; i += gridDim.x, ++k) {
-        const int off = ring.alloc(g.bytes);
-        if (lane == 0)  // room: everything before head − size consumed, and item k − kNF (same mbarrier)
-          while (ring.head - *cons_bytes > ring.size || *cons_items < k - kNF + 1) __nanosleep(32);
-        __syncwarp();
-        TileRows rows;
-        const int j0 = item_job(P, s, i, rows);
-        const Layout Lo = item_layout(P, g, off);
-        const int row_bytes = g.K >> 1, pieces = row_bytes >> 4, nb16 = Lo.nb >> 4;
-        for (int u = 0; u < g.nj; ++u) {
-          const GemvJob& J = Ly.j[j0 + u];
-          for (int r = 0; r < kRows; ++r) {
-            const uint8_t* src = J.packed + (int64_t)rows(r) * row_bytes;
-            char* dst = smem + Lo.w_off[u] + r * Lo.w_pitch;
-            for (int c = lane; c < pieces; c += 32) cp_async16(dst + 16 * c, src + 16 * c);
-          }
-          for (int c = lane; c < kRows * nb16; c += 32) {  // the rows' absmax codes, row after row
-            const int r = c / nb16, cc = c - r * nb16;
-            cp_async16(smem + Lo.u8_off[u] + r * Lo.nb + 16 * cc, J.am_u8 + (int64_t)rows(r) * Lo.nb + 16 * cc);
-          }
-          // the absmax2 values the rows' blocks use: indices a2_first(rows) .. of the 256-blocks
-          const int64_t a0 = ((int64_t)rows(0) * Lo.nb) >> 8, a1 = ((int64_t)rows(kRows - 1) * Lo.nb + Lo.nb - 1) >> 8;
-          if (lane <= a1 - a0) cp_async4(smem + Lo.u8_off[u] + kRows * Lo.nb + 4 * lane, J.absmax2 + a0 + lane);
-        }
-        asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(mbar0 + 8 * (k % kNF)) : "memory");
-      }
+// The copies of the block's items, in the consumers' order, into the ring: every thread runs it with
+// the same state (the same decisions), after each item's products have freed its bytes, issues its
+// share of each item's 16-byte copies (cp.async) and arrives (noinc) on the item's mbarrier, which
+// completes once every thread's copies landed. (Round 17: a bulk copy (TMA) a row from warp 0 made
+// the step 12 % slower — ~64 bulk-copy instructions an item issue slowly.) It stops when the next item does not fit
+// behind the unconsumed ones or kNF items are in flight. (A dedicated producer warp did the same
+// but made 13 warps: 128 registers a thread, spilled, and ~2x slower products.)
+struct Filler {
+  Ring ring;  // the copies' allocations (the consumers replay the same ones)
+  int l, si, i, issued;
+  __device__ bool valid(const P_t& P) const { return l < P.L; }
+  __device__ void next(const P_t& P) {  // the block's next item: tile i + grid of the stage, or the next stage's first
+    i += gridDim.x;
+    while (l < P.L && i >= P.items[kWeightStages[si]]) {
+      i = blockIdx.x;
+      if (++si == 4) { si = 0; ++l; }
     }
   }
-  asm volatile("cp.async.wait_all;" ::: "memory");
-}
+  __device__ void start(const P_t& P) {
+    ring = Ring{P.ring_bytes, 0};
+    l = 0; si = 0; i = (int)blockIdx.x - (int)gridDim.x; issued = 0;
+    next(P);
+  }
+  __device__ void run(char* smem, const P_t& P, long long cons_head, int consumed, int tid) {
+    const uint32_t mbar0 = smem_addr(smem + P.mbar_off);
+    while (valid(P) && issued - consumed < kNF) {
+      const int s = kWeightStages[si];
+      const PersistGeo& g = P.geo[s];
+      Ring r2 = ring;
+      const int off = r2.alloc(g.bytes);
+      if (r2.head - cons_head > r2.size) break;  // would overwrite an item not yet consumed
+      ring = r2;
+      const PersistLayer& Ly = P.layers[l];
+      TileRows rows;
+      const int j0 = item_job(P, s, i, rows);
+      const Layout Lo = item_layout(P, g, off);
+      const uint32_t bar = mbar0 + 8 * (issued % kNF);
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        if (u >= g.nj) break;
+        const GemvJob& J = Ly.j[j0 + u];
+        // piece c = r·pieces + cc of the tile, c = tid, tid + kThreads, …: (r, cc) stepped without a division
+        const int pieces = g.K >> 5, dr = kThreads / pieces, dc = kThreads - dr * pieces;
+        for (int r = tid / pieces, cc = tid - r * pieces; r < kRows; r += dr, cc += dc) {
+          if (cc >= pieces) { cc -= pieces; ++r; if (r >= kRows) break; }
+          cp_async16(smem + Lo.w_off[u] + r * Lo.w_pitch + 16 * cc, J.packed + (int64_t)rows(r) * (g.K >> 1) + 16 * cc);
+        }
+        const int nb16 = Lo.nb >> 4;
+        for (int c = tid; c < kRows * nb16; c += kThreads) {  // the rows' absmax codes (at most 2 a thread)
+          const int r = c / nb16, cc = c - r * nb16;
+          cp_async16(smem + Lo.u8_off[u] + r * Lo.nb + 16 * cc, J.am_u8 + (int64_t)rows(r) * Lo.nb + 16 * cc);
+        }
+        // the absmax2 values the rows' blocks use (indices a0..a1 of the 256-blocks)
+        const int64_t a0 = ((int64_t)rows(0) * Lo.nb) >> 8, a1 = ((int64_t)rows(kRows - 1) * Lo.nb + Lo.nb - 1) >> 8;
+        if (tid <= a1 - a0) cp_async4(smem + Lo.u8_off[u] + kRows * Lo.nb + 4 * tid, J.absmax2 + a0 + tid);
+      }
+      asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");
+      ++issued;
+      next(P);
+    }
+  }
+};
 
-// Job u's fp32 absmax (Lo.am_off) from what the producer staged — its rows' u8 codes and absmax2
+// Job u's fp32 absmax (Lo.am_off) from what the copies staged — its rows' u8 codes and absmax2
 // slice — and the code2 table in shared memory: gemv_tile's decode_absmax without a global load.
 __device__ __forceinline__ void decode_am(char* smem, const Layout& Lo, int u, TileRows rows, const float* code2, float offset, int tid) {
   const uint8_t* a8 = reinterpret_cast<const uint8_t*>(smem + Lo.u8_off[u]);
@@ -263,19 +284,13 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persist_kernel(const __gri
   if (tid < 256) reinterpret_cast<float*>(smem + P.code2_off)[tid] = P.code2[tid];
   if (tid == 0) {
     for (int i = 0; i < kNF; ++i)
-      asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(smem + P.mbar_off + 8 * i)), "r"(32) : "memory");
-    *reinterpret_cast<long long*>(smem + P.cons_off) = 0;
-    *reinterpret_cast<int*>(smem + P.cons_off + 8) = 0;
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(smem + P.mbar_off + 8 * i)), "r"(kThreads) : "memory");
   }
   __syncthreads();
-  if (warp == kCW) {
-    produce(smem, P, lane);
-    return;
-  }
-  // ---- consumers ----
   Ring ring{P.ring_bytes, 0};
-  volatile long long* cons_bytes = reinterpret_cast<volatile long long*>(smem + P.cons_off);
-  volatile int* cons_items = reinterpret_cast<volatile int*>(smem + P.cons_off + 8);
+  Filler fill;
+  fill.start(P);
+  fill.run(smem, P, 0, 0, tid);
   const uint32_t mbar0 = smem_addr(smem + P.mbar_off);
   bf16* xs = reinterpret_cast<bf16*>(smem + P.xs_off);
   float* sh = reinterpret_cast<float*>(smem + P.sh_off);
@@ -341,7 +356,9 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persist_kernel(const __gri
         mbar_wait(mbar0 + 8 * (k % kNF), (k / kNF) & 1);  // the item's bytes landed
         if (n == 0) stamp(P, l, s, 1);
         stamp_item(P, l, s, n, 0);
-        for (int u = 0; u < g.nj; ++u) decode_am(smem, Lo, u, rows, code2s, Js[u].offset, tid);
+#pragma unroll
+        for (int u = 0; u < 2; ++u)  // (static indices into Lo: it stays in registers)
+          if (u < g.nj) decode_am(smem, Lo, u, rows, code2s, Js[u].offset, tid);
         if (n == 0) {  // the stage's input: once a stage
           if (s == kStageQ) {
             if (l == 0) ConsBar{}();
@@ -365,14 +382,11 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persist_kernel(const __gri
         float acc[2][1][4] = {};
         if (warp < W) {
           const int b_lo = warp * Lo.nb / W, b_hi = (warp + 1) * Lo.nb / W;
-          tile_dot<1, true>(smem, Lo, Js, g.nj, xs, warp, tab_lane, b_lo, b_hi, lane, 1, acc, 0, true);
+          tile_dot<1, true, 4>(smem, Lo, Js, g.nj, xs, warp, tab_lane, b_lo, b_hi, lane, 1, acc, 0, true);
         }
         ConsBar{}();  // every read of the item's ring bytes and of the last item's partial sums is done
         stamp_item(P, l, s, n, 1);
-        if (tid == 0) {
-          *cons_bytes = ring.head;
-          *cons_items = k + 1;
-        }
+        fill.run(smem, P, ring.head, k + 1, tid);  // this item's bytes are free: the next ones' copies
         if (warp < W) {
           store_partial<1>(red[0] + warp * kRows, acc[0], lane);
           if (g.nj == 2) store_partial<1>(red[1] + warp * kRows, acc[1], lane);
@@ -499,7 +513,6 @@ bool decode_persist_prepare(const DeviceModel& d, const DeviceKV& kv, const Pers
   P.code2_off = o; o += 256 * 4;
   P.jobs_off = o; o += round_up((int)sizeof(PersistLayer), 128);
   P.mbar_off = o; o += 8 * kNF;
-  P.cons_off = o; o += 16;
   P.ring_off = o = round_up(o, 128);
   P.ring_bytes = (optin - o) / 128 * 128;
   if (P.ring_bytes < max_item) return no("shared memory too small for an item");

@@ -44,7 +44,7 @@ struct PersistParams {
   int w[kPersistStages];      // warps splitting K (gemv_tc_warps), Q O G D
   int items[kPersistStages];  // tiles of Q O G D, heads of A
   PersistGeo geo[kPersistStages];
-  int ring_bytes, red_off, am_off, xs_off, sh_off, code2_off, jobs_off, mbar_off, cons_off, ring_off;
+  int ring_bytes, red_off, am_off, xs_off, sh_off, code2_off, jobs_off, mbar_off, ring_off;
   float lut[16];
   float code2[256];  // the double-quant code table every projection shares (checked by prepare)
 };

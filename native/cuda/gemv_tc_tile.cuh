@@ -161,7 +161,9 @@ __device__ __forceinline__ uint4 shfl4(uint4 v, int src) {
 // the step was 10 % faster — each block waited for its x from L2). Lanes g > 0 feed columns n > 0,
 // which nobody reads, so they take the same values as g = 0. Otherwise x is loaded a block ahead.
 // XS: x lies in shared memory (decode_persist.cu; one row, the warp-slice path only), read plainly.
-template <int NT, bool XS = false>
+// UB: the warp-slice path's blocks unrolled UB at a time — independent MMA chains in flight (the sums
+// into acc keep their order: the same bits); gemv_tc_kernel keeps 1 (80 registers).
+template <int NT, bool XS = false, int UB = 1>
 __device__ __forceinline__ void tile_dot(char* smem, const Layout& Lo, const GemvJob* Js, int nj, const bf16* x,
                                          int warp, const char* tab_lane, int b_lo, int b_hi, int lane, int N,
                                          float (&acc)[2][NT][4], int ablate, bool x_warp) {
@@ -205,7 +207,7 @@ __device__ __forceinline__ void tile_dot(char* smem, const Layout& Lo, const Gem
 #pragma unroll
     for (int t = 0; t < kT; ++t) {
       const int nbb = min(4, b_hi - b_lo - 4 * t);
-#pragma unroll 1
+#pragma unroll UB
       for (int bb = 0; bb < nbb; ++bb) {  // block b_lo + 4t + bb: pieces 8bb + 2q, + 1 of xs[t]
         uint4 xc[NT][2];
         xc[0][0] = shfl4(xs[t], 8 * bb + 2 * q);
