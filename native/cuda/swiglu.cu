@@ -22,8 +22,13 @@ __device__ __forceinline__ float silu_sig(float g, float& s) {
   s = 1.f / (1.f + __expf(-g));
   return g * s;
 }
-// written as the first version of the backward wrote it (the same operations in the same order)
-__device__ __forceinline__ float dgate_term(float g, float u, float d, float s) { return d * u * s * (1.f + g * (1.f - s)); }
+// One value's gradients, as the first version of the backward wrote them (the same operations in the
+// same order), added to (acc) or written over dg, du: the one text of both backward kernels.
+__device__ __forceinline__ void bwd_one(float g, float u, float d, bool acc, bf16& dg, bf16& du) {
+  const float s = 1.f / (1.f + __expf(-g));
+  dg = __float2bfloat16((acc ? __bfloat162float(dg) : 0.f) + d * u * s * (1.f + g * (1.f - s)));
+  du = __float2bfloat16((acc ? __bfloat162float(du) : 0.f) + d * g * s);
+}
 
 __global__ void swiglu_fwd_kernel(bf16* __restrict__ out, const bf16* __restrict__ gate, const bf16* __restrict__ up,
                                   int64_t n) {
@@ -36,10 +41,7 @@ __global__ void swiglu_fwd_kernel(bf16* __restrict__ out, const bf16* __restrict
 __global__ void swiglu_bwd_kernel(bf16* __restrict__ dgate, bf16* __restrict__ dup, const bf16* __restrict__ dout,
                                   const bf16* __restrict__ gate, const bf16* __restrict__ up, int64_t n, bool acc) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    const float g = __bfloat162float(gate[i]), u = __bfloat162float(up[i]), d = __bfloat162float(dout[i]);
-    const float s = 1.f / (1.f + __expf(-g));
-    dgate[i] = __float2bfloat16((acc ? __bfloat162float(dgate[i]) : 0.f) + dgate_term(g, u, d, s));
-    dup[i] = __float2bfloat16((acc ? __bfloat162float(dup[i]) : 0.f) + d * g * s);
+    bwd_one(__bfloat162float(gate[i]), __bfloat162float(up[i]), __bfloat162float(dout[i]), acc, dgate[i], dup[i]);
   }
 }
 
@@ -75,10 +77,7 @@ __global__ void swiglu_bwd8_kernel(uint4* __restrict__ dgate, uint4* __restrict_
     }
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      const float gf = __bfloat162float(g.h[j]), uf = __bfloat162float(u.h[j]), df = __bfloat162float(d.h[j]);
-      const float s = 1.f / (1.f + __expf(-gf));
-      dg.h[j] = __float2bfloat16((acc ? __bfloat162float(dg.h[j]) : 0.f) + dgate_term(gf, uf, df, s));
-      du.h[j] = __float2bfloat16((acc ? __bfloat162float(du.h[j]) : 0.f) + df * gf * s);
+      bwd_one(__bfloat162float(g.h[j]), __bfloat162float(u.h[j]), __bfloat162float(d.h[j]), acc, dg.h[j], du.h[j]);
     }
     dgate[i] = dg.v;
     dup[i] = du.v;
