@@ -77,5 +77,7 @@ std::string decode_persist_profile(const PersistStep& st);
 std::string decode_persist_profile(const DeviceKV& kv);
 // The error word of the last step (a copy: synchronizes). Non-zero: a wait timed out.
 unsigned decode_persist_error(const PersistStep& st);
+// For the graph of this cache (decode_step.cu): -1 when its layers are not one persistent kernel.
+int64_t decode_persist_error(const DeviceKV& kv);
 
 }  // namespace mimic::cuda

@@ -307,6 +307,11 @@ std::string decode_persist_profile(const DeviceKV& kv) {
   return g && g->persist ? decode_persist_profile(g->ps) : std::string();
 }
 
+int64_t decode_persist_error(const DeviceKV& kv) {
+  const DecodeGraph* g = kv.graph.get();
+  return g && g->persist ? (int64_t)decode_persist_error(g->ps) : -1;
+}
+
 void decode_pdl_override(int mode) { g_pdl_override = mode; }
 void decode_fuse_override(int mode) { g_fuse_override = mode; }
 

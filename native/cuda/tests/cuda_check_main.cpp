@@ -12,6 +12,7 @@
 //                                     layer 10; with VAR=v, an A/B alternated in one process
 // Every line of the final table starts with "ROW" so check.sh can collect them. Exit code 1 when a
 // row fails. Errors are mimic::Error, printed, exit code 2.
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -695,6 +696,40 @@ void batch_bench(const std::string& dir) {
     BatchCheck bc = batch_vs_single(*gpu, c, 2, 300, 8, false);
     add("batch 3B nf4", "default route, 2 sessions: tokens == each alone (greedy)", bc.token_mismatch, 0.0);
     add("batch 3B nf4", "default route, 2 sessions: logits bit for bit (greedy)", bc.logit_rel, 0.0);
+  }
+  {  // the opt-in persistent decode kernel (decode_persist.cu): 16 greedy steps, the graph's bits
+    cuda::DeviceKV kv;
+    kv.init(c, 512);
+    std::vector<int32_t> p(128);
+    for (int i = 0; i < 128; ++i) p[i] = (i * 29 + 11) % 128000;
+    cuda::llama_forward(*gpu, p.data(), 128, &kv, nullptr, 1);
+    std::vector<std::vector<float>> lg[2];
+    std::vector<int32_t> toks[2];
+    int64_t err = -1;
+    for (int leg = 0; leg < 2; ++leg) {
+      if (leg) setenv("MIMIC_DECODE_PERSIST", "1", 1);
+      cuda::decode_graph_invalidate();
+      kv.len = 128;
+      int32_t t = 1234;
+      for (int i = 0; i < 16; ++i) {
+        std::vector<float> l((size_t)c.vocab_size);
+        cuda::llama_forward(*gpu, &t, 1, &kv, l.data(), 1);
+        t = (int32_t)(std::max_element(l.begin(), l.end()) - l.begin());
+        toks[leg].push_back(t);
+        lg[leg].push_back(std::move(l));
+      }
+      if (leg) err = cuda::decode_persist_error(kv);
+    }
+    unsetenv("MIMIC_DECODE_PERSIST");
+    cuda::decode_graph_invalidate();
+    double dmax = 0.0, mism = 0.0;
+    for (int i = 0; i < 16; ++i) {
+      mism += toks[0][i] != toks[1][i];
+      for (size_t j = 0; j < lg[0][i].size(); ++j) dmax = std::max(dmax, (double)std::fabs(lg[0][i][j] - lg[1][i][j]));
+    }
+    add("decode_persist 3B", "in use (its error word read: 0 = no wait timed out)", err == 0 ? 0.0 : 1.0, 0.0);
+    add("decode_persist 3B", "16 greedy steps: tokens == the graph's", mism, 0.0);
+    add("decode_persist 3B", "16 greedy steps: logits bit for bit the graph's", dmax, 0.0);
   }
   // step rate by batch size: caches at 128 tokens, 24 timed steps each (greedy sampling included
   // in the 'decode_batch' figure; 'logits' is the forward alone)
