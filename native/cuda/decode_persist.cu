@@ -273,15 +273,10 @@ template <int DT, int PER>
 __global__ void __launch_bounds__(kThreads, 1) decode_persist_kernel(const __grid_constant__ PersistParams P) {
   extern __shared__ __align__(128) char smem[];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  if (tid < 256) {  // the pair table, as gemv_tc_kernel fills it
-    const int e = tid;
-    const uint32_t v = bf2_bits(P.lut[e >> 4], P.lut[e & 15]);
-    const uint4 v4 = make_uint4(v, v, v, v);
-    uint32_t* pair = reinterpret_cast<uint32_t*>(smem);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) *reinterpret_cast<uint4*>(&pair[e * 32 + 4 * ((i + e) & 7)]) = v4;
+  if (tid < 256) {
+    fill_pair_table(smem, P.lut, tid);
+    reinterpret_cast<float*>(smem + P.code2_off)[tid] = P.code2[tid];
   }
-  if (tid < 256) reinterpret_cast<float*>(smem + P.code2_off)[tid] = P.code2[tid];
   if (tid == 0) {
     for (int i = 0; i < kNF; ++i)
       asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(smem + P.mbar_off + 8 * i)), "r"(kThreads) : "memory");

@@ -116,15 +116,7 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 3 : 2) gemv_tc_kernel(const _
       }
     }
     asm volatile("cp.async.commit_group;\n");
-    if (tid < 256) {  // the pair table: thread e writes entry e's 32 copies, 16 bytes at a time, rotated by e so
-                      // that the 8 lanes of a quarter-warp hit 8 different bank quads
-      const int e = tid;
-      const uint32_t v = bf2_bits(P.lut[e >> 4], P.lut[e & 15]);
-      const uint4 v4 = make_uint4(v, v, v, v);
-      uint32_t* pair = reinterpret_cast<uint32_t*>(smem);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) *reinterpret_cast<uint4*>(&pair[e * 32 + 4 * ((i + e) & 7)]) = v4;
-    }
+    if (tid < 256) fill_pair_table(smem, P.lut, tid);
     if (it == 0) {
 #pragma unroll
       for (int u = 0; u < 2; ++u)

@@ -45,6 +45,17 @@ struct TileRows {
   __device__ int operator()(int r) const { return m0 + r + (r >= 8 ? hs : 0); }
 };
 
+// The pair table at smem (kPairBytes), filled by threads e = 0..255 (every block that uses it): thread
+// e writes entry e's 32 copies, 16 bytes at a time, rotated by e so that the 8 lanes of a quarter-warp
+// hit 8 different bank quads.
+__device__ __forceinline__ void fill_pair_table(char* smem, const float (&lut)[16], int e) {
+  const uint32_t v = bf2_bits(lut[e >> 4], lut[e & 15]);
+  const uint4 v4 = make_uint4(v, v, v, v);
+  uint32_t* pair = reinterpret_cast<uint32_t*>(smem);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) *reinterpret_cast<uint4*>(&pair[e * 32 + 4 * ((i + e) & 7)]) = v4;
+}
+
 // The pair of byte i (0..3) of word w, from the lane's copy: byte offset (byte·32 + lane)·4. (A shift,
 // two LOP3s and the LDS in SASS; round 15 made it one LOP3 by inline PTX: no change in the step.)
 __device__ __forceinline__ uint32_t pair_of(const char* tab_lane, uint32_t w, int i) {
