@@ -25,6 +25,12 @@
 // Every buffer a stage writes is read only by the next stage or by its own rows, and written again
 // only a whole chain of counters later: one set of buffers serves all layers. A wait that spins for
 // 2 s sets the error word and lets the kernel run out (wrong results, no hang).
+//
+// Status (round 17, H200): the same logits as the graph bit for bit (mimic_cuda_check batch rows),
+// but 2.4-2.5 ms a step against the graph's 1.50: per SM one block runs the items one after another
+// (products 2-4 µs an item, latency-bound at 3 warps a scheduler), where the graph runs two product
+// blocks an SM side by side. Next: two items in flight an SM, or items of two tiles sharing x (more
+// independent MMA chains a warp) — see NOTES round 17.
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
