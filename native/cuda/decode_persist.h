@@ -24,6 +24,7 @@ struct PersistLayer {
 // A stage's work item: a 16-row tile of one projection (gate/up: of both), as staged in the ring.
 struct PersistGeo {
   int K, nj, job_bytes, bytes;
+  int pair;  // 1: the item's two units are two tiles of one projection (else gate and up, or one tile)
 };
 
 enum PersistStage { kStageQ, kStageA, kStageO, kStageG, kStageD, kPersistStages };
