@@ -24,7 +24,8 @@
 //     silu(gate)·up) to shared memory once a stage.
 // Every buffer a stage writes is read only by the next stage or by its own rows, and written again
 // only a whole chain of counters later: one set of buffers serves all layers. A wait that spins for
-// 2 s sets the error word and lets the kernel run out (wrong results, no hang).
+// 2 s (or for an item's bytes) sets the error word and lets the kernel run out (wrong results, no
+// hang; mimic_cuda_check batch reads it).
 //
 // Status (round 17, H200): the same logits as the graph bit for bit (mimic_cuda_check batch rows),
 // but 2.4-2.5 ms a step against the graph's 1.50: per SM one block runs the items one after another
@@ -60,25 +61,33 @@ __constant__ const int kWeightStages[4] = {kStageQ, kStageO, kStageG, kStageD}; 
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+__device__ __forceinline__ unsigned long long now_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+// Until the phase of `parity` completed (the item's bytes landed), or — a bug — 2 s: then the error
+// word is set and the wait gives up (wrong results, no hang).
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity, unsigned* err) {
   uint32_t ok = 0;
-  while (!ok)
+  unsigned long long t0 = 0;
+  for (int it = 0; !ok; ++it) {
     asm volatile(
         "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
         : "=r"(ok)
         : "r"(bar), "r"(parity)
         : "memory");
+    if (!ok && (it & 63) == 63) {
+      if (!t0) t0 = now_ns();
+      else if (now_ns() - t0 > 2000000000ull) { atomicExch(err, 2u); return; }
+    }
+  }
 }
 
 __device__ __forceinline__ void cp_async4(void* dst, const void* src) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src));
 }
 
-__device__ __forceinline__ unsigned long long now_ns() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
 
 // MIMIC_DECODE_PERSIST_STAMPS: stamp i (0 the stage's wait asked, 1 its first item's bytes landed,
 // 2 its inputs ready, 3 its signal sent) of stage s, layer l, by thread 0.
@@ -375,7 +384,7 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persist_kernel(const __gri
         if (s == kStageQ && ji < 2 && (tid & 31) < kRows / 2 && (tid < 32 || (g.pair && tid < 64)))
           rope_cs(pos, P.inv_freq[rows[tid >> 5](tid & 31) % P.D], rc, rs);
         if (n == 0) stamp(P, l, s, 0);
-        mbar_wait(mbar0 + 8 * (k % kNF), (k / kNF) & 1);  // the item's bytes landed
+        mbar_wait(mbar0 + 8 * (k % kNF), (k / kNF) & 1, P.err);  // the item's bytes landed
         if (n == 0) stamp(P, l, s, 1);
         stamp_item(P, l, s, n, 0);
 #pragma unroll
