@@ -113,15 +113,8 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
   float* xo = g.x1.p;
   // LoRA A products of the given projections (h_i = x·A_iᵀ, fp32), one launch; B in the epilogues
   const LoraGemv lg{d, g.lh.p, (size_t)R};
-  if (g.persist) {  // every layer in one kernel: x0 in, x0 out
-    decode_persist_launch(g.ps, Context::get().stream);
-    rmsnorm_rows(g.xn.p, x, d.final_norm.p, 1, C, c.rms_norm_eps);
-    GemvJob j;
-    j.W = d.head(); j.M = c.vocab_size; j.K = C; j.x = g.xn.p; j.out = g.logits.p; j.out_f32 = true;
-    gemv(&j, 1, 1);
-    return;
-  }
-  for (int l = 0; l < c.num_layers; ++l) {
+  if (g.persist) decode_persist_launch(g.ps, Context::get().stream);  // every layer in one kernel: x0 in, x0 out
+  for (int l = 0; l < c.num_layers && !g.persist; ++l) {
     const DLayer& Ly = d.layers[l];
     rmsnorm_rows(g.xn.p, x, Ly.in_norm.p, 1, C, c.rms_norm_eps);
     lg.a(Ly, {0, 1, 2}, g.xn.p, 1);
