@@ -497,9 +497,8 @@ bool decode_persist_prepare(const DeviceModel& d, const DeviceKV& kv, const Pers
   }
   // the warp split of each product, as gemv_tc would launch it (x any aligned pointer: plan checks it)
   {
-    const DLayer& Ly = d.layers[0];
-    GemvJob js[7];
-    for (int i = 0; i < 7; ++i) { js[i] = gemv_job_nf4(Ly.proj[i].nf4); js[i].x = io.q; }
+    GemvJob js[7];  // layer 0's jobs as built above (plan reads their weights and shapes, not outs)
+    for (int i = 0; i < 7; ++i) { js[i] = hl[0].j[i]; js[i].x = io.q; }
     P.w[kStageQ] = gemv_tc_warps(js, 3, false, true);
     P.w[kStageO] = gemv_tc_warps(js + 3, 1, false, false);
     P.w[kStageG] = gemv_tc_warps(js + 4, 2, true, false);
