@@ -7,6 +7,9 @@
 # the first four gemv_tc launches with ncu (warp states: what the product warps wait on). BRIEF=1:
 # only the A/B lines.
 #   device: run(kind="nvidia-h200-x2", command="AB0=... AB1=... bash bench/gpu/trace.sh", carry=[".device-node", "dist", ".gpu-carry"])
+# On one card the two processes run one after the other (AB1 may then be empty). A leg "LORA=16" is
+# not an env variable: leg B runs with a rank-16 adapter on all seven projections, leg A without
+# (LORA_AB=16: both legs with it).
 source bench/gpu/lib.sh
 gpu_round trace 300
 gpu_build
@@ -18,12 +21,17 @@ IFS=';' read -ra LEGS0 <<< "$AB0"; IFS=';' read -ra LEGS1 <<< "$AB1"
 NP=$(( ${#LEGS0[@]} > ${#LEGS1[@]} ? ${#LEGS0[@]} : ${#LEGS1[@]} )); [ "$NP" -gt 0 ] || NP=1
 for ((p = 0; p < NP; p++)); do
   B0=${LEGS0[$p]:-}; B1=${LEGS1[$p]:-}
-  CUDA_VISIBLE_DEVICES=0 timeout $(left 120) ./build/mimic_cuda_check trace $CK 16 $B0 > "$L/trace$p-0.log" 2>&1 &
-  P=$!
-  CUDA_VISIBLE_DEVICES=$G1 timeout $(left 120) ./build/mimic_cuda_check trace $CK 16 $B1 > "$L/trace$p-1.log" 2>&1
-  wait $P
-  for i in 0 1; do echo "-- GPU $i"; grep -h '^TRACE ab\|^ERROR' "$L/trace$p-$i.log"; done
-  [ -n "$BRIEF" ] || for i in 0 1; do echo "-- GPU $i:"; grep -h '^TRACE [AB] ' "$L/trace$p-$i.log" | grep -v 'rmsnorm_rows_kernel   '; done
+  if [ "$NGPU" -ge 2 ]; then  # one process a card, side by side
+    CUDA_VISIBLE_DEVICES=0 timeout $(left 120) ./build/mimic_cuda_check trace $CK 16 $B0 > "$L/trace$p-0.log" 2>&1 &
+    P=$!
+    CUDA_VISIBLE_DEVICES=$G1 timeout $(left 120) ./build/mimic_cuda_check trace $CK 16 $B1 > "$L/trace$p-1.log" 2>&1
+    wait $P
+  else  # one card: the two processes one after the other (never two timed processes on one card)
+    CUDA_VISIBLE_DEVICES=0 timeout $(left 120) ./build/mimic_cuda_check trace $CK 16 $B0 > "$L/trace$p-0.log" 2>&1
+    [ -n "$B1" ] && CUDA_VISIBLE_DEVICES=0 timeout $(left 120) ./build/mimic_cuda_check trace $CK 16 $B1 > "$L/trace$p-1.log" 2>&1
+  fi
+  for i in 0 1; do [ -f "$L/trace$p-$i.log" ] && { echo "-- process $i"; grep -h '^TRACE ab\|^ERROR' "$L/trace$p-$i.log"; }; done
+  [ -n "$BRIEF" ] || for i in 0 1; do [ -f "$L/trace$p-$i.log" ] && { echo "-- process $i:"; grep -h '^TRACE [AB] ' "$L/trace$p-$i.log" | grep -v 'rmsnorm_rows_kernel   '; }; done
 done
 if [ -n "$BATCH" ]; then  # BATCH=1: the batched-decode rows and sweep (GPU 1)
   CUDA_VISIBLE_DEVICES=$G1 timeout $(left 150) ./build/mimic_cuda_check batch $CK > "$L/batch.log" 2>&1

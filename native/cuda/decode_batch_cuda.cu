@@ -212,8 +212,7 @@ void record(DeviceModel& d, BatchDecode& b, int S) {
   const LoraGemv lg{d, b.lh.p, (size_t)cap * R};
   for (int l = 0; l < L; ++l) {
     const DLayer& Ly = d.layers[l];
-    rmsnorm_rows(b.xn.p, x, Ly.in_norm.p, S, C, c.rms_norm_eps);
-    lg.a(Ly, {0, 1, 2}, b.xn.p, S);
+    lg.norm_a(Ly, {0, 1, 2}, b.xn.p, x, Ly.in_norm.p, S, C, c.rms_norm_eps);
     {
       GemvJob js[3];
       bf16* outs[3] = {b.q.p, b.k.p, b.v.p};
@@ -232,8 +231,7 @@ void record(DeviceModel& d, BatchDecode& b, int S) {
       j.x = b.att.p; j.out = b.h.p; j.out_f32 = true; j.res = x;   // h = x + o(att)
       gemv_rows(&j, 1, S);
     }
-    rmsnorm_rows(b.xn.p, b.h.p, Ly.post_norm.p, S, C, c.rms_norm_eps);
-    lg.a(Ly, {4, 5}, b.xn.p, S);
+    lg.norm_a(Ly, {4, 5}, b.xn.p, b.h.p, Ly.post_norm.p, S, C, c.rms_norm_eps);
     {
       GemvJob js[2];
       js[0] = lg.with_b(base_job(Ly.proj[4]), Ly.proj[4], 4); js[0].x = b.xn.p; js[0].out = b.act.p;

@@ -18,6 +18,7 @@
 #include <initializer_list>
 
 #include "core/env.h"
+#include "cuda/bf16_row_dot.cuh"
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
 #include "cuda/llama_cuda.h"
@@ -97,6 +98,55 @@ void rmsnorm_rows(bf16* out, const float* x, const float* w, int N, int C, float
   if (C > kRmsVirtual * kRmsPer) { rmsnorm_forward(out, nullptr, x, w, N, C, eps); return; }
   launch_pdl(rmsnorm_rows_kernel<false>, rmsnorm_rows_kernel<true>, dim3(N), dim3(kNormThreads), 0, Context::get().stream, out, x, w, C, eps);
   MIMIC_CUDA_LAUNCHED();
+}
+
+// RMSNorm fused with the LoRA A products of its output (a layer's q/k/v or gate/up with an adapter
+// attached, LoraGemv::norm_a): one launch where there were two, i.e. one launch boundary (~2 µs) less
+// on the step's chain, twice a layer. Block (b, s): all its threads normalize row s exactly as
+// rmsnorm_rows_kernel (the same sums: xn the same bits) into shared memory, block 0 also writes it
+// out; then warp w takes A row b·32 + w of the jobs' rows listed end to end, with gemv.cu's bf16
+// product (bf16_row_dot, x from shared memory): h the same bits as LoraGemv::a's launch. The A rows
+// are weights: requested into L2 before the PDL wait.
+struct NormLoraJobs {
+  const bf16* A[3] = {};  // [r_i, C] bf16, 16-byte aligned
+  float* h[3] = {};       // [S, r_i] fp32
+  int r[3] = {};
+  int n = 0, rows = 0;    // jobs, Σ r_i
+};
+template <bool PDL>
+__global__ void __launch_bounds__(kNormThreads) rmsnorm_lora_a_kernel(bf16* __restrict__ out, const float* __restrict__ x,
+                                                                      const float* __restrict__ w, int C, float eps,
+                                                                      const __grid_constant__ NormLoraJobs J) {
+  __shared__ float sh[32];
+  extern __shared__ __align__(16) uint4 xs4[];  // the row's xn [C] bf16
+  const int s = blockIdx.y, lane = threadIdx.x & 31;
+  int ji = 0, ri = (int)blockIdx.x * (kNormThreads / 32) + (int)(threadIdx.x >> 5);  // → job ji, its row ri
+  while (ji < J.n && ri >= J.r[ji]) ri -= J.r[ji++];
+  const bf16* arow = ji < J.n ? J.A[ji] + (int64_t)ri * C : nullptr;
+  RmsRow<kNormThreads> row, wr;
+  if constexpr (PDL) pdl_trigger();
+  wr.load(w, C);
+  if (arow)
+    for (int o = 16 * lane; o < 2 * C; o += 512) asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(arow) + o));
+  if constexpr (PDL) pdl_wait();
+  row.load(x + (int64_t)s * C, C);
+  const float r = row.rms_rsqrt(C, eps, sh);
+  bf16* xs = reinterpret_cast<bf16*>(xs4);
+#pragma unroll
+  for (int k = 0; k < RmsRow<kNormThreads>::kNV; ++k)
+#pragma unroll
+    for (int i = 0; i < kRmsPer; ++i)
+      if (const int c = row.col(k, i); c < C) {
+        const bf16 v = norm_out(wr.v[k][i], row.v[k][i], r);
+        xs[c] = v;
+        if (blockIdx.x == 0) out[(int64_t)s * C + c] = v;
+      }
+  __syncthreads();
+  if (!arow) return;
+  float acc[1] = {0.f};
+  bf16_row_dot<1, true>(reinterpret_cast<const uint4*>(arow), C / 8, lane, 1, nullptr, C, xs4, acc);
+  acc[0] = warp_sum(acc[0]);
+  if (lane == 0) J.h[ji][(int64_t)s * J.r[ji] + ri] = acc[0];
 }
 
 template <class Bar>
@@ -339,6 +389,31 @@ struct LoraGemv {
       js[n++] = j;
     }
     if (n) gemv_rows(js, n, N);
+  }
+  // xn = RMSNorm(x)·w over N rows, then a(which, xn): one launch (rmsnorm_lora_a_kernel, the same
+  // bits) where the adapters allow it — fp32-free 16-byte A rows, C % 8 == 0 — unless
+  // MIMIC_DECODE_NORM_LORA=0 (read at each recording: the A/B leg); else the two launches.
+  void norm_a(const DLayer& Ly, std::initializer_list<int> which, bf16* xn, const float* x, const float* w, int64_t N,
+              int C, float eps) const {
+    NormLoraJobs J;
+    bool ok = C % 8 == 0 && C <= kRmsVirtual * kRmsPer && N <= 65535 && env_switch_on("MIMIC_DECODE_NORM_LORA");
+    for (int i : which) {
+      const DLinear& P = Ly.proj[i];
+      if (!on(P)) continue;
+      J.A[J.n] = d.lb.p + P.offA; J.h[J.n] = lh + (size_t)i * stride; J.r[J.n] = P.r;
+      ok = ok && P.K == C && ((uintptr_t)J.A[J.n] & 15) == 0;
+      J.rows += P.r;
+      ++J.n;
+    }
+    if (!J.n || !ok) {
+      rmsnorm_rows(xn, x, w, (int)N, C, eps);
+      a(Ly, which, xn, N);
+      return;
+    }
+    const dim3 grid((J.rows + kNormThreads / 32 - 1) / (kNormThreads / 32), (unsigned)N);
+    launch_pdl(rmsnorm_lora_a_kernel<false>, rmsnorm_lora_a_kernel<true>, grid, dim3(kNormThreads), (size_t)C * 2,
+               Context::get().stream, xn, x, w, C, eps, J);
+    MIMIC_CUDA_LAUNCHED();
   }
   GemvJob with_b(GemvJob j, const DLinear& P, int i) const {
     if (on(P)) { j.lora_B = d.lb.p + P.offB; j.lora_h = lh + (size_t)i * stride; j.r = P.r; j.scale = P.scale; }

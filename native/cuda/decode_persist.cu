@@ -84,10 +84,6 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity, unsigne
   }
 }
 
-__device__ __forceinline__ void cp_async4(void* dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src));
-}
-
 
 // MIMIC_DECODE_PERSIST_STAMPS: stamp i (0 the stage's wait asked, 1 its first item's bytes landed,
 // 2 its inputs ready, 3 its signal sent) of stage s, layer l, by thread 0.

@@ -116,8 +116,7 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
   if (g.persist) decode_persist_launch(g.ps, Context::get().stream);  // every layer in one kernel: x0 in, x0 out
   for (int l = 0; l < c.num_layers && !g.persist; ++l) {
     const DLayer& Ly = d.layers[l];
-    rmsnorm_rows(g.xn.p, x, Ly.in_norm.p, 1, C, c.rms_norm_eps);
-    lg.a(Ly, {0, 1, 2}, g.xn.p, 1);
+    lg.norm_a(Ly, {0, 1, 2}, g.xn.p, x, Ly.in_norm.p, 1, C, c.rms_norm_eps);
     {
       GemvJob js[3];
       bf16* outs[3] = {g.q.p, g.k.p, g.v.p};
@@ -140,8 +139,7 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
       j.x = g.att.p; j.out = g.h.p; j.out_f32 = true; j.res = x;   // h = x + o(att)
       gemv(&j, 1, 1);
     }
-    rmsnorm_rows(g.xn.p, g.h.p, Ly.post_norm.p, 1, C, c.rms_norm_eps);
-    lg.a(Ly, {4, 5}, g.xn.p, 1);
+    lg.norm_a(Ly, {4, 5}, g.xn.p, g.h.p, Ly.post_norm.p, 1, C, c.rms_norm_eps);
     {
       GemvJob js[2];
       js[0] = lg.with_b(base_job(Ly.proj[4]), Ly.proj[4], 4); js[0].x = g.xn.p; js[0].out = g.act.p;

@@ -22,6 +22,7 @@
 #include <cstring>
 
 #include "core/env.h"
+#include "cuda/bf16_row_dot.cuh"
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
 #include "cuda/gemv_tc.h"
@@ -30,50 +31,9 @@
 namespace mimic::cuda {
 namespace {
 
-constexpr int kWarps = 8, kThreads = kWarps * 32, kGroup = 4;
+constexpr int kWarps = 8, kThreads = kWarps * 32, kGroup = kRowDotGroup;
 
 using Params = GemvParams;
-
-__device__ __forceinline__ float bf_lo(uint32_t u) { return __uint_as_float(u << 16); }
-__device__ __forceinline__ float bf_hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
-
-template <class T>
-__device__ __forceinline__ T ldg_stream(const T* p) { return __ldcs(p); }  // weights: read once, don't keep in L1
-
-// acc[n] += Σ_k x[n, k]·W[m, k] over a bf16 row (the lane's 16-byte chunks lane, lane + 32, …, kGroup of
-// them in flight), x from global through L2 (gemv_kernel) or from the block's copy in shared memory
-// (XS: gemv_rows_kernel). One text for both, so that the lm_head's two paths give the same bits.
-template <int NT, bool XS>
-__device__ __forceinline__ void bf16_row_dot(const uint4* wrow, int nch, int lane, int N, const bf16* x, int K,
-                                             const uint4* xs, float (&acc)[NT]) {
-  for (int c0 = lane; c0 < nch; c0 += 32 * kGroup) {
-    uint4 w[kGroup];
-#pragma unroll
-    for (int g = 0; g < kGroup; ++g)
-      if (c0 + 32 * g < nch) w[g] = ldg_stream(wrow + c0 + 32 * g);
-#pragma unroll
-    for (int g = 0; g < kGroup; ++g) {
-      const int c = c0 + 32 * g;
-      if (c < nch) {
-        const uint32_t ws[4] = {w[g].x, w[g].y, w[g].z, w[g].w};
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-          if (n < N) {
-            const uint4 xv = XS ? xs[n * nch + c] : __ldcg(reinterpret_cast<const uint4*>(x + (int64_t)n * K) + c);
-            const uint32_t xw[4] = {xv.x, xv.y, xv.z, xv.w};
-            float s = acc[n];
-#pragma unroll
-            for (int t = 0; t < 4; ++t) {
-              s = fmaf(bf_lo(ws[t]), bf_lo(xw[t]), s);
-              s = fmaf(bf_hi(ws[t]), bf_hi(xw[t]), s);
-            }
-            acc[n] = s;
-          }
-        }
-      }
-    }
-  }
-}
 
 // acc[n] = Σ_k x[n, k]·W[m, k] (+ s·h[n, :]·B[m, :]), reduced over the warp (every lane holds it).
 template <int NT>

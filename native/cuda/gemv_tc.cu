@@ -69,6 +69,31 @@ using namespace gemv_tile;
 using Params = GemvParams;
 __device__ unsigned int g_release_probe;  // MIMIC_GEMV_TC_ABLATE & 8
 
+// The LoRA B half staged in shared memory (P.lora_off > 0): unit u's h [kGemvMaxN][r] fp32, then the
+// tile's 16 rows of B [16][r] bf16. B is a weight: copied with the tile, before the PDL wait; h is
+// the A product's output: copied through L2 right after the wait, landing while the products run.
+// Without it each epilogue thread summed its r terms from global memory — r dependent-address loads
+// of h and B at the very end of the launch.
+__device__ __forceinline__ LoraStaged lora_staged(char* smem, const Params& P, const GemvJob& J, int u) {
+  if (!P.lora_off || !J.lora_B) return {};
+  const float* h = reinterpret_cast<const float*>(smem + P.lora_off + u * P.lora_unit);
+  return {h, reinterpret_cast<const bf16*>(h + kGemvMaxN * J.r)};
+}
+__device__ __forceinline__ void stage_lora_b(char* smem, const Params& P, const GemvJob& J, int u, TileRows rows, int tid, int nthreads) {
+  const LoraStaged S = lora_staged(smem, P, J, u);
+  if (!S.h) return;
+  const int words = J.r >> 1;  // two bf16 a 4-byte copy
+  for (int i = tid; i < kRows * words; i += nthreads) {
+    const int r = i / words, c = i - r * words;
+    cp_async4(const_cast<bf16*>(S.b) + r * J.r + 2 * c, J.lora_B + (int64_t)rows(r) * J.r + 2 * c);
+  }
+}
+__device__ __forceinline__ void stage_lora_h(char* smem, const Params& P, const GemvJob& J, int u, int tid, int nthreads) {
+  const LoraStaged S = lora_staged(smem, P, J, u);
+  if (!S.h) return;
+  for (int i = tid; i < (P.N * J.r) >> 2; i += nthreads) cp_async16(const_cast<float*>(S.h) + 4 * i, J.lora_h + 4 * i);
+}
+
 // F: a q/k/v launch with RoPE and the KV append in its epilogue (GemvRope in P.rope; N == 1).
 // 3 blocks an SM (<= 80 registers) even where the shared memory only allows 2 (gate/up, down): round
 // 15 gave those 128 registers (2 blocks) — 4 % slower: such a block fills the register file, and the
@@ -113,6 +138,7 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 3 : 2) gemv_tc_kernel(const _
       if (u < nj) {
         stage_absmax<W>(smem, Lo, Js[u], u, rows, tid);
         if (!(P.ablate & 1)) stage_tile<W>(smem, Lo, Js[u], u, rows, tid);
+        stage_lora_b(smem, P, Js[u], u, rows, tid, W * 32);
       }
     }
     asm volatile("cp.async.commit_group;\n");
@@ -132,6 +158,12 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 3 : 2) gemv_tc_kernel(const _
       if constexpr (F)
         if (P.rope.head_dim && ji < 2 && tid < kRows / 2) rope_cs(*P.rope.pos, P.rope.inv_freq[rows(tid) % P.rope.head_dim], rc, rs);
       if constexpr (PDL) pdl_wait();  // x, res, h and out belong to the kernels before
+      if (P.lora_off) {
+#pragma unroll
+        for (int u = 0; u < 2; ++u)
+          if (u < nj) stage_lora_h(smem, P, Js[u], u, tid, W * 32);
+        asm volatile("cp.async.commit_group;\n");
+      }
       // the epilogue thread's residual, requested now: its L2 round trip hides under the products
       if (P.res_pre && P.tiles == 1 && !P.glu && !(F && P.rope.head_dim) && J.res && tid < kRows * 8 * NT) {
         const int n = tid % (8 * NT);
@@ -149,15 +181,17 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 3 : 2) gemv_tc_kernel(const _
     float(*red)[W * kRows][16] = reinterpret_cast<float(*)[W * kRows][16]>(smem);
     store_partial<NT>(red[0] + warp * kRows, acc[0], lane);
     if (P.glu) store_partial<NT>(red[1] + warp * kRows, acc[1], lane);
+    if (P.lora_off) asm volatile("cp.async.wait_group 0;\n" ::: "memory");  // h landed (the barrier shares it)
     __syncthreads();
+    const LoraStaged S0 = lora_staged(smem, P, J, 0);
     if (F && P.rope.head_dim) {
-      rope_epilogue<W>(P.rope, J, ji, rows, red[0], tid, rc, rs);
+      rope_epilogue<W>(P.rope, J, ji, rows, red[0], tid, rc, rs, S0);
     } else if (tid < kRows * 8 * NT) {
       const int r = tid / (8 * NT), n = tid % (8 * NT), m = rows(r);
       if (n < N) {
-        const float v = row_total<W>(red[0], J, r, n, m);
+        const float v = row_total<W>(red[0], J, r, n, m, S0);
         if (P.glu) {  // out = silu(gate)·up (each with its LoRA B first, as gemv.cu)
-          const float u = row_total<W>(red[1], P.j[1], r, n, m);
+          const float u = row_total<W>(red[1], P.j[1], r, n, m, lora_staged(smem, P, P.j[1], 1));
           const float sg = 1.f / (1.f + __expf(-v));
           static_cast<bf16*>(J.out)[(int64_t)n * J.M + m] = __float2bfloat16(v * sg * u);
         } else {
@@ -274,6 +308,24 @@ bool plan(const GemvJob* jobs, int n_jobs, int64_t N, bool glu, Params& P, int& 
     smem = std::max(smem, Layout(jobs[i].K, glu ? 2 : 1).bytes);
   }
   P.first_block[n_jobs] = blocks;
+  // LoRA B staged in shared memory (lora_staged) where every LoRA job allows it: r % 4 == 0 (h by
+  // 16-byte copies), r <= 64, aligned h and B; sized for kGemvMaxN rows of h whatever N is, so that
+  // the block size — and with it the warp split, the order of the sums — does not depend on N.
+  // MIMIC_GEMV_TC_LORA_SMEM=0: read from global in the epilogue (the A/B leg).
+  int rmax = 0;
+  bool stage = env_switch_on("MIMIC_GEMV_TC_LORA_SMEM");
+  for (int i = 0; i < n_jobs; ++i) {
+    const GemvJob& j = jobs[i];
+    if (!j.lora_B) continue;
+    rmax = std::max(rmax, j.r);
+    stage = stage && j.r % 4 == 0 && j.r <= 64 && aligned(j.lora_h, 16) && aligned(j.lora_B, 4);
+  }
+  P.lora_off = P.lora_unit = 0;
+  if (rmax && stage) {
+    P.lora_off = (smem + 15) / 16 * 16;
+    P.lora_unit = (kGemvMaxN * rmax * 4 + kRows * rmax * 2 + 15) / 16 * 16;
+    smem = P.lora_off + (glu ? 2 : 1) * P.lora_unit;
+  }
   P.nj = glu ? 1 : n_jobs;
   P.glu = glu ? 1 : 0;
   P.N = (int)N;

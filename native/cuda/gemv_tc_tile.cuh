@@ -275,20 +275,32 @@ __device__ __forceinline__ void store_partial(float (*red)[16], const float (&ac
   }
 }
 
-// Σ_i h[n, i]·B[m, i] (the LoRA B half; fp32 in order)
-__device__ __forceinline__ float lora_b(const GemvJob& J, int n, int m) {
+// The LoRA B half of a tile staged in shared memory (gemv_tc.cu, stage_lora): h [kGemvMaxN][r] fp32
+// (the x rows' h = x·Aᵀ) and the tile's 16 rows of B [16][r] bf16. Null h: read from global instead.
+struct LoraStaged {
+  const float* h = nullptr;
+  const bf16* b = nullptr;
+};
+
+// Σ_i h[n, i]·B[m, i] (the LoRA B half; fp32 in order), from global memory or — the same terms in
+// the same order, so the same bits — from the staged copy (tile row r of the tile whose row is m)
+__device__ __forceinline__ float lora_b(const GemvJob& J, int n, int m, int r = 0, LoraStaged S = {}) {
   float t = 0.f;
+  if (S.h) {
+    for (int i = 0; i < J.r; ++i) t = fmaf(S.h[n * J.r + i], __bfloat162float(S.b[r * J.r + i]), t);
+    return t;
+  }
   for (int i = 0; i < J.r; ++i) t = fmaf(__ldcg(J.lora_h + (int64_t)n * J.r + i), __bfloat162float(J.lora_B[(int64_t)m * J.r + i]), t);
   return t;
 }
 
 // Σ over the warps of tile row r's column n (warp order: fixed), + the job's LoRA B at weight row m
 template <int W>
-__device__ __forceinline__ float row_total(const float (*red)[16], const GemvJob& J, int r, int n, int m) {
+__device__ __forceinline__ float row_total(const float (*red)[16], const GemvJob& J, int r, int n, int m, LoraStaged S = {}) {
   float v = 0.f;
 #pragma unroll
   for (int w = 0; w < W; ++w) v += red[w * kRows + r][n];
-  if (J.lora_B) v = fmaf(J.scale, lora_b(J, n, m), v);
+  if (J.lora_B) v = fmaf(J.scale, lora_b(J, n, m, r, S), v);
   return v;
 }
 
@@ -297,18 +309,18 @@ __device__ __forceinline__ float row_total(const float (*red)[16], const GemvJob
 // cache rows at *pos, q to its out.
 template <int W>
 __device__ __forceinline__ void rope_epilogue(const GemvRope& R, const GemvJob& J, int ji, TileRows rows,
-                                              const float (*red)[16], int tid, float c, float sn) {
+                                              const float (*red)[16], int tid, float c, float sn, LoraStaged S = {}) {
   const int p = *R.pos;
   if (ji == 2) {  // v: plain rows into the cache
     if (tid >= kRows) return;
     const int m = rows(tid);
-    R.vcache[(int64_t)p * J.M + m] = __float2bfloat16(row_total<W>(red, J, tid, 0, m) * J.alpha);
+    R.vcache[(int64_t)p * J.M + m] = __float2bfloat16(row_total<W>(red, J, tid, 0, m, S) * J.alpha);
     return;
   }
   if (tid >= kRows / 2) return;
   const int ma = rows(tid), mb = rows(tid + 8);
-  const float x0 = __bfloat162float(__float2bfloat16(row_total<W>(red, J, tid, 0, ma) * J.alpha));
-  const float x1 = __bfloat162float(__float2bfloat16(row_total<W>(red, J, tid + 8, 0, mb) * J.alpha));
+  const float x0 = __bfloat162float(__float2bfloat16(row_total<W>(red, J, tid, 0, ma, S) * J.alpha));
+  const float x1 = __bfloat162float(__float2bfloat16(row_total<W>(red, J, tid + 8, 0, mb, S) * J.alpha));
   bf16* dst = ji == 0 ? static_cast<bf16*>(J.out) : R.kcache + (int64_t)p * J.M;
   rope_rotate(x0, x1, c, sn, dst[ma], dst[mb]);
 }

@@ -288,8 +288,9 @@ std::vector<float> gemv_tc_ref(const NF4Weight& q, const std::vector<float>& x, 
   return y;
 }
 
-void check_gemv_tc(std::vector<OpCheckRow>& out, int M, int M2, int K, int64_t N, bool dq) {
-  const int r = 5;
+// r: the LoRA rank (r % 4 == 0: B and h staged in shared memory, gemv_tc.cu's lora_staged; else read
+// from global in the epilogue)
+void check_gemv_tc(std::vector<OpCheckRow>& out, int M, int M2, int K, int64_t N, bool dq, int r = 5) {
   const float sc = 0.7f;
   auto w = rnd((int64_t)M * K, 61 + N, 0.05f, false), w2 = rnd((int64_t)M2 * K, 62 + N, 0.05f, false);
   auto x = rnd(N * K, 63 + N), B = rnd((int64_t)M * r, 64, 0.1f), h = rnd(N * r, 65, 1.f, false),
@@ -323,7 +324,7 @@ void check_gemv_tc(std::vector<OpCheckRow>& out, int M, int M2, int K, int64_t N
   const bool fits = gemv_tc_enabled() && gemv_tc_fits(js[0]) && gemv_tc_fits(js[1]);
   gemv(js, 2, N);
   const std::string tag = "N=" + std::to_string(N) + " " + std::to_string(M) + "x" + std::to_string(K) +
-                          (dq ? " double-quant" : " plain") + (fits ? "" : " (NOT ROUTED)");
+                          (dq ? " double-quant" : " plain") + " r=" + std::to_string(r) + (fits ? "" : " (NOT ROUTED)");
   std::vector<float> g1 = host_f32(yd.p, own.size()), g2 = host_f32(y2d.p, own2.size());
   if (!fits) g1.assign(g1.size(), NAN);
   out.push_back(row("gemv_tc", "fp32 + res + LoRA B vs own maths " + tag, g1, own, 1e-5));
@@ -713,11 +714,11 @@ std::vector<OpCheckRow> cuda_op_checks() {
   check_gemv_glu(out, 5);
   check_gemv_tc(out, 48, 32, 192, 1, true);      // 3 blocks a row: warps with no block at all
   check_gemv_tc(out, 48, 32, 192, 3, false);
-  check_gemv_tc(out, 3072, 1024, 3072, 1, true); // the 3B's q/k shapes
-  check_gemv_tc(out, 1024, 3072, 3072, 8, true);
-  check_gemv_tc(out, 3072, 16, 8192, 1, true);   // down: K = 8192
-  check_gemv_tc(out, 8192, 16, 3072, 1, true);   // the 3B's gate/up: more tiles than blocks fit, two a block
-  check_gemv_tc(out, 256, 64, 512, 13, true);    // two n-tiles
+  check_gemv_tc(out, 3072, 1024, 3072, 1, true, 16); // the 3B's q/k shapes
+  check_gemv_tc(out, 1024, 3072, 3072, 8, true, 8);
+  check_gemv_tc(out, 3072, 16, 8192, 1, true, 16);   // down: K = 8192
+  check_gemv_tc(out, 8192, 16, 3072, 1, true, 16);   // the 3B's gate/up: more tiles than blocks fit, two a block
+  check_gemv_tc(out, 256, 64, 512, 13, true, 8);     // two n-tiles
   check_gemv_tc(out, 64, 48, 256, 16, false);
   check_nf4_quantize(out, 96, 200, true, true);      // 300 blocks: the second 256-group is partial
   check_nf4_quantize(out, 1031, 64, true, false);

@@ -366,6 +366,26 @@ void model_checks(const std::string& ref) {
         }
       auto gpu3 = cuda::upload_model(*cpu3);
       batch_rows(*gpu3, cpu3->cfg, "batch nf4", "18 sessions, LoRA r=4 on q/down", 18, 40, 6, false);
+      // the LoRA decode's two shortcuts (the A products in the norm's launch, B staged in shared
+      // memory) against the separate launches they replace: the same bits
+      auto lora_run = [&](bool fused) {
+        if (!fused) { setenv("MIMIC_DECODE_NORM_LORA", "0", 1); setenv("MIMIC_GEMV_TC_LORA_SMEM", "0", 1); }
+        cuda::decode_graph_invalidate();
+        const int T = 12;
+        const int64_t V = cpu3->cfg.vocab_size;
+        std::vector<int32_t> ids(T);
+        for (int i = 0; i < T; ++i) ids[i] = (int32_t)((i * 7 + 3) % V);
+        cuda::DeviceKV kv;
+        kv.init(cpu3->cfg, T);
+        std::vector<float> out((size_t)T * V, 0.f);
+        cuda::llama_forward(*gpu3, ids.data(), 5, &kv, out.data(), 5);
+        for (int t = 5; t < T; ++t) cuda::llama_forward(*gpu3, ids.data() + t, 1, &kv, out.data() + (size_t)t * V, 1);
+        unsetenv("MIMIC_DECODE_NORM_LORA"); unsetenv("MIMIC_GEMV_TC_LORA_SMEM");
+        cuda::decode_graph_invalidate();
+        return out;
+      };
+      add("batch nf4", "LoRA decode graph: A in the norm launch, B staged == separate launches, bit for bit (5 + 1x7)",
+          rel(lora_run(true), lora_run(false)), 0.0);
     }
     if (!quant) {
       // greedy continuation
@@ -460,6 +480,23 @@ void model_checks(const std::string& ref) {
 }
 
 // ---- the 3B shape ---------------------------------------------------------------------------
+// A LoRA adapter of rank r (0: none) on all seven projections of every layer, PEFT's A init and
+// a small nonzero B (B = 0 would be the base model's numbers), synced to the GPU model: decode as a
+// fine-tuned model runs it (issue 6's training shape: r = 16 on all seven).
+void attach_lora(LlamaModel& cpu, cuda::DeviceModel& gpu, int r) {
+  for (int l = 0; l < cpu.cfg.num_layers; ++l) {
+    LlamaLayer& Ly = cpu.layers[l];
+    Linear* ps[7] = {&Ly.q, &Ly.k, &Ly.v, &Ly.o, &Ly.gate, &Ly.up, &Ly.down};
+    for (int i = 0; i < 7; ++i) {
+      if (r <= 0) { ps[i]->lora.reset(); continue; }
+      ps[i]->lora = lora_init(ps[i]->M, ps[i]->K, r, 2.f * r, lora_stream_seed(41, l, i));
+      uint64_t z = 1000 + 7 * l + i;
+      for (auto& b : ps[i]->lora->B) { z = z * 6364136223846793005ull + 1; b = ((int)((z >> 40) % 2001) - 1000) * 2e-5f; }
+    }
+  }
+  cuda::sync_lora_to_device(gpu, cpu);
+}
+
 void bench(const std::string& dir, int steps, const std::string& out_dir) {
   cuda::Context& ctx = cuda::Context::get();
   std::printf("device: %s, %d SMs, %.1f GiB\n", ctx.name, ctx.sm_count, ctx.total_mem / 1073741824.0);
@@ -526,6 +563,15 @@ void bench(const std::string& dir, int steps, const std::string& out_dir) {
       double a = now();
       for (int i = 0; i < n; ++i) { last = cuda::llama_forward(*gpu, &tok, 1, &kv, nullptr, 1); tok = cuda::sample_token(last, c.vocab_size, g0, nullptr, 0, rng); }
       std::printf("BENCH decode_tok_s_greedy %.1f\n", n / (now() - a));
+      // the same greedy steps with a LoRA adapter of rank 16 on all seven projections: a fine-tuned
+      // model as mimic serves it (the A products and the B epilogues inside the graph)
+      attach_lora(*cpu, *gpu, 16);
+      kv.len = start_len;
+      for (int i = 0; i < 4; ++i) { last = cuda::llama_forward(*gpu, &tok, 1, &kv, nullptr, 1); tok = cuda::sample_token(last, c.vocab_size, g0, nullptr, 0, rng); }
+      a = now();
+      for (int i = 0; i < n; ++i) { last = cuda::llama_forward(*gpu, &tok, 1, &kv, nullptr, 1); tok = cuda::sample_token(last, c.vocab_size, g0, nullptr, 0, rng); }
+      std::printf("BENCH decode_tok_s_lora16_greedy %.1f (LoRA r=16 on all seven projections)\n", n / (now() - a));
+      attach_lora(*cpu, *gpu, 0);
     }
     // time to first token, 100-token prompt (prefill + the first sample)
     {
@@ -819,10 +865,14 @@ void trace(const std::string& dir, int steps, const std::vector<std::string>& en
     cuda::Context::get().sync();
     return (now() - a) / n;
   };
+  // LORA=r (not an env variable): leg B with attach_lora(r), leg A without an adapter; LORA_AB=r:
+  // both legs with it
   auto set_leg = [&](int leg) {
     for (const std::string& e : envs) {
-      const std::string k = e.substr(0, e.find('='));
-      if (leg) setenv(k.c_str(), e.substr(e.find('=') + 1).c_str(), 1);
+      const std::string k = e.substr(0, e.find('=')), v = e.substr(e.find('=') + 1);
+      if (k == "LORA") attach_lora(*cpu, *gpu, leg ? std::atoi(v.c_str()) : 0);
+      else if (k == "LORA_AB") { if (!gpu->lora_n) attach_lora(*cpu, *gpu, std::atoi(v.c_str())); }
+      else if (leg) setenv(k.c_str(), v.c_str(), 1);
       else unsetenv(k.c_str());
     }
     cuda::decode_graph_invalidate();
