@@ -37,6 +37,7 @@ const out = {
   mimic_cpp: {
     decode_tok_s: num(/BENCH decode_tok_s ([\d.]+)/),
     decode_tok_s_greedy: num(/BENCH decode_tok_s_greedy ([\d.]+)/),
+    decode_tok_s_lora16_greedy: num(/BENCH decode_tok_s_lora16_greedy ([\d.]+)/),
     decode_tok_s_gemv_eager: num(/BENCH decode_tok_s_gemv_eager ([\d.]+)/),
     decode_tok_s_dequant_cublas: num(/BENCH decode_tok_s_dequant_cublas ([\d.]+)/),
     ttft100_ms: num(/BENCH ttft100_ms ([\d.]+)/),
@@ -73,6 +74,7 @@ const lines = [
   `| train 2×512, recompute (JS) | ${f(jsT('train_2x512_recompute'))} tok/s, ${f(jsP('train_2x512_recompute'), 2)} GiB | PEFT bf16 2×512 ${f(peer.peft_2x512?.tok_s)} tok/s | ${f(out.ratios.train_2x512_recompute_vs_peft_bf16_2x512, 2)}× | | ≥ 15,000 |`,
   `| decode batch 1 (JS, greedy, session.next) | ${f(js.decode_tok_s)} tok/s (run-ahead off: ${f(js.decode_tok_s_no_run_ahead)}) | HF generate ${f(peer.hf_generate_decode_tok_s, 1)} tok/s | ${f(out.ratios.decode_vs_hf_generate, 1)}× | ${f(out.ratios.decode_js_vs_bound, 2)} of bound | ≥ 0.70 |`,
   `| decode batch 1 (C++, top-k 40; graph) | ${f(out.mimic_cpp.decode_tok_s)} tok/s (greedy ${f(out.mimic_cpp.decode_tok_s_greedy)}) | | | ${f(out.ratios.decode_cpp_vs_bound, 2)} of bound | |`,
+  `| decode batch 1, LoRA r=16 on all seven (JS / C++, greedy) | ${f(js.decode_lora16_tok_s)} / ${f(out.mimic_cpp.decode_tok_s_lora16_greedy)} tok/s | | | ${f(r(js.decode_lora16_tok_s, decodeBound), 2)} of bound | |`,
   `| decode, same call: eager GEMV / dequant+cuBLAS | ${f(out.mimic_cpp.decode_tok_s_gemv_eager)} / ${f(out.mimic_cpp.decode_tok_s_dequant_cublas)} tok/s | | | | |`,
   `| prefill 512 (JS / C++) | ${f(js.prefill512_tok_s)} / ${f(out.mimic_cpp.prefill512_tok_s)} tok/s | | | | ≥ 40,000 |`,
   `| TTFT, 100-token prompt (JS / C++) | ${f(js.ttft100_ms, 1)} / ${f(out.mimic_cpp.ttft100_ms, 1)} ms | | | | ≤ 15 ms |`,

@@ -20,15 +20,16 @@ __device__ __forceinline__ T ldg_stream(const T* p) { return __ldcs(p); }  // we
 
 // acc[n] += Σ_k x[n, k]·W[m, k] over a bf16 row (the lane's 16-byte chunks lane, lane + 32, …, kRowDotGroup of
 // them in flight), x from global through L2 (gemv_kernel) or from the block's copy in shared memory
-// (XS: gemv_rows_kernel). One text for both, so that the lm_head's two paths give the same bits.
-template <int NT, bool XS>
+// (XS: gemv_rows_kernel), the row from global or (WS) from shared memory. One text for all, so that
+// every path of the same product gives the same bits.
+template <int NT, bool XS, bool WS = false>
 __device__ __forceinline__ void bf16_row_dot(const uint4* wrow, int nch, int lane, int N, const bf16* x, int K,
                                              const uint4* xs, float (&acc)[NT]) {
   for (int c0 = lane; c0 < nch; c0 += 32 * kRowDotGroup) {
     uint4 w[kRowDotGroup];
 #pragma unroll
     for (int g = 0; g < kRowDotGroup; ++g)
-      if (c0 + 32 * g < nch) w[g] = ldg_stream(wrow + c0 + 32 * g);
+      if (c0 + 32 * g < nch) w[g] = WS ? wrow[c0 + 32 * g] : ldg_stream(wrow + c0 + 32 * g);
 #pragma unroll
     for (int g = 0; g < kRowDotGroup; ++g) {
       const int c = c0 + 32 * g;

@@ -100,53 +100,95 @@ void rmsnorm_rows(bf16* out, const float* x, const float* w, int N, int C, float
   MIMIC_CUDA_LAUNCHED();
 }
 
-// RMSNorm fused with the LoRA A products of its output (a layer's q/k/v or gate/up with an adapter
-// attached, LoraGemv::norm_a): one launch where there were two, i.e. one launch boundary (~2 µs) less
-// on the step's chain, twice a layer. Block (b, s): all its threads normalize row s exactly as
-// rmsnorm_rows_kernel (the same sums: xn the same bits) into shared memory, block 0 also writes it
-// out; then warp w takes A row b·32 + w of the jobs' rows listed end to end, with gemv.cu's bf16
-// product (bf16_row_dot, x from shared memory): h the same bits as LoraGemv::a's launch. The A rows
-// are weights: requested into L2 before the PDL wait.
-struct NormLoraJobs {
-  const bf16* A[3] = {};  // [r_i, C] bf16, 16-byte aligned
+// The LoRA A products of a decode step, h_i[s] = A_i · x[s] (fp32 [S, r_i]) for up to 3 jobs of one
+// input, with their weights staged BEFORE the PDL wait: block (b, s) copies A rows 8b..8b+7 of the
+// jobs' rows listed end to end into shared memory (cp.async; lane ℓ copies exactly the 16-byte
+// chunks it will read, so no barrier is needed for them) while the kernel ahead still runs; after the
+// wait only x remains to fetch. The product is gemv.cu's bf16 path (bf16_row_dot from shared memory:
+// h the same bits as the gemv launch it replaces).
+//   NORM: x is the fp32 residual row and the block first normalizes it exactly as rmsnorm_rows_kernel
+//   (all kNormThreads threads, the same sums: xn the same bits), block 0 writing xn out — the norm and
+//   the A products of q/k/v (or gate/up) in one launch, a launch boundary (~2 µs) less twice a layer.
+//   Otherwise x is bf16 (the attention's output for o, silu(gate)·up for down), copied through L2.
+// Round 18 (H100, LoRA r = 16 on all seven): a layer's four A products as separate launches cost
+// ~20 µs of a ~56 µs layer; NOTES.md.
+constexpr int kLoraARows = 8;  // A rows a block (one warp each)
+struct LoraAJobs {
+  const bf16* A[3] = {};  // [r_i, K] bf16, 16-byte aligned
   float* h[3] = {};       // [S, r_i] fp32
   int r[3] = {};
   int n = 0, rows = 0;    // jobs, Σ r_i
 };
-template <bool PDL>
-__global__ void __launch_bounds__(kNormThreads) rmsnorm_lora_a_kernel(bf16* __restrict__ out, const float* __restrict__ x,
-                                                                      const float* __restrict__ w, int C, float eps,
-                                                                      const __grid_constant__ NormLoraJobs J) {
+template <bool NORM>
+constexpr int lora_a_threads() { return NORM ? kNormThreads : kLoraARows * 32; }
+template <bool NORM, bool PDL>
+__global__ void __launch_bounds__(lora_a_threads<NORM>()) lora_a_kernel(bf16* __restrict__ xn, const void* __restrict__ xin,
+                                                                        const float* __restrict__ w, int K, float eps,
+                                                                        const __grid_constant__ LoraAJobs J) {
   __shared__ float sh[32];
-  extern __shared__ __align__(16) uint4 xs4[];  // the row's xn [C] bf16
-  const int s = blockIdx.y, lane = threadIdx.x & 31;
-  int ji = 0, ri = (int)blockIdx.x * (kNormThreads / 32) + (int)(threadIdx.x >> 5);  // → job ji, its row ri
+  extern __shared__ __align__(16) uint4 sm4[];  // x [K] bf16 | A rows [kLoraARows][K] bf16
+  const int s = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nch = K / 8;
+  uint4* xs4 = sm4;
+  uint4* arow = sm4 + nch + (int64_t)warp * nch;
+  int ji = 0, ri = (int)blockIdx.x * kLoraARows + warp;  // → job ji, its row ri
   while (ji < J.n && ri >= J.r[ji]) ri -= J.r[ji++];
-  const bf16* arow = ji < J.n ? J.A[ji] + (int64_t)ri * C : nullptr;
-  RmsRow<kNormThreads> row, wr;
+  const bool has_row = warp < kLoraARows && ji < J.n;
   if constexpr (PDL) pdl_trigger();
-  wr.load(w, C);
-  if (arow)
-    for (int o = 16 * lane; o < 2 * C; o += 512) asm volatile("prefetch.global.L2 [%0];" ::"l"(reinterpret_cast<const char*>(arow) + o));
-  if constexpr (PDL) pdl_wait();
-  row.load(x + (int64_t)s * C, C);
-  const float r = row.rms_rsqrt(C, eps, sh);
-  bf16* xs = reinterpret_cast<bf16*>(xs4);
+  if (has_row) {
+    const uint4* src = reinterpret_cast<const uint4*>(J.A[ji] + (int64_t)ri * K);
+    for (int c = lane; c < nch; c += 32) cp_async16(arow + c, src + c);
+  }
+  asm volatile("cp.async.commit_group;\n");
+  if constexpr (NORM) {
+    RmsRow<kNormThreads> row, wr;
+    wr.load(w, K);  // the norm weight is no kernel's output: before the wait
+    if constexpr (PDL) pdl_wait();
+    row.load(static_cast<const float*>(xin) + (int64_t)s * K, K);
+    const float r = row.rms_rsqrt(K, eps, sh);
+    bf16* xs = reinterpret_cast<bf16*>(xs4);
 #pragma unroll
-  for (int k = 0; k < RmsRow<kNormThreads>::kNV; ++k)
+    for (int k = 0; k < RmsRow<kNormThreads>::kNV; ++k)
 #pragma unroll
-    for (int i = 0; i < kRmsPer; ++i)
-      if (const int c = row.col(k, i); c < C) {
-        const bf16 v = norm_out(wr.v[k][i], row.v[k][i], r);
-        xs[c] = v;
-        if (blockIdx.x == 0) out[(int64_t)s * C + c] = v;
-      }
+      for (int i = 0; i < kRmsPer; ++i)
+        if (const int c = row.col(k, i); c < K) {
+          const bf16 v = norm_out(wr.v[k][i], row.v[k][i], r);
+          xs[c] = v;
+          if (blockIdx.x == 0) xn[(int64_t)s * K + c] = v;
+        }
+  } else {
+    if constexpr (PDL) pdl_wait();
+    const uint4* x4 = reinterpret_cast<const uint4*>(static_cast<const bf16*>(xin) + (int64_t)s * K);
+    for (int c = threadIdx.x; c < nch; c += blockDim.x) cp_async16(xs4 + c, x4 + c);  // (L2: another kernel's output)
+    asm volatile("cp.async.commit_group;\n");
+  }
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
   __syncthreads();
-  if (!arow) return;
+  if (!has_row) return;
   float acc[1] = {0.f};
-  bf16_row_dot<1, true>(reinterpret_cast<const uint4*>(arow), C / 8, lane, 1, nullptr, C, xs4, acc);
+  bf16_row_dot<1, true, true>(arow, nch, lane, 1, nullptr, K, xs4, acc);
   acc[0] = warp_sum(acc[0]);
   if (lane == 0) J.h[ji][(int64_t)s * J.r[ji] + ri] = acc[0];
+}
+// false (nothing launched) where the jobs do not allow it: K % 8, unaligned A or x, the norm's row too long
+template <bool NORM>
+bool lora_a(bf16* xn, const void* x, const float* w, const LoraAJobs& J, int64_t S, int K, float eps) {
+  if (!J.n || K % 8 || S > 65535 || ((uintptr_t)x & 15) || (NORM && K > kRmsVirtual * kRmsPer)) return false;
+  for (int i = 0; i < J.n; ++i)
+    if ((uintptr_t)J.A[i] & 15) return false;
+  constexpr int kMaxSmem = 200 * 1024;
+  const size_t smem = (size_t)(1 + kLoraARows) * K * 2;
+  if (smem > (size_t)kMaxSmem) return false;
+  static bool raised = false;  // opt in to > 48 KB (K = 8192: 144 KB)
+  if (!raised) {
+    MIMIC_CUDA_CHECK(cudaFuncSetAttribute(lora_a_kernel<NORM, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
+    MIMIC_CUDA_CHECK(cudaFuncSetAttribute(lora_a_kernel<NORM, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
+    raised = true;
+  }
+  const dim3 grid((J.rows + kLoraARows - 1) / kLoraARows, (unsigned)S);
+  launch_pdl(lora_a_kernel<NORM, false>, lora_a_kernel<NORM, true>, grid, dim3(lora_a_threads<NORM>()), smem,
+             Context::get().stream, xn, x, w, K, eps, J);
+  MIMIC_CUDA_LAUNCHED();
+  return true;
 }
 
 template <class Bar>
@@ -377,7 +419,26 @@ struct LoraGemv {
   float* lh;
   size_t stride;
   static bool on(const DLinear& P) { return P.src && P.r > 0; }
+  // The A products of `which` (h_i = xin·A_iᵀ): lora_a_kernel (weights staged before the wait) unless
+  // MIMIC_DECODE_LORA_A=0 (read at each recording: the A/B leg) or the shapes do not allow it, then one
+  // gemv launch — the same bits either way.
+  LoraAJobs jobs(const DLayer& Ly, std::initializer_list<int> which) const {
+    LoraAJobs J;
+    for (int i : which) {
+      const DLinear& P = Ly.proj[i];
+      if (!on(P)) continue;
+      J.A[J.n] = d.lb.p + P.offA; J.h[J.n] = lh + (size_t)i * stride; J.r[J.n] = P.r;
+      J.rows += P.r;
+      ++J.n;
+    }
+    return J;
+  }
+  static bool fused() { return env_switch_on("MIMIC_DECODE_LORA_A"); }
   void a(const DLayer& Ly, std::initializer_list<int> which, const bf16* xin, int64_t N) const {
+    const LoraAJobs J = jobs(Ly, which);
+    if (!J.n) return;
+    const int K = Ly.proj[*which.begin()].K;
+    if (fused() && lora_a<false>(nullptr, xin, nullptr, J, N, K, 0.f)) return;
     GemvJob js[kGemvMaxJobs];
     int n = 0;
     for (int i : which) {
@@ -388,32 +449,16 @@ struct LoraGemv {
       j.out = lh + (size_t)i * stride; j.out_f32 = true;
       js[n++] = j;
     }
-    if (n) gemv_rows(js, n, N);
+    gemv_rows(js, n, N);
   }
-  // xn = RMSNorm(x)·w over N rows, then a(which, xn): one launch (rmsnorm_lora_a_kernel, the same
-  // bits) where the adapters allow it — fp32-free 16-byte A rows, C % 8 == 0 — unless
-  // MIMIC_DECODE_NORM_LORA=0 (read at each recording: the A/B leg); else the two launches.
+  // xn = RMSNorm(x)·w over N rows, then a(which, xn): one launch (lora_a_kernel<NORM>, the same bits)
+  // where the adapters and the switch allow it, else the two.
   void norm_a(const DLayer& Ly, std::initializer_list<int> which, bf16* xn, const float* x, const float* w, int64_t N,
               int C, float eps) const {
-    NormLoraJobs J;
-    bool ok = C % 8 == 0 && C <= kRmsVirtual * kRmsPer && N <= 65535 && env_switch_on("MIMIC_DECODE_NORM_LORA");
-    for (int i : which) {
-      const DLinear& P = Ly.proj[i];
-      if (!on(P)) continue;
-      J.A[J.n] = d.lb.p + P.offA; J.h[J.n] = lh + (size_t)i * stride; J.r[J.n] = P.r;
-      ok = ok && P.K == C && ((uintptr_t)J.A[J.n] & 15) == 0;
-      J.rows += P.r;
-      ++J.n;
-    }
-    if (!J.n || !ok) {
-      rmsnorm_rows(xn, x, w, (int)N, C, eps);
-      a(Ly, which, xn, N);
-      return;
-    }
-    const dim3 grid((J.rows + kNormThreads / 32 - 1) / (kNormThreads / 32), (unsigned)N);
-    launch_pdl(rmsnorm_lora_a_kernel<false>, rmsnorm_lora_a_kernel<true>, grid, dim3(kNormThreads), (size_t)C * 2,
-               Context::get().stream, xn, x, w, C, eps, J);
-    MIMIC_CUDA_LAUNCHED();
+    const LoraAJobs J = jobs(Ly, which);
+    if (J.n && fused() && lora_a<true>(xn, x, w, J, N, C, eps)) return;
+    rmsnorm_rows(xn, x, w, (int)N, C, eps);
+    a(Ly, which, xn, N);
   }
   GemvJob with_b(GemvJob j, const DLinear& P, int i) const {
     if (on(P)) { j.lora_B = d.lb.p + P.offB; j.lora_h = lh + (size_t)i * stride; j.r = P.r; j.scale = P.scale; }

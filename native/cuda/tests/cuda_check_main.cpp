@@ -369,7 +369,7 @@ void model_checks(const std::string& ref) {
       // the LoRA decode's two shortcuts (the A products in the norm's launch, B staged in shared
       // memory) against the separate launches they replace: the same bits
       auto lora_run = [&](bool fused) {
-        if (!fused) { setenv("MIMIC_DECODE_NORM_LORA", "0", 1); setenv("MIMIC_GEMV_TC_LORA_SMEM", "0", 1); }
+        if (!fused) { setenv("MIMIC_DECODE_LORA_A", "0", 1); setenv("MIMIC_GEMV_TC_LORA_SMEM", "0", 1); }
         cuda::decode_graph_invalidate();
         const int T = 12;
         const int64_t V = cpu3->cfg.vocab_size;
@@ -380,7 +380,7 @@ void model_checks(const std::string& ref) {
         std::vector<float> out((size_t)T * V, 0.f);
         cuda::llama_forward(*gpu3, ids.data(), 5, &kv, out.data(), 5);
         for (int t = 5; t < T; ++t) cuda::llama_forward(*gpu3, ids.data() + t, 1, &kv, out.data() + (size_t)t * V, 1);
-        unsetenv("MIMIC_DECODE_NORM_LORA"); unsetenv("MIMIC_GEMV_TC_LORA_SMEM");
+        unsetenv("MIMIC_DECODE_LORA_A"); unsetenv("MIMIC_GEMV_TC_LORA_SMEM");
         cuda::decode_graph_invalidate();
         return out;
       };
@@ -827,11 +827,12 @@ void batch_bench(const std::string& dir) {
 // the step with everything else overlapped as in the real graph. Printed by kernel kind (summed over
 // the step) and for one middle layer in launch order; the first line is the traced step vs untraced.
 std::string short_kernel(const std::string& m) {  // a mangled name → its function's name
-  for (const char* k : {"gemv_tc_kernel", "gemv_rows_kernel", "gemv_kernel", "decode_attn_kernel", "rope_append_kernel", "rmsnorm_rows_kernel",
+  for (const char* k : {"gemv_tc_kernel", "gemv_rows_kernel", "gemv_kernel", "decode_attn_kernel", "rope_append_kernel", "rmsnorm_rows_kernel", "lora_a_kernel",
                         "embedding", "trace_marker"}) {
     if (m.find(k) != std::string::npos) {
       std::string t = k;
       const size_t a = m.find(k) + t.size();
+      if (t == "lora_a_kernel") t += m.compare(a, 4, "ILb1") == 0 ? "<norm>" : "<x>";
       if (t == "gemv_tc_kernel" && m.size() > a + 12) {  // <NT, PDL, F>: ILi1ELb1ELb0EE...
         t += m.substr(a + 3, 1) == "1" ? "<N8" : "<N16";
         const size_t pdl = m.find("ELb", a + 4), f = pdl == std::string::npos ? pdl : m.find("ELb", pdl + 4);

@@ -1,0 +1,29 @@
+#!/bin/bash
+# The table round on ONE card (round9.sh needs two: it runs the peer beside mimic). Everything in
+# turn, never two timed processes on the card at once, most wanted first, each under the deadline
+# (logs packed into $OUT/round18.tgz):
+#   build · op ‖ model tables (correctness only: these two may share the card) · the C++ bench
+#   (mimic_cuda_check bench: load, decode incl. LoRA r=16, prefill, TTFT, training) · the PyTorch peer
+#   (bench/peers/peer_torch.py: its ceilings and training/decode figures) · the JS round's bench phase
+#   (bench/gpu/train-3b.mjs through the addon + dist/) · serve at 1 and 32 clients · the table
+#   (bench/gpu/round3.mjs: mimic vs peer, ratios, ceilings).
+#   here:   npm run build:ts && bash bench/gpu/prepare.sh
+#   device: run(kind="nvidia-h200", command="bash bench/gpu/round18.sh", carry=[".device-node", "dist", ".gpu-carry"])
+source bench/gpu/lib.sh
+gpu_round round18 575
+gpu_build
+gpu_tables
+gpu_checkpoint
+can 60 cpp-bench && timeout $(left 150) ./build/mimic_cuda_check bench $CK "${STEPS:-12}" /tmp > "$L/bench.log" 2>&1
+can 60 peer && timeout $(left 200) python3 bench/peers/peer_torch.py --train 8x512,2x512 --decode 64 --steps 6 2>&1 | grep '^{' > "$L/peer.log"
+can 60 js-bench && timeout $(left 200) node bench/gpu/train-3b.mjs --ckpt $CK --out /tmp/js --tok .gpu-carry/tok --phases bench --steps "${JS_STEPS:-40}" > "$L/js.log" 2>&1
+cp /tmp/js/js-round.json "$L/" 2>/dev/null
+for C in 1 32; do gpu_serve $C; done
+echo "==================== summary ($(cat "$L/gpu.txt"), $(( $(date +%s) - T_START )) s)"
+cat "$L/skipped.txt" 2>/dev/null
+grep -h '^ROW' "$L"/bench.log 2>/dev/null | sed 's/^ROW //' | grep -v ' PASS$' | grep -v '^op ' || true
+echo "-- bench:"; grep -h '^BENCH' "$L/bench.log" 2>/dev/null
+grep -h '^CHECK FAIL\|^PHASE .* FAILED\|^RESULT\|^JS ROUND' "$L/js.log" 2>/dev/null
+for C in 1 32; do serve_line $C; done
+node bench/gpu/round3.mjs "$L" 2>&1 | tail -24
+pack; ls -la "$OUT"
