@@ -109,6 +109,7 @@ struct GemvJob {
   float alpha = 1.f, beta = 0.f;    // beta == 0: out is not read
   const bf16* lora_B = nullptr;     // LoRA B [M, r] (bf16), h = x·Aᵀ fp32 [N, r]
   const float* lora_h = nullptr;
+  const bf16* lora_A = nullptr;     // LoRA A [r, K] (bf16): gemv_tc_lora_in computes h itself (nothing else reads it)
   int r = 0;
   float scale = 0.f;
   bool fast = false;                // set by gemv(): 16-byte path usable

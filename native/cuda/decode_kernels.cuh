@@ -21,6 +21,7 @@
 #include "cuda/bf16_row_dot.cuh"
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
+#include "cuda/gemv_tc.h"  // gemv_tc_lora_in
 #include "cuda/llama_cuda.h"
 #include "cuda/pdl.h"
 #include "cuda/row_maths.cuh"
@@ -412,12 +413,35 @@ inline void gemv_rows(const GemvJob* jobs, int n_jobs, int64_t N, bool glu = fal
 
 // The LoRA halves of the decode gemvs, for one layout of the fp32 h buffers: projection i's
 // h = x·A_iᵀ [N, r] sits at lh + i·stride. a(): the A products of `which` in one launch over N rows;
-// with_b(): a projection's job with its B product in the epilogue. Used by the per-cache graph
-// (decode_step.cu, N = 1) and the batched step (decode_batch_cuda.cu), so both run the same jobs.
+// with_b(): a projection's job with its B product in the epilogue; product(): o or down with both.
+// Used by the per-cache graph (decode_step.cu, N = 1) and the batched step (decode_batch_cuda.cu), so
+// both run the same jobs. With lil (lh sized lora_h_floats(L, rows, R)), layer l's o and down keep
+// their h at lh + (7 + 2l)·stride and (8 + 2l)·stride, set to kLoraHPending by begin_step().
+inline size_t lora_h_floats(int L, int64_t rows, int R) { return (size_t)(7 + 2 * L) * rows * R; }
 struct LoraGemv {
   const DeviceModel& d;
   float* lh;
   size_t stride;
+  bool lil = false;
+  // the step's first operation: layer-own h regions pending (gemv_tc_lora_in's readers poll them)
+  void begin_step() const {
+    if (lil) MIMIC_CUDA_CHECK(cudaMemsetAsync(lh + 7 * stride, 0xff, sizeof(float) * 2 * d.cfg.num_layers * stride, Context::get().stream));
+  }
+  // Projection i (o = 3 or down = 6) of layer l: j (weights, x, out, res set) with its LoRA — the A
+  // product inside the product's launch (gemv_tc_lora_in: one launch, ~4 µs a launch less on the
+  // 3B's step) where it can, else an A launch and the product's. The same bits either way.
+  void product(const DLayer& Ly, int l, int i, GemvJob j, int64_t N) const {
+    const DLinear& P = Ly.proj[i];
+    if (on(P) && lil) {
+      GemvJob k = with_b(j, P, i);
+      k.lora_h = lh + (size_t)(7 + 2 * l + (i == 6)) * stride;
+      k.lora_A = d.lb.p + P.offA;
+      if (gemv_tc_lora_in(k, N)) return;
+    }
+    a(Ly, {i}, j.x, N);
+    j = with_b(j, P, i);
+    gemv_rows(&j, 1, N);
+  }
   static bool on(const DLinear& P) { return P.src && P.r > 0; }
   // The A products of `which` (h_i = xin·A_iᵀ): lora_a_kernel (weights staged before the wait) unless
   // MIMIC_DECODE_LORA_A=0 (read at each recording: the A/B leg) or the shapes do not allow it, then one

@@ -107,12 +107,15 @@ bool graph_enabled() {
 void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
   const LlamaConfig& c = d.cfg;
   const int C = c.hidden_size, Hq = c.num_heads, Hkv = c.num_kv_heads, D = c.head_dim;
-  const int R = g.lh.n ? (int)(g.lh.n / 7) : 0;
+  const int R = g.lh.n ? (int)(g.lh.n / lora_h_floats(c.num_layers, 1, 1)) : 0;
+  // LoRA A products of the given projections (h_i = x·A_iᵀ, fp32); B in the epilogues. begin_step's
+  // memset goes before the embedding, a plain launch: no PDL edge to break
+  LoraGemv lg{d, g.lh.p, (size_t)R};
+  lg.lil = R && g.lh.n >= lora_h_floats(c.num_layers, 1, R);
+  lg.begin_step();
   embedding_forward(g.x0.p, g.dev.p, d.embed.p, 1, C);
   float* x = g.x0.p;
   float* xo = g.x1.p;
-  // LoRA A products of the given projections (h_i = x·A_iᵀ, fp32), one launch; B in the epilogues
-  const LoraGemv lg{d, g.lh.p, (size_t)R};
   if (g.persist) decode_persist_launch(g.ps, Context::get().stream);  // every layer in one kernel: x0 in, x0 out
   for (int l = 0; l < c.num_layers && !g.persist; ++l) {
     const DLayer& Ly = d.layers[l];
@@ -133,11 +136,10 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
       }
     }
     decode_attn(g.att.p, g.q.p, nullptr, nullptr, kv.k[l].p, kv.v[l].p, g.dev.p + 1, 1, Hq, Hkv, D);
-    lg.a(Ly, {3}, g.att.p, 1);
     {
-      GemvJob j = lg.with_b(base_job(Ly.proj[3]), Ly.proj[3], 3);
+      GemvJob j = base_job(Ly.proj[3]);
       j.x = g.att.p; j.out = g.h.p; j.out_f32 = true; j.res = x;   // h = x + o(att)
-      gemv(&j, 1, 1);
+      lg.product(Ly, l, 3, j, 1);
     }
     lg.norm_a(Ly, {4, 5}, g.xn.p, g.h.p, Ly.post_norm.p, 1, C, c.rms_norm_eps);
     {
@@ -146,11 +148,10 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
       js[1] = lg.with_b(base_job(Ly.proj[5]), Ly.proj[5], 5); js[1].x = g.xn.p; js[1].out = g.up.p;
       gemv_glu(js[0], js[1], 1);  // act = silu(gate)·up: no gate/up round trip, no swiglu launch
     }
-    lg.a(Ly, {6}, g.act.p, 1);
     {
-      GemvJob j = lg.with_b(base_job(Ly.proj[6]), Ly.proj[6], 6);
+      GemvJob j = base_job(Ly.proj[6]);
       j.x = g.act.p; j.out = xo; j.out_f32 = true; j.res = g.h.p;  // x' = h + down(act)
-      gemv(&j, 1, 1);
+      lg.product(Ly, l, 6, j, 1);
     }
     std::swap(x, xo);
   }
@@ -190,7 +191,7 @@ std::shared_ptr<DecodeGraph> build_with(DeviceModel& d, DeviceKV& kv, bool pdl) 
   MIMIC_CUDA_CHECK(cudaMallocHost((void**)&g->host, sizeof(int32_t) * 2 * kRing));
   g->dev.alloc(2);
   g->x0.alloc(C); g->x1.alloc(C); g->h.alloc(C);
-  if (R) g->lh.alloc((size_t)7 * R);
+  if (R) g->lh.alloc(lora_h_floats(c.num_layers, 1, R));
   g->logits.alloc(c.vocab_size);
   g->xn.alloc(std::max(C, QD)); g->q.alloc(QD); g->k.alloc(KD); g->v.alloc(KD); g->att.alloc(QD);
   g->gate.alloc(I); g->up.alloc(I); g->act.alloc(I);

@@ -55,6 +55,7 @@
 #include <vector>
 
 #include "core/env.h"
+#include "cuda/bf16_row_dot.cuh"
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
 #include "cuda/gemv_tc.h"
@@ -94,6 +95,69 @@ __device__ __forceinline__ void stage_lora_h(char* smem, const Params& P, const 
   for (int i = tid; i < (P.N * J.r) >> 2; i += nthreads) cp_async16(const_cast<float*>(S.h) + 4 * i, J.lora_h + 4 * i);
 }
 
+// gemv_tc_lora_in's A blocks: warp w < kLaRows of block b takes A row b·kLaRows + w, its 16-byte
+// chunks copied into shared memory before the PDL wait (a weight) and, for one row of x, x after it —
+// then gemv.cu's bf16 product from shared memory (bf16_row_dot: h the same bits as lora_a_kernel's
+// launch it replaces) — and writes h: no fence, no flag, each word of h is its own signal (the readers
+// poll for it to leave kLoraHPending). (Round 18's first version, a warp streaming its row from L2
+// after the wait, took longer than the products: the step 19 % slower.)
+constexpr int kLaRows = 4;
+template <int NT, bool PDL, int W>
+__device__ __forceinline__ void lora_a_block(char* smem, const Params& P) {
+  const GemvJob& J = P.j[0];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nch = J.K / 8, N = P.N;
+  const int row = (int)blockIdx.x * kLaRows + warp;
+  const bool mine = warp < kLaRows && row < J.r;
+  uint4* xs = reinterpret_cast<uint4*>(smem);  // x [K] (one row of x)
+  uint4* arow = xs + nch + (int64_t)warp * nch;
+  if (mine) {
+    const uint4* src = reinterpret_cast<const uint4*>(J.lora_A + (int64_t)row * J.K);
+    for (int c = lane; c < nch; c += 32) cp_async16(arow + c, src + c);  // the chunks this lane reads
+  }
+  asm volatile("cp.async.commit_group;\n");
+  if constexpr (PDL) pdl_wait();
+  if (N == 1) {
+    const uint4* x4 = reinterpret_cast<const uint4*>(J.x);
+    for (int c = threadIdx.x; c < nch; c += W * 32) cp_async16(xs + c, x4 + c);  // (L2: another kernel's output)
+    asm volatile("cp.async.commit_group;\n");
+  }
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+  __syncthreads();
+  if (!mine) return;
+  float acc[8 * NT];
+#pragma unroll
+  for (int n = 0; n < 8 * NT; ++n) acc[n] = 0.f;
+  if (N == 1) {
+    float a1[1] = {0.f};
+    bf16_row_dot<1, true, true>(arow, nch, lane, 1, nullptr, J.K, xs, a1);
+    acc[0] = a1[0];
+  } else {
+    bf16_row_dot<8 * NT, false, true>(arow, nch, lane, N, J.x, J.K, nullptr, acc);
+  }
+#pragma unroll
+  for (int n = 0; n < 8 * NT; ++n) {
+    acc[n] = warp_sum(acc[n]);
+    if (lane == 0 && n < N) const_cast<float*>(J.lora_h)[(int64_t)n * J.r + row] = acc[n];
+  }
+}
+// h[i] once it left kLoraHPending (relaxed loads through L2), or after 2 s — a bug: an A block never
+// ran — the sentinel itself, a NaN that reaches the logits instead of a hang.
+__device__ __forceinline__ float poll_h(const float* p) {
+  uint32_t v;
+  unsigned long long t0 = 0, t;
+  for (int it = 0;; ++it) {
+    asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    if (v != kLoraHPending) break;
+    __nanosleep(64);  // (the A blocks are rarely late: do not crowd L2 while they are)
+    if ((it & 15) == 15) {
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+      if (!t0) t0 = t;
+      else if (t - t0 > 2000000000ull) break;
+    }
+  }
+  return __uint_as_float(v);
+}
+
 // F: a q/k/v launch with RoPE and the KV append in its epilogue (GemvRope in P.rope; N == 1).
 // 3 blocks an SM (<= 80 registers) even where the shared memory only allows 2 (gate/up, down): round
 // 15 gave those 128 registers (2 blocks) — 4 % slower: such a block fills the register file, and the
@@ -101,10 +165,18 @@ __device__ __forceinline__ void stage_lora_h(char* smem, const Params& P, const 
 template <int NT, bool PDL, bool F, int W = 8>
 __global__ void __launch_bounds__(W * 32, W == 8 ? 3 : 2) gemv_tc_kernel(const __grid_constant__ Params P) {
   extern __shared__ __align__(16) char smem[];
+  if constexpr (!F) {
+    if (P.la_blocks && (int)blockIdx.x < P.la_blocks) {  // gemv_tc_lora_in: this block computes h
+      if constexpr (PDL) pdl_trigger();
+      lora_a_block<NT, PDL, W>(smem, P);
+      return;
+    }
+  }
+  const int bid = (int)blockIdx.x - P.la_blocks;  // the product block
   int ji = 0;
 #pragma unroll
   for (int i = 1; i < kGemvMaxJobs; ++i)
-    if (i < P.nj && (int)blockIdx.x >= P.first_block[i]) ji = i;
+    if (i < P.nj && bid >= P.first_block[i]) ji = i;
   const GemvJob& J = P.j[ji];
   const GemvJob* Js = &P.j[ji];  // glu: Js[0] gate, Js[1] up (ji == 0)
   const int nj = 1 + P.glu;
@@ -122,7 +194,7 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 3 : 2) gemv_tc_kernel(const _
   // of a second wave of blocks that would each start, fill the table and decode their absmax behind
   // the first (round 14, gate/up of the 3B: 512 tiles, 264 blocks resident; the step −5 %).
   for (int it = 0; it < P.tiles; ++it) {
-    const int tile = (int)blockIdx.x - P.first_block[ji] + it * P.tile_stride;
+    const int tile = bid - P.first_block[ji] + it * P.tile_stride;
     if (it > 0 && tile >= P.j[0].M / kRows) break;  // (P.tiles > 1: one job, first_block[0] = 0)
     TileRows rows{tile * kRows, 0};
     if (F && P.rope.head_dim && ji < 2) {  // 8 dims of one head and their partners D/2 on
@@ -158,7 +230,7 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 3 : 2) gemv_tc_kernel(const _
       if constexpr (F)
         if (P.rope.head_dim && ji < 2 && tid < kRows / 2) rope_cs(*P.rope.pos, P.rope.inv_freq[rows(tid) % P.rope.head_dim], rc, rs);
       if constexpr (PDL) pdl_wait();  // x, res, h and out belong to the kernels before
-      if (P.lora_off) {
+      if (P.lora_off && !P.la_blocks) {
 #pragma unroll
         for (int u = 0; u < 2; ++u)
           if (u < nj) stage_lora_h(smem, P, Js[u], u, tid, W * 32);
@@ -182,6 +254,10 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 3 : 2) gemv_tc_kernel(const _
     store_partial<NT>(red[0] + warp * kRows, acc[0], lane);
     if (P.glu) store_partial<NT>(red[1] + warp * kRows, acc[1], lane);
     if (P.lora_off) asm volatile("cp.async.wait_group 0;\n" ::: "memory");  // h landed (the barrier shares it)
+    if (P.la_blocks && it == 0) {  // h from this launch's A blocks (long done by now, as a rule)
+      float* hs = const_cast<float*>(lora_staged(smem, P, J, 0).h);
+      for (int i = tid; i < N * J.r; i += W * 32) hs[i] = poll_h(J.lora_h + i);
+    }
     __syncthreads();
     const LoraStaged S0 = lora_staged(smem, P, J, 0);
     if (F && P.rope.head_dim) {
@@ -256,7 +332,7 @@ void launch_w(const Params& P, int blocks, int smem) {
       Q.tile_stride = blocks;
     }
   }
-  launch_pdl(gemv_tc_kernel<NT, false, F, W>, gemv_tc_kernel<NT, true, F, W>, dim3(blocks), dim3(W * 32),
+  launch_pdl(gemv_tc_kernel<NT, false, F, W>, gemv_tc_kernel<NT, true, F, W>, dim3(blocks + Q.la_blocks), dim3(W * 32),
              (size_t)smem, Context::get().stream, Q);
   MIMIC_CUDA_LAUNCHED();
 }
@@ -320,7 +396,7 @@ bool plan(const GemvJob* jobs, int n_jobs, int64_t N, bool glu, Params& P, int& 
     rmax = std::max(rmax, j.r);
     stage = stage && j.r % 4 == 0 && j.r <= 64 && aligned(j.lora_h, 16) && aligned(j.lora_B, 4);
   }
-  P.lora_off = P.lora_unit = 0;
+  P.lora_off = P.lora_unit = P.la_blocks = 0;
   if (rmax && stage) {
     P.lora_off = (smem + 15) / 16 * 16;
     P.lora_unit = (kGemvMaxN * rmax * 4 + kRows * rmax * 2 + 15) / 16 * 16;
@@ -354,6 +430,30 @@ int gemv_tc_warps(const GemvJob* jobs, int n_jobs, bool glu, bool rope) {
   if (!rope) return warps_for<false>(P, blocks, smem);
   P.rope.head_dim = 1;  // rope pairs: no two-tile blocks (can_take_two_tiles)
   return warps_for<true>(P, blocks, smem);
+}
+
+bool gemv_tc_lora_in(const GemvJob& j, int64_t N) {
+  Params P;
+  int blocks, smem;
+  if (!j.lora_A || !j.lora_B || !j.lora_h || N > kGemvMaxN || !env_is("MIMIC_DECODE_LORA_IN", "1")) return false;
+  if (j.K % 8 || !aligned(j.lora_A, 16) || !aligned(j.x, 16)) return false;  // the A blocks' 16-byte path (gemv.cu's bits)
+  if (!plan(&j, 1, N, false, P, blocks, smem) || !P.lora_off) return false;
+  // the warp split the launch without A blocks would take (the products' bits), then every block of
+  // the grid resident at once: the products poll for what the A blocks write
+  const int W = warps_for<false>(P, blocks, smem);
+  const int la = (j.r + kLaRows - 1) / kLaRows;
+  if ((size_t)(kLaRows + 1) * j.K * 2 > (size_t)smem) return false;  // the A blocks' rows and x in the launch's shared memory
+  const int slots = (W == 12 ? blocks_per_sm<1, false, 12>(smem) : blocks_per_sm<1, false, 8>(smem)) * Context::get().sm_count;
+  if (blocks + la > slots) return false;
+  P.la_blocks = la;
+  if (W == 12) {
+    if (N <= 8) launch_w<1, false, 12>(P, blocks, smem);
+    else launch_w<2, false, 12>(P, blocks, smem);
+  } else {
+    if (N <= 8) launch_w<1, false, 8>(P, blocks, smem);
+    else launch_w<2, false, 8>(P, blocks, smem);
+  }
+  return true;
 }
 
 bool gemv_tc_qkv_rope(const GemvJob* jobs, const GemvRope& rope) {

@@ -32,6 +32,7 @@ struct GemvParams {
   int tiles, tile_stride;  // 16-row tiles a block takes (gemv_tc), tile_stride blocks apart (one job)
   int x_warp;  // gemv_tc, N = 1: each warp loads its x slice at once (MIMIC_GEMV_TC_XWARP=0: a block ahead)
   int res_pre;  // gemv_tc, one tile a block: the residual loaded right after the wait (MIMIC_GEMV_TC_RESPRE=0: in the epilogue)
+  int la_blocks;  // gemv_tc_lora_in: blocks 0..la_blocks-1 compute job 0's h = x·Aᵀ (LoRA A), the rest the products
   int lora_off, lora_unit;  // gemv_tc: LoRA B rows and h staged in shared memory at lora_off, lora_unit bytes a job of the block (0: read from global)
   int ablate;  // gemv_tc, MIMIC_GEMV_TC_ABLATE (profiling only, wrong results): 1 no weight copy, 2 no products, 4 no x loads, 8 a release (fence + atomic) a block,
               // 16 no pair lookups (the code words as A), 32 no weight loads from shared memory either
@@ -69,5 +70,15 @@ bool gemv_tc_qkv_rope(const GemvJob* jobs, const GemvRope& rope);
 // gemv_tc_qkv_rope (true) — or 0 when they would not run on the tensor cores. A sum's order depends
 // on it: decode_persist.cu asks it so that its products give the launches' bits.
 int gemv_tc_warps(const GemvJob* jobs, int n_jobs, bool glu, bool rope);
+// One LoRA'd job (j.lora_A, lora_B, lora_h set; N <= kGemvMaxN) whose A product h = x·Aᵀ runs in the
+// same launch: blocks of its own at the front of the grid write h — which must hold the sentinel
+// kLoraHPending (every bit set: a NaN no product yields) when the launch starts — and each product
+// block polls h before its epilogue. The same bits as an A launch followed by gemv_tc. Launches and
+// returns true, or returns false having launched nothing (not switched on, the
+// job does not fit, B not stageable, or the grid would not be resident in one wave — the poll needs
+// every A block running). Opt-in (MIMIC_DECODE_LORA_IN=1): its first version was slower than the A
+// launch (bench/NOTES.md round 18).
+constexpr uint32_t kLoraHPending = 0xffffffffu;
+bool gemv_tc_lora_in(const GemvJob& j, int64_t N);
 
 }  // namespace mimic::cuda

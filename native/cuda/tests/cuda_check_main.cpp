@@ -369,7 +369,8 @@ void model_checks(const std::string& ref) {
       // the LoRA decode's two shortcuts (the A products in the norm's launch, B staged in shared
       // memory) against the separate launches they replace: the same bits
       auto lora_run = [&](bool fused) {
-        if (!fused) { setenv("MIMIC_DECODE_LORA_A", "0", 1); setenv("MIMIC_GEMV_TC_LORA_SMEM", "0", 1); }
+        if (fused) setenv("MIMIC_DECODE_LORA_IN", "1", 1);  // (opt-in)
+        else { setenv("MIMIC_DECODE_LORA_A", "0", 1); setenv("MIMIC_DECODE_LORA_IN", "0", 1); setenv("MIMIC_GEMV_TC_LORA_SMEM", "0", 1); }
         cuda::decode_graph_invalidate();
         const int T = 12;
         const int64_t V = cpu3->cfg.vocab_size;
@@ -380,11 +381,11 @@ void model_checks(const std::string& ref) {
         std::vector<float> out((size_t)T * V, 0.f);
         cuda::llama_forward(*gpu3, ids.data(), 5, &kv, out.data(), 5);
         for (int t = 5; t < T; ++t) cuda::llama_forward(*gpu3, ids.data() + t, 1, &kv, out.data() + (size_t)t * V, 1);
-        unsetenv("MIMIC_DECODE_LORA_A"); unsetenv("MIMIC_GEMV_TC_LORA_SMEM");
+        unsetenv("MIMIC_DECODE_LORA_A"); unsetenv("MIMIC_DECODE_LORA_IN"); unsetenv("MIMIC_GEMV_TC_LORA_SMEM");
         cuda::decode_graph_invalidate();
         return out;
       };
-      add("batch nf4", "LoRA decode graph: A in the norm launch, B staged == separate launches, bit for bit (5 + 1x7)",
+      add("batch nf4", "LoRA decode graph: A in the norm / o / down launches, B staged == separate launches, bit for bit (5 + 1x7)",
           rel(lora_run(true), lora_run(false)), 0.0);
     }
     if (!quant) {
