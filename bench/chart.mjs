@@ -14,6 +14,8 @@ const groups = [
   { name: 'train 2×512 (mimic: NF4 + recompute; peer: PEFT bf16)', mimic: js.train_2x512_recompute?.tok_s, peer: peer.peft_2x512?.tok_s },
   { name: 'decode batch 1 (mimic: JS session.next; peer: HF generate)', mimic: js.decode_tok_s, peer: peer.hf_generate_decode_tok_s,
     bound: R.ceilings?.decode_bound_tok_s },
+  { name: 'decode batch 1 with LoRA r=16 on all seven (mimic: JS session.next)', mimic: js.decode_lora16_tok_s, peer: null,
+    bound: R.ceilings?.decode_bound_tok_s },
   { name: 'prefill 512 tokens (mimic only)', mimic: js.prefill512_tok_s ?? cpp.prefill512_tok_s, peer: null },
 ]
 const W = 860, left = 20, barMax = 560, rowH = 22, gap = 34
