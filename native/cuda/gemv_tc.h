@@ -76,8 +76,9 @@ int gemv_tc_warps(const GemvJob* jobs, int n_jobs, bool glu, bool rope);
 // block polls h before its epilogue. The same bits as an A launch followed by gemv_tc. Launches and
 // returns true, or returns false having launched nothing (not switched on, the
 // job does not fit, B not stageable, or the grid would not be resident in one wave — the poll needs
-// every A block running). Opt-in (MIMIC_DECODE_LORA_IN=1): its first version was slower than the A
-// launch (bench/NOTES.md round 18).
+// every A block running). Opt-in (MIMIC_DECODE_LORA_IN=1): its first version was 19 % slower than the A
+// launch on an H100 (bench/NOTES.md round 18); this second one (A rows staged before the wait) has
+// not been run on a GPU yet.
 constexpr uint32_t kLoraHPending = 0xffffffffu;
 bool gemv_tc_lora_in(const GemvJob& j, int64_t N);
 
