@@ -208,7 +208,7 @@ void record(DeviceModel& d, BatchDecode& b, int S) {
   const int C = c.hidden_size, Hq = c.num_heads, Hkv = c.num_kv_heads, D = c.head_dim, L = c.num_layers;
   const int cap = b.cap, R = b.R;
   LoraGemv lg{d, b.lh.p, (size_t)cap * R};
-  lg.lil = R > 0;
+  lg.lil = R > 0 && lora_in_wanted();
   lg.begin_step();  // (a memset: before StepStart's embedding, a plain launch — no PDL edge to break)
   StepStart st0(d, b, S);
   auto& [ktab, vtab, pos, x, xo] = st0;

@@ -418,6 +418,9 @@ inline void gemv_rows(const GemvJob* jobs, int n_jobs, int64_t N, bool glu = fal
 // both run the same jobs. With lil (lh sized lora_h_floats(L, rows, R)), layer l's o and down keep
 // their h at lh + (7 + 2l)·stride and (8 + 2l)·stride, set to kLoraHPending by begin_step().
 inline size_t lora_h_floats(int L, int64_t rows, int R) { return (size_t)(7 + 2 * L) * rows * R; }
+// gemv_tc_lora_in is opt-in (gemv_tc.h): without it a step records neither the memset nor the polls —
+// exactly the launches round 18's table measured. Read at each recording (the A/B leg).
+inline bool lora_in_wanted() { return env_is("MIMIC_DECODE_LORA_IN", "1"); }
 struct LoraGemv {
   const DeviceModel& d;
   float* lh;

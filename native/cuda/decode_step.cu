@@ -111,7 +111,7 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
   // LoRA A products of the given projections (h_i = x·A_iᵀ, fp32); B in the epilogues. begin_step's
   // memset goes before the embedding, a plain launch: no PDL edge to break
   LoraGemv lg{d, g.lh.p, (size_t)R};
-  lg.lil = R && g.lh.n >= lora_h_floats(c.num_layers, 1, R);
+  lg.lil = R && g.lh.n >= lora_h_floats(c.num_layers, 1, R) && lora_in_wanted();
   lg.begin_step();
   embedding_forward(g.x0.p, g.dev.p, d.embed.p, 1, C);
   float* x = g.x0.p;
