@@ -467,16 +467,11 @@ struct LoraGemv {
     const int K = Ly.proj[*which.begin()].K;
     if (fused() && lora_a<false>(nullptr, xin, nullptr, J, N, K, 0.f)) return;
     GemvJob js[kGemvMaxJobs];
-    int n = 0;
-    for (int i : which) {
-      const DLinear& P = Ly.proj[i];
-      if (!on(P)) continue;
-      GemvJob j;
-      j.W = d.lb.p + P.offA; j.M = P.r; j.K = P.K; j.x = xin;
-      j.out = lh + (size_t)i * stride; j.out_f32 = true;
-      js[n++] = j;
+    for (int t = 0; t < J.n; ++t) {
+      js[t].W = J.A[t]; js[t].M = J.r[t]; js[t].K = K; js[t].x = xin;
+      js[t].out = J.h[t]; js[t].out_f32 = true;
     }
-    gemv_rows(js, n, N);
+    gemv_rows(js, J.n, N);
   }
   // xn = RMSNorm(x)·w over N rows, then a(which, xn): one launch (lora_a_kernel<NORM>, the same bits)
   // where the adapters and the switch allow it, else the two.

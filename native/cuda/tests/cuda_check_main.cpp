@@ -366,7 +366,8 @@ void model_checks(const std::string& ref) {
         }
       auto gpu3 = cuda::upload_model(*cpu3);
       batch_rows(*gpu3, cpu3->cfg, "batch nf4", "18 sessions, LoRA r=4 on q/down", 18, 40, 6, false);
-      // the LoRA decode's two shortcuts (the A products in the norm's launch, B staged in shared
+      // the LoRA decode's shortcuts (the A products staged before the wait, q/k/v's and gate/up's in
+      // the norm's launch, o's and down's — opt-in — in the product's own launch; B staged in shared
       // memory) against the separate launches they replace: the same bits
       auto lora_run = [&](bool fused) {
         if (fused) setenv("MIMIC_DECODE_LORA_IN", "1", 1);  // (opt-in)
