@@ -445,14 +445,9 @@ bool gemv_tc_lora_in(const GemvJob& j, int64_t N) {
   if ((size_t)(kLaRows + 1) * j.K * 2 > (size_t)smem) return false;  // the A blocks' rows and x in the launch's shared memory
   const int slots = (W == 12 ? blocks_per_sm<1, false, 12>(smem) : blocks_per_sm<1, false, 8>(smem)) * Context::get().sm_count;
   if (blocks + la > slots) return false;
-  P.la_blocks = la;
-  if (W == 12) {
-    if (N <= 8) launch_w<1, false, 12>(P, blocks, smem);
-    else launch_w<2, false, 12>(P, blocks, smem);
-  } else {
-    if (N <= 8) launch_w<1, false, 8>(P, blocks, smem);
-    else launch_w<2, false, 8>(P, blocks, smem);
-  }
+  P.la_blocks = la;  // (launch asks warps_for the same question: the same W)
+  if (N <= 8) launch<1, false>(P, blocks, smem);
+  else launch<2, false>(P, blocks, smem);
   return true;
 }
 

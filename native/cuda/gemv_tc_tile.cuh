@@ -275,7 +275,7 @@ __device__ __forceinline__ void store_partial(float (*red)[16], const float (&ac
   }
 }
 
-// The LoRA B half of a tile staged in shared memory (gemv_tc.cu, stage_lora): h [kGemvMaxN][r] fp32
+// The LoRA B half of a tile staged in shared memory (gemv_tc.cu, lora_staged): h [kGemvMaxN][r] fp32
 // (the x rows' h = x·Aᵀ) and the tile's 16 rows of B [16][r] bf16. Null h: read from global instead.
 struct LoraStaged {
   const float* h = nullptr;
