@@ -415,12 +415,14 @@ inline void gemv_rows(const GemvJob* jobs, int n_jobs, int64_t N, bool glu = fal
 // h = x·A_iᵀ [N, r] sits at lh + i·stride. a(): the A products of `which` in one launch over N rows;
 // with_b(): a projection's job with its B product in the epilogue; product(): o or down with both.
 // Used by the per-cache graph (decode_step.cu, N = 1) and the batched step (decode_batch_cuda.cu), so
-// both run the same jobs. With lil (lh sized lora_h_floats(L, rows, R)), layer l's o and down keep
-// their h at lh + (7 + 2l)·stride and (8 + 2l)·stride, set to kLoraHPending by begin_step().
-inline size_t lora_h_floats(int L, int64_t rows, int R) { return (size_t)(7 + 2 * L) * rows * R; }
-// gemv_tc_lora_in is opt-in (gemv_tc.h): without it a step records neither the memset nor the polls —
-// exactly the launches round 18's table measured. Read at each recording (the A/B leg).
-inline bool lora_in_wanted() { return env_is("MIMIC_DECODE_LORA_IN", "1"); }
+// both run the same jobs. With lil (lh sized lora_h_floats(L, rows, R)), a projection whose A product
+// runs inside its own launch (gemv_tc.h: gemv_tc_lora_in for o and down; q/k/v and gate/up with
+// their norm folded in) keeps its h at its layer's own region lh + (7 + 7l + i)·stride, set to
+// kLoraHPending by begin_step() — the products poll it.
+inline size_t lora_h_floats(int L, int64_t rows, int R) { return (size_t)(7 + 7 * L) * rows * R; }
+// The A products inside the products' launches unless MIMIC_DECODE_LORA_IN=0 (round 19, H100: the
+// LoRA r = 16 step 2.016 → 1.874 ms for o and down alone, the same bits). Read at each recording.
+inline bool lora_in_wanted() { return env_switch_on("MIMIC_DECODE_LORA_IN"); }
 struct LoraGemv {
   const DeviceModel& d;
   float* lh;
@@ -428,7 +430,20 @@ struct LoraGemv {
   bool lil = false;
   // the step's first operation: layer-own h regions pending (gemv_tc_lora_in's readers poll them)
   void begin_step() const {
-    if (lil) MIMIC_CUDA_CHECK(cudaMemsetAsync(lh + 7 * stride, 0xff, sizeof(float) * 2 * d.cfg.num_layers * stride, Context::get().stream));
+    if (lil) MIMIC_CUDA_CHECK(cudaMemsetAsync(lh + 7 * stride, 0xff, sizeof(float) * 7 * d.cfg.num_layers * stride, Context::get().stream));
+  }
+  float* lil_h(int l, int i) const { return lh + (size_t)(7 + 7 * l + i) * stride; }
+  // js[k] (the job of which[k]) with its A product inside the launch (lil): lora_A and the layer's own
+  // h region set where projection which[k] carries an adapter. False without lil.
+  bool in_launch(const DLayer& Ly, int l, std::initializer_list<int> which, GemvJob* js) const {
+    if (!lil) return false;
+    int k = 0;
+    for (int i : which) {
+      const DLinear& P = Ly.proj[i];
+      if (on(P)) { js[k].lora_A = d.lb.p + P.offA; js[k].lora_h = lil_h(l, i); }
+      ++k;
+    }
+    return true;
   }
   // Projection i (o = 3 or down = 6) of layer l: j (weights, x, out, res set) with its LoRA — the A
   // product inside the product's launch (gemv_tc_lora_in: one launch, ~4 µs a launch less on the
@@ -437,7 +452,7 @@ struct LoraGemv {
     const DLinear& P = Ly.proj[i];
     if (on(P) && lil) {
       GemvJob k = with_b(j, P, i);
-      k.lora_h = lh + (size_t)(7 + 2 * l + (i == 6)) * stride;
+      k.lora_h = lil_h(l, i);
       k.lora_A = d.lb.p + P.offA;
       if (gemv_tc_lora_in(k, N)) return;
     }

@@ -6,6 +6,8 @@
 //   rmsnorm → [LoRA A of q,k,v] → gemv q,k,v (+ LoRA B in the epilogue) → rope + KV append
 //   → attention over the cache → [LoRA A of o] → gemv o (+ residual) → rmsnorm → [LoRA A gate,up]
 //   → gemv gate,up with silu(gate)·up in the epilogue → [LoRA A down] → gemv down (+ residual)
+// (where q/k/v, or gate/up, carry no LoRA, the rmsnorm before them runs inside their launch: the
+// norm's scale applied after the products, gemv_tc.h's GemvNorm — 5 launches a layer, not 7)
 // then the final norm and the lm_head as a bf16 gemv into fp32 logits. Every kernel takes the token
 // id and its position from device memory (2 ints copied in before the launch), so the captured
 // graph replays unchanged step after step; the host does one small copy and one graph launch.
@@ -33,6 +35,7 @@ struct DecodeGraph {
   uint64_t model_uid = 0, lora_version = 0;
   bool pdl = false;        // recorded with programmatic dependent launches (pdl.h)
   bool rope_fold = false;  // RoPE + KV append in the q/k/v launch (gemv_tc_qkv_rope)
+  bool norm_fold = false;  // the RMSNorms in the q/k/v and gate/up launches (GemvNorm) where no LoRA is there
   bool traced = false;     // recorded with pdl.h's marker kernels (decode_trace)
   bool persist_asked = false;  // MIMIC_DECODE_PERSIST=1 when recorded
   bool persist = false;        // the layers as decode_persist.cu's one kernel (ps)
@@ -99,6 +102,17 @@ bool fuse_wanted() {
   return g_fuse_override >= 0 ? g_fuse_override == 1 : env;
 }
 
+// The RMSNorm before q/k/v and before gate/up folded into those launches (gemv_tc.h, GemvNorm: the
+// norm's scale applied after the products; two launches a layer fewer) unless MIMIC_DECODE_NORM_FOLD=0;
+// only where those projections carry no LoRA (the A products need the normalized row: norm_a's launch
+// stays) and RoPE is folded too. Not the unfolded step's bits (decode_norm_fold_override(0) for the
+// checks that compare bit for bit).
+int g_norm_fold_override = -1;
+bool norm_fold_wanted() {
+  const bool env = env_switch_on("MIMIC_DECODE_NORM_FOLD");
+  return g_norm_fold_override >= 0 ? g_norm_fold_override == 1 : env;
+}
+
 bool graph_enabled() {
   return env_switch_on("MIMIC_DECODE_GRAPH") && gemv_enabled();
 }
@@ -117,9 +131,15 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
   float* x = g.x0.p;
   float* xo = g.x1.p;
   if (g.persist) decode_persist_launch(g.ps, Context::get().stream);  // every layer in one kernel: x0 in, x0 out
+  // a folded norm where the projections after it carry no LoRA, or their A products run in the same
+  // launch (lil: from the residual row, as the products; xn is never written)
+  auto foldable = [&](const DLayer& Ly, std::initializer_list<int> which) {
+    for (int i : which)
+      if (LoraGemv::on(Ly.proj[i]) && !lg.lil) return false;
+    return g.norm_fold && g.rope_fold;
+  };
   for (int l = 0; l < c.num_layers && !g.persist; ++l) {
     const DLayer& Ly = d.layers[l];
-    lg.norm_a(Ly, {0, 1, 2}, g.xn.p, x, Ly.in_norm.p, 1, C, c.rms_norm_eps);
     {
       GemvJob js[3];
       bf16* outs[3] = {g.q.p, g.k.p, g.v.p};
@@ -129,7 +149,12 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
       }
       GemvRope rope;
       rope.pos = g.dev.p + 1; rope.inv_freq = d.inv_freq.p; rope.head_dim = D; rope.kcache = kv.k[l].p; rope.vcache = kv.v[l].p;
-      if (!g.rope_fold || !gemv_tc_qkv_rope(js, rope)) {
+      const GemvNorm nq{x, Ly.in_norm.p, c.rms_norm_eps};
+      GemvJob jf[3] = {js[0], js[1], js[2]};  // (their A products in the launch, if any)
+      lg.in_launch(Ly, l, {0, 1, 2}, jf);
+      const bool folded = foldable(Ly, {0, 1, 2}) && gemv_tc_qkv_rope(jf, rope, &nq);
+      if (!folded) lg.norm_a(Ly, {0, 1, 2}, g.xn.p, x, Ly.in_norm.p, 1, C, c.rms_norm_eps);
+      if (!folded && (!g.rope_fold || !gemv_tc_qkv_rope(js, rope))) {
         gemv(js, 3, 1);
         // the same kernels as the batched step (decode_kernels.cuh), one row: pos = idpos[1]
         rope_append(g.q.p, g.k.p, g.v.p, nullptr, nullptr, kv.k[l].p, kv.v[l].p, g.dev.p + 1, d.inv_freq.p, 1, Hq, Hkv, D);
@@ -141,12 +166,18 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
       j.x = g.att.p; j.out = g.h.p; j.out_f32 = true; j.res = x;   // h = x + o(att)
       lg.product(Ly, l, 3, j, 1);
     }
-    lg.norm_a(Ly, {4, 5}, g.xn.p, g.h.p, Ly.post_norm.p, 1, C, c.rms_norm_eps);
     {
       GemvJob js[2];
       js[0] = lg.with_b(base_job(Ly.proj[4]), Ly.proj[4], 4); js[0].x = g.xn.p; js[0].out = g.act.p;
       js[1] = lg.with_b(base_job(Ly.proj[5]), Ly.proj[5], 5); js[1].x = g.xn.p; js[1].out = g.up.p;
-      gemv_glu(js[0], js[1], 1);  // act = silu(gate)·up: no gate/up round trip, no swiglu launch
+      // act = silu(gate)·up: no gate/up round trip, no swiglu launch
+      const GemvNorm nu{g.h.p, Ly.post_norm.p, c.rms_norm_eps};
+      GemvJob jf[2] = {js[0], js[1]};
+      lg.in_launch(Ly, l, {4, 5}, jf);
+      if (!foldable(Ly, {4, 5}) || !gemv_tc(jf, 2, 1, true, &nu)) {
+        lg.norm_a(Ly, {4, 5}, g.xn.p, g.h.p, Ly.post_norm.p, 1, C, c.rms_norm_eps);
+        gemv_glu(js[0], js[1], 1);
+      }
     }
     {
       GemvJob j = base_job(Ly.proj[6]);
@@ -181,6 +212,7 @@ std::shared_ptr<DecodeGraph> build_with(DeviceModel& d, DeviceKV& kv, bool pdl) 
   g->lora_version = d.lora_version;
   g->pdl = pdl;
   g->rope_fold = fuse_wanted();
+  g->norm_fold = norm_fold_wanted();
   g->k0 = kv.k[0].p;
   g->max_len = kv.max_len;
   const int64_t C = c.hidden_size, QD = (int64_t)c.num_heads * c.head_dim, KD = (int64_t)c.num_kv_heads * c.head_dim,
@@ -268,7 +300,7 @@ bool graph_usable(const DeviceModel& d, const DeviceKV& kv) {
 bool graph_current(const DeviceModel& d, const DeviceKV& kv) {
   const DecodeGraph* g = kv.graph.get();
   return g && g->model_uid == d.uid && g->lora_version == d.lora_version && g->k0 == kv.k[0].p &&
-         g->max_len == kv.max_len && g->pdl == pdl_wanted() && g->rope_fold == fuse_wanted() && g->traced == g_trace.on &&
+         g->max_len == kv.max_len && g->pdl == pdl_wanted() && g->rope_fold == fuse_wanted() && g->norm_fold == norm_fold_wanted() && g->traced == g_trace.on &&
          g->persist_asked == decode_persist_wanted() &&
          g->gen == g_graph_gen;
 }
@@ -306,5 +338,6 @@ int64_t decode_persist_error(const DeviceKV& kv) {
 
 void decode_pdl_override(int mode) { g_pdl_override = mode; }
 void decode_fuse_override(int mode) { g_fuse_override = mode; }
+void decode_norm_fold_override(int mode) { g_norm_fold_override = mode; }
 
 }  // namespace mimic::cuda

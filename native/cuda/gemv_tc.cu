@@ -95,28 +95,60 @@ __device__ __forceinline__ void stage_lora_h(char* smem, const Params& P, const 
   for (int i = tid; i < (P.N * J.r) >> 2; i += nthreads) cp_async16(const_cast<float*>(S.h) + 4 * i, J.lora_h + 4 * i);
 }
 
-// gemv_tc_lora_in's A blocks: warp w < kLaRows of block b takes A row b·kLaRows + w, its 16-byte
-// chunks copied into shared memory before the PDL wait (a weight) and, for one row of x, x after it —
-// then gemv.cu's bf16 product from shared memory (bf16_row_dot: h the same bits as lora_a_kernel's
-// launch it replaces) — and writes h: no fence, no flag, each word of h is its own signal (the readers
-// poll for it to leave kLoraHPending). (Round 18's first version, a warp streaming its row from L2
-// after the wait, took longer than the products: the step 19 % slower.)
+// The A blocks of a launch with its LoRA A products inside (gemv_tc_lora_in; gemv_tc /
+// gemv_tc_qkv_rope with a folded norm): warp w < kLaRows of block b takes A row ra = b·kLaRows + w of
+// the jobs' rows in job order (job u's r_u rows, then the next LoRA'd job's), its 16-byte chunks
+// copied into shared memory before the PDL wait (a weight) and, for one row of x, x after it — then
+// gemv.cu's bf16 product from shared memory (bf16_row_dot: h the same bits as lora_a_kernel's launch
+// it replaces) — and writes h: no fence, no flag, each word of h is its own signal (the readers poll
+// for it to leave kLoraHPending). (Round 18's first version, a warp streaming its row from L2 after
+// the wait, took longer than the products: the step 19 % slower.)
+// Folded norm (P.norm.x): x is bf16(w ⊙ x_fp32) of the residual row, every thread of the block
+// staging its chunks and summing their squares; h = r·(A·x) with r from the block's sum (warps in
+// order) — the products' own r sums the same squares in another order: the same error class as the
+// fold itself (gemv_tc.h, GemvNorm).
 constexpr int kLaRows = 4;
+// Where a folded norm's per-warp Σ x² go in a product block: floats past the partial sums of up to
+// 12 warps × 2 units (inside the pair table's space, free once the products are done)
+constexpr int kNormSumsAt = 2 * 12 * kRows * 16;
+static_assert((kNormSumsAt + 12) * 4 <= kPairBytes, "the norm sums fit in the table's space");
 template <int NT, bool PDL, int W>
 __device__ __forceinline__ void lora_a_block(char* smem, const Params& P) {
-  const GemvJob& J = P.j[0];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nch = J.K / 8, N = P.N;
-  const int row = (int)blockIdx.x * kLaRows + warp;
-  const bool mine = warp < kLaRows && row < J.r;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, N = P.N;
+  const int K = P.j[0].K, nch = K / 8;
+  int ra = (int)blockIdx.x * kLaRows + warp, u = 0;
+  const int jobs = P.nj + P.glu;
+  for (; u < jobs; ++u) {  // job u and its row ra
+    if (!P.j[u].lora_A) continue;
+    if (ra < P.j[u].r) break;
+    ra -= P.j[u].r;
+  }
+  const bool mine = warp < kLaRows && u < jobs;
+  const GemvJob& J = P.j[mine ? u : 0];
   uint4* xs = reinterpret_cast<uint4*>(smem);  // x [K] (one row of x)
   uint4* arow = xs + nch + (int64_t)warp * nch;
+  float* ssq = reinterpret_cast<float*>(xs + (1 + kLaRows) * (int64_t)nch);  // a folded norm's warp sums
   if (mine) {
-    const uint4* src = reinterpret_cast<const uint4*>(J.lora_A + (int64_t)row * J.K);
+    const uint4* src = reinterpret_cast<const uint4*>(J.lora_A + (int64_t)ra * K);
     for (int c = lane; c < nch; c += 32) cp_async16(arow + c, src + c);  // the chunks this lane reads
   }
   asm volatile("cp.async.commit_group;\n");
   if constexpr (PDL) pdl_wait();
-  if (N == 1) {
+  float rn = 1.f;  // a folded norm's r
+  if (N == 1 && P.norm.x) {
+    const float4* xf = reinterpret_cast<const float4*>(P.norm.x);  // (L2: another kernel's output)
+    const float4* wf = reinterpret_cast<const float4*>(P.norm.w);
+    float s = 0.f;
+    for (int c = threadIdx.x; c < nch; c += W * 32) {
+      const float4 a = __ldcg(xf + 2 * c), b = __ldcg(xf + 2 * c + 1), wa = __ldg(wf + 2 * c), wb = __ldg(wf + 2 * c + 1);
+      xs[c] = make_uint4(bf2_bits(wa.x * a.x, wa.y * a.y), bf2_bits(wa.z * a.z, wa.w * a.w),
+                         bf2_bits(wb.x * b.x, wb.y * b.y), bf2_bits(wb.z * b.z, wb.w * b.w));
+      s = fmaf(a.x, a.x, s); s = fmaf(a.y, a.y, s); s = fmaf(a.z, a.z, s); s = fmaf(a.w, a.w, s);
+      s = fmaf(b.x, b.x, s); s = fmaf(b.y, b.y, s); s = fmaf(b.z, b.z, s); s = fmaf(b.w, b.w, s);
+    }
+    s = warp_sum(s);
+    if (lane == 0) ssq[warp] = s;
+  } else if (N == 1) {
     const uint4* x4 = reinterpret_cast<const uint4*>(J.x);
     for (int c = threadIdx.x; c < nch; c += W * 32) cp_async16(xs + c, x4 + c);  // (L2: another kernel's output)
     asm volatile("cp.async.commit_group;\n");
@@ -124,20 +156,26 @@ __device__ __forceinline__ void lora_a_block(char* smem, const Params& P) {
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");
   __syncthreads();
   if (!mine) return;
+  if (N == 1 && P.norm.x) {
+    float t = 0.f;
+#pragma unroll
+    for (int w = 0; w < W; ++w) t += ssq[w];
+    rn = rsqrtf(t / K + P.norm.eps);
+  }
   float acc[8 * NT];
 #pragma unroll
   for (int n = 0; n < 8 * NT; ++n) acc[n] = 0.f;
   if (N == 1) {
     float a1[1] = {0.f};
-    bf16_row_dot<1, true, true>(arow, nch, lane, 1, nullptr, J.K, xs, a1);
+    bf16_row_dot<1, true, true>(arow, nch, lane, 1, nullptr, K, xs, a1);
     acc[0] = a1[0];
   } else {
-    bf16_row_dot<8 * NT, false, true>(arow, nch, lane, N, J.x, J.K, nullptr, acc);
+    bf16_row_dot<8 * NT, false, true>(arow, nch, lane, N, J.x, K, nullptr, acc);
   }
 #pragma unroll
   for (int n = 0; n < 8 * NT; ++n) {
     acc[n] = warp_sum(acc[n]);
-    if (lane == 0 && n < N) const_cast<float*>(J.lora_h)[(int64_t)n * J.r + row] = acc[n];
+    if (lane == 0 && n < N) const_cast<float*>(J.lora_h)[(int64_t)n * J.r + ra] = acc[n] * rn;
   }
 }
 // h[i] once it left kLoraHPending (relaxed loads through L2), or after 2 s — a bug: an A block never
@@ -165,12 +203,10 @@ __device__ __forceinline__ float poll_h(const float* p) {
 template <int NT, bool PDL, bool F, int W = 8>
 __global__ void __launch_bounds__(W * 32, W == 8 ? 3 : 2) gemv_tc_kernel(const __grid_constant__ Params P) {
   extern __shared__ __align__(16) char smem[];
-  if constexpr (!F) {
-    if (P.la_blocks && (int)blockIdx.x < P.la_blocks) {  // gemv_tc_lora_in: this block computes h
-      if constexpr (PDL) pdl_trigger();
-      lora_a_block<NT, PDL, W>(smem, P);
-      return;
-    }
+  if (P.la_blocks && (int)blockIdx.x < P.la_blocks) {  // an A block: it computes h (lora_a_block)
+    if constexpr (PDL) pdl_trigger();
+    lora_a_block<NT, PDL, W>(smem, P);
+    return;
   }
   const int bid = (int)blockIdx.x - P.la_blocks;  // the product block
   int ji = 0;
@@ -248,26 +284,43 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 3 : 2) gemv_tc_kernel(const _
 #pragma unroll
       for (int j = 0; j < NT; ++j) acc[u][j][0] = acc[u][j][1] = acc[u][j][2] = acc[u][j][3] = 0.f;
     __syncthreads();
-    tile_dot<NT>(smem, Lo, Js, nj, Js[0].x, warp, tab_lane, b_lo, b_end, lane, N, acc, P.ablate, P.x_warp);
+    float ss = 0.f;  // a folded norm's Σ x² over the lane's x pieces
+    tile_dot<NT>(smem, Lo, Js, nj, Js[0].x, warp, tab_lane, b_lo, b_end, lane, N, acc, P.ablate, P.x_warp, &P.norm, &ss);
+    const bool fold = NT == 1 && P.norm.x;  // (plan_norm: one row of x)
+    if (fold) ss = warp_sum(ss);
     __syncthreads();  // the table is done with: its space takes the partial sums
     float(*red)[W * kRows][16] = reinterpret_cast<float(*)[W * kRows][16]>(smem);
+    float* red_ss = reinterpret_cast<float*>(smem) + kNormSumsAt;  // the warps' Σ x², past both units' sums
     store_partial<NT>(red[0] + warp * kRows, acc[0], lane);
     if (P.glu) store_partial<NT>(red[1] + warp * kRows, acc[1], lane);
+    if (fold && lane == 0) red_ss[warp] = ss;
     if (P.lora_off) asm volatile("cp.async.wait_group 0;\n" ::: "memory");  // h landed (the barrier shares it)
     if (P.la_blocks && it == 0) {  // h from this launch's A blocks (long done by now, as a rule)
-      float* hs = const_cast<float*>(lora_staged(smem, P, J, 0).h);
-      for (int i = tid; i < N * J.r; i += W * 32) hs[i] = poll_h(J.lora_h + i);
+#pragma unroll
+      for (int u = 0; u < 2; ++u) {
+        if (u < nj && Js[u].lora_B) {
+          float* hs = const_cast<float*>(lora_staged(smem, P, Js[u], u).h);
+          for (int i = tid; i < N * Js[u].r; i += W * 32) hs[i] = poll_h(Js[u].lora_h + i);
+        }
+      }
     }
     __syncthreads();
     const LoraStaged S0 = lora_staged(smem, P, J, 0);
+    float xs = 1.f;  // a folded norm's r = rsqrt(Σ x² / K + eps), the warps' sums in warp order
+    if (fold) {
+      float t = 0.f;
+#pragma unroll
+      for (int w = 0; w < W; ++w) t += red_ss[w];
+      xs = rsqrtf(t / J.K + P.norm.eps);
+    }
     if (F && P.rope.head_dim) {
-      rope_epilogue<W>(P.rope, J, ji, rows, red[0], tid, rc, rs, S0);
+      rope_epilogue<W>(P.rope, J, ji, rows, red[0], tid, rc, rs, S0, xs);
     } else if (tid < kRows * 8 * NT) {
       const int r = tid / (8 * NT), n = tid % (8 * NT), m = rows(r);
       if (n < N) {
-        const float v = row_total<W>(red[0], J, r, n, m, S0);
+        const float v = row_total<W>(red[0], J, r, n, m, S0, xs);
         if (P.glu) {  // out = silu(gate)·up (each with its LoRA B first, as gemv.cu)
-          const float u = row_total<W>(red[1], P.j[1], r, n, m, lora_staged(smem, P, P.j[1], 1));
+          const float u = row_total<W>(red[1], P.j[1], r, n, m, lora_staged(smem, P, P.j[1], 1), xs);
           const float sg = 1.f / (1.f + __expf(-v));
           static_cast<bf16*>(J.out)[(int64_t)n * J.M + m] = __float2bfloat16(v * sg * u);
         } else {
@@ -316,22 +369,26 @@ int blocks_per_sm(int smem) {
 // A launch of one job (or gate/up) without rope pairs: its blocks may take two tiles each (P.tiles).
 bool can_take_two_tiles(const Params& P) { return P.nj == 1 && !P.rope.head_dim; }
 
+// One wave: when a single job (or gate/up) has more tiles than the SMs hold blocks of this size, each
+// block takes two (P.tiles = 2); MIMIC_GEMV_TC_TILES=1 keeps one a block (the A/B leg). The product
+// blocks a launch of `blocks` tiles runs, and their tiles each.
+template <int NT, bool F, int W>
+std::pair<int, int> product_blocks(const Params& P, int blocks, int smem) {
+  if (can_take_two_tiles(P) && !env_is("MIMIC_GEMV_TC_TILES", "1")) {
+    const int slots = blocks_per_sm<NT, F, W>(smem) * Context::get().sm_count;
+    if (slots > 0 && blocks > slots && (blocks + 1) / 2 <= slots) return {(blocks + 1) / 2, 2};
+  }
+  return {blocks, 1};
+}
+
 template <int NT, bool F, int W>
 void launch_w(const Params& P, int blocks, int smem) {
   raise_smem<NT, F, W>();
-  // one wave: when a single job (or gate/up) has more tiles than the SMs hold blocks of this size,
-  // each block takes two (P.tiles); MIMIC_GEMV_TC_TILES=1 keeps one a block (the A/B leg)
   Params Q = P;
-  Q.tiles = 1;
-  Q.tile_stride = 0;
-  if (can_take_two_tiles(P) && !env_is("MIMIC_GEMV_TC_TILES", "1")) {
-    const int slots = blocks_per_sm<NT, F, W>(smem) * Context::get().sm_count;
-    if (slots > 0 && blocks > slots && (blocks + 1) / 2 <= slots) {
-      Q.tiles = 2;
-      blocks = (blocks + 1) / 2;
-      Q.tile_stride = blocks;
-    }
-  }
+  const auto [pb, tiles] = product_blocks<NT, F, W>(P, blocks, smem);
+  Q.tiles = tiles;
+  Q.tile_stride = tiles > 1 ? pb : 0;
+  blocks = pb;
   launch_pdl(gemv_tc_kernel<NT, false, F, W>, gemv_tc_kernel<NT, true, F, W>, dim3(blocks + Q.la_blocks), dim3(W * 32),
              (size_t)smem, Context::get().stream, Q);
   MIMIC_CUDA_LAUNCHED();
@@ -369,6 +426,19 @@ bool gemv_tc_fits(const GemvJob& j) {
 }
 
 namespace {
+// A folded RMSNorm (GemvNorm) into P, or false where the launch cannot take it: tile_dot folds it
+// only in its one-row warp-slice path (N = 1, x by warp slices of at most 16 blocks — K <= 8192 at
+// 8 warps — not ablated), and xn is never written, so a LoRA B needs its h from the launch's own A
+// blocks (lora_A set: plan_lora_in).
+bool plan_norm(const GemvJob* jobs, int n_jobs, int64_t N, const GemvNorm& norm, Params& P) {
+  if (N != 1 || !P.x_warp || (P.ablate & 4) || !aligned(norm.x, 16) || !aligned(norm.w, 16) || !norm.w) return false;
+  for (int i = 0; i < n_jobs; ++i)
+    if ((jobs[i].lora_B && !jobs[i].lora_A) || jobs[i].K != jobs[0].K) return false;
+  if ((jobs[0].K >> 6) > 16 * 8) return false;
+  P.norm = norm;
+  return true;
+}
+
 // The launch's parameters, block count and shared memory (no fold); false when a job does not fit.
 bool plan(const GemvJob* jobs, int n_jobs, int64_t N, bool glu, Params& P, int& blocks, int& smem) {
   if (!gemv_tc_enabled() || N < 1 || N > 16 || n_jobs < 1 || n_jobs > kGemvMaxJobs) return false;
@@ -414,10 +484,38 @@ bool plan(const GemvJob* jobs, int n_jobs, int64_t N, bool glu, Params& P, int& 
 }
 }  // namespace
 
-bool gemv_tc(const GemvJob* jobs, int n_jobs, int64_t N, bool glu) {
+// The A blocks (lora_a_block) of the jobs that carry lora_A into P.la_blocks — false where the launch
+// cannot take them: every LoRA'd job needs A, B and h (B staged in shared memory, the polls read it
+// there), K % 8 == 0 and 16-byte rows (the A blocks' 16-byte path: gemv.cu's bits), A rows and x
+// fitting the launch's shared memory, and every block of the grid resident at once (the products
+// poll for what the A blocks write). No job with lora_A: nothing to add, true.
+template <bool F>
+bool plan_lora_in(const GemvJob* jobs, int n_jobs, int64_t N, Params& P, int blocks, int smem) {
+  int rows = 0;
+  for (int i = 0; i < n_jobs; ++i) {
+    const GemvJob& j = jobs[i];
+    if (!j.lora_A) continue;
+    if (!j.lora_B || !j.lora_h || j.K % 8 || !aligned(j.lora_A, 16) || !aligned(j.x, 16)) return false;
+    rows += j.r;
+  }
+  if (!rows) return true;
+  if (N > kGemvMaxN || !P.lora_off || (size_t)(kLaRows + 1) * jobs[0].K * 2 + 64 > (size_t)smem) return false;
+  // the warp split the launch without A blocks takes (the products' bits), then its product blocks
+  const int W = warps_for<F>(P, blocks, smem);
+  const int pb = W == 12 ? product_blocks<1, F, 12>(P, blocks, smem).first : product_blocks<1, F, 8>(P, blocks, smem).first;
+  const int slots = (W == 12 ? blocks_per_sm<1, F, 12>(smem) : blocks_per_sm<1, F, 8>(smem)) * Context::get().sm_count;
+  const int la = (rows + kLaRows - 1) / kLaRows;
+  if (pb + la > slots) return false;
+  P.la_blocks = la;  // (launch asks warps_for the same question: the same W)
+  return true;
+}
+
+bool gemv_tc(const GemvJob* jobs, int n_jobs, int64_t N, bool glu, const GemvNorm* norm) {
   Params P;
   int blocks, smem;
   if (!plan(jobs, n_jobs, N, glu, P, blocks, smem)) return false;
+  if (norm && !plan_norm(jobs, n_jobs, N, *norm, P)) return false;
+  if (!plan_lora_in<false>(jobs, n_jobs, N, P, blocks, smem)) return false;
   if (N <= 8) launch<1, false>(P, blocks, smem);
   else launch<2, false>(P, blocks, smem);
   return true;
@@ -433,28 +531,22 @@ int gemv_tc_warps(const GemvJob* jobs, int n_jobs, bool glu, bool rope) {
 }
 
 bool gemv_tc_lora_in(const GemvJob& j, int64_t N) {
+  if (!j.lora_A) return false;
   Params P;
   int blocks, smem;
-  if (!j.lora_A || !j.lora_B || !j.lora_h || N > kGemvMaxN || !env_is("MIMIC_DECODE_LORA_IN", "1")) return false;
-  if (j.K % 8 || !aligned(j.lora_A, 16) || !aligned(j.x, 16)) return false;  // the A blocks' 16-byte path (gemv.cu's bits)
-  if (!plan(&j, 1, N, false, P, blocks, smem) || !P.lora_off) return false;
-  // the warp split the launch without A blocks would take (the products' bits), then every block of
-  // the grid resident at once: the products poll for what the A blocks write
-  const int W = warps_for<false>(P, blocks, smem);
-  const int la = (j.r + kLaRows - 1) / kLaRows;
-  if ((size_t)(kLaRows + 1) * j.K * 2 > (size_t)smem) return false;  // the A blocks' rows and x in the launch's shared memory
-  const int slots = (W == 12 ? blocks_per_sm<1, false, 12>(smem) : blocks_per_sm<1, false, 8>(smem)) * Context::get().sm_count;
-  if (blocks + la > slots) return false;
-  P.la_blocks = la;  // (launch asks warps_for the same question: the same W)
+  if (!plan(&j, 1, N, false, P, blocks, smem) || !plan_lora_in<false>(&j, 1, N, P, blocks, smem)) return false;
   if (N <= 8) launch<1, false>(P, blocks, smem);
   else launch<2, false>(P, blocks, smem);
   return true;
 }
 
-bool gemv_tc_qkv_rope(const GemvJob* jobs, const GemvRope& rope) {
+bool gemv_tc_qkv_rope(const GemvJob* jobs, const GemvRope& rope, const GemvNorm* norm) {
   Params P;
   int blocks, smem;
   if (!plan(jobs, 3, 1, false, P, blocks, smem)) return false;
+  if (norm && !plan_norm(jobs, 3, 1, *norm, P)) return false;
+  P.rope.head_dim = rope.head_dim;  // (no two-tile blocks: plan_lora_in counts the blocks as launch will)
+  if (!plan_lora_in<true>(jobs, 3, 1, P, blocks, smem)) return false;
   const int D = rope.head_dim;
   if (D <= 0 || D % kRows || jobs[0].M % D || jobs[1].M % D || jobs[2].M != jobs[1].M || !rope.pos || !rope.inv_freq ||
       !rope.kcache || !rope.vcache || !jobs[0].out)

@@ -20,6 +20,21 @@ struct GemvRope {
   bf16* vcache = nullptr;
 };
 
+// The RMSNorm of a batch-1 decode step folded into the product that consumes it (decode_step.cu:
+// q/k/v and gate/up, no LoRA there). Since RMSNorm's scale r = rsqrt(mean(x²) + eps) is one scalar
+// per row, W·(w ⊙ x · r) = r · (W·(w ⊙ x)): the products take x' = bf16(w ⊙ x) straight from the fp32
+// residual x, each warp sums the squares of the x slice it loads anyway, and the block's epilogue —
+// after the warps' partial sums, which it waits for in any case — forms r from the warps' sums and
+// scales the row totals. No norm launch and nothing serial before the products (round 14's fold
+// normalized the row first: 3 % slower than the norm launch). Not the bits of rmsnorm_rows + the
+// product (rmsnorm rounds w·(x·r) to bf16; here bf16(w·x) and r in fp32 after the sums): the same
+// error class, checked against the unfolded step with a tolerance.
+struct GemvNorm {
+  const float* x = nullptr;  // fp32 [K]: the residual row (another kernel's output)
+  const float* w = nullptr;  // fp32 [K]: the norm's weight
+  float eps = 0.f;
+};
+
 // What one launch of either gemv kernel reads (a __grid_constant__ parameter): the jobs, the first
 // block of each (blocks never span jobs), and the 16 NF4 code values.
 struct GemvParams {
@@ -29,6 +44,7 @@ struct GemvParams {
   int glu;  // 1: blocks walk job 0 (gate) and job 1 (up) over the same rows; out of job 0 = silu(gate)·up
   float lut[16];
   GemvRope rope;  // gemv_tc_qkv_rope only
+  GemvNorm norm;  // norm.x set: the RMSNorm folded into this launch (N = 1; x of the jobs unused)
   int tiles, tile_stride;  // 16-row tiles a block takes (gemv_tc), tile_stride blocks apart (one job)
   int x_warp;  // gemv_tc, N = 1: each warp loads its x slice at once (MIMIC_GEMV_TC_XWARP=0: a block ahead)
   int res_pre;  // gemv_tc, one tile a block: the residual loaded right after the wait (MIMIC_GEMV_TC_RESPRE=0: in the epilogue)
@@ -60,12 +76,14 @@ bool gemv_tc_enabled();
 bool gemv_tc_fits(const GemvJob& j);
 // Launches the product and returns true, or returns false (nothing launched) when a job does not
 // fit or the path is switched off. glu: jobs[0], jobs[1] are gate and up (gemv_glu's contract).
-bool gemv_tc(const GemvJob* jobs, int n_jobs, int64_t N, bool glu);
+// norm (optional): the RMSNorm of the jobs' input folded in (GemvNorm; one row of x, no LoRA B) —
+// returns false, having launched nothing, where the launch cannot take it.
+bool gemv_tc(const GemvJob* jobs, int n_jobs, int64_t N, bool glu, const GemvNorm* norm = nullptr);
 // jobs[0..2] = q, k, v of one layer, one row of x, with GemvRope's epilogue: launches and returns
 // true, or returns false having launched nothing (the path is off, a job does not fit, or q/k rows
 // are not whole heads of head_dim % 16 == 0, or an out is fp32 / has a residual or β) — the caller
 // then runs gemv + rope_append, which give the same bits.
-bool gemv_tc_qkv_rope(const GemvJob* jobs, const GemvRope& rope);
+bool gemv_tc_qkv_rope(const GemvJob* jobs, const GemvRope& rope, const GemvNorm* norm = nullptr);
 // The warps (8 or 12) a launch of these jobs with one row of x splits K over — gemv_tc (rope false) or
 // gemv_tc_qkv_rope (true) — or 0 when they would not run on the tensor cores. A sum's order depends
 // on it: decode_persist.cu asks it so that its products give the launches' bits.

@@ -174,10 +174,14 @@ __device__ __forceinline__ uint4 shfl4(uint4 v, int src) {
 // XS: x lies in shared memory (decode_persist.cu; one row, the warp-slice path only), read plainly.
 // UB: the warp-slice path's blocks unrolled UB at a time — independent MMA chains in flight (the sums
 // into acc keep their order: the same bits); gemv_tc_kernel keeps 1 (80 registers).
+// nrm (the warp-slice path only; gemv_tc's plan checks): the RMSNorm folded in (GemvNorm) — x is
+// bf16(w ⊙ x_fp32) of the residual row, and *ss gets the lane's Σ x_fp32² over the pieces it loaded
+// (every piece of the warp's slice by exactly one lane).
 template <int NT, bool XS = false, int UB = 1>
 __device__ __forceinline__ void tile_dot(char* smem, const Layout& Lo, const GemvJob* Js, int nj, const bf16* x,
                                          int warp, const char* tab_lane, int b_lo, int b_hi, int lane, int N,
-                                         float (&acc)[2][NT][4], int ablate, bool x_warp) {
+                                         float (&acc)[2][NT][4], int ablate, bool x_warp,
+                                         const GemvNorm* nrm = nullptr, float* ss = nullptr) {
   const bool x_ablate = ablate & 4, no_lut = ablate & 16, no_wlds = ablate & 32;
   const int g = lane >> 2, q = lane & 3, K = Js[0].K;
   const int pitch = Lo.w_pitch;
@@ -212,9 +216,29 @@ __device__ __forceinline__ void tile_dot(char* smem, const Layout& Lo, const Gem
     const uint4* xp = reinterpret_cast<const uint4*>(x + 64 * b_lo);
     const int pieces = 8 * (b_hi - b_lo);
     uint4 xs[kT];
+    if (!XS && nrm && nrm->x) {
+      const float4* xf = reinterpret_cast<const float4*>(nrm->x + 64 * b_lo);  // (L2: the residual is another kernel's output)
+      const float4* wf = reinterpret_cast<const float4*>(nrm->w + 64 * b_lo);
+      float s = 0.f;
 #pragma unroll
-    for (int t = 0; t < kT; ++t)
-      xs[t] = lane + 32 * t < pieces ? (XS ? xp[lane + 32 * t] : __ldcg(xp + lane + 32 * t)) : make_uint4(0, 0, 0, 0);
+      for (int t = 0; t < kT; ++t) {
+        const int pc = lane + 32 * t;
+        if (pc < pieces) {
+          const float4 a = __ldcg(xf + 2 * pc), b = __ldcg(xf + 2 * pc + 1), wa = __ldg(wf + 2 * pc), wb = __ldg(wf + 2 * pc + 1);
+          xs[t] = make_uint4(bf2_bits(wa.x * a.x, wa.y * a.y), bf2_bits(wa.z * a.z, wa.w * a.w),
+                             bf2_bits(wb.x * b.x, wb.y * b.y), bf2_bits(wb.z * b.z, wb.w * b.w));
+          s = fmaf(a.x, a.x, s); s = fmaf(a.y, a.y, s); s = fmaf(a.z, a.z, s); s = fmaf(a.w, a.w, s);
+          s = fmaf(b.x, b.x, s); s = fmaf(b.y, b.y, s); s = fmaf(b.z, b.z, s); s = fmaf(b.w, b.w, s);
+        } else {
+          xs[t] = make_uint4(0, 0, 0, 0);
+        }
+      }
+      *ss = s;
+    } else {
+#pragma unroll
+      for (int t = 0; t < kT; ++t)
+        xs[t] = lane + 32 * t < pieces ? (XS ? xp[lane + 32 * t] : __ldcg(xp + lane + 32 * t)) : make_uint4(0, 0, 0, 0);
+    }
 #pragma unroll
     for (int t = 0; t < kT; ++t) {
       const int nbb = min(4, b_hi - b_lo - 4 * t);
@@ -294,12 +318,15 @@ __device__ __forceinline__ float lora_b(const GemvJob& J, int n, int m, int r = 
   return t;
 }
 
-// Σ over the warps of tile row r's column n (warp order: fixed), + the job's LoRA B at weight row m
+// Σ over the warps of tile row r's column n (warp order: fixed), times xs (a folded RMSNorm's r, else
+// 1: no bit changes), + the job's LoRA B at weight row m
 template <int W>
-__device__ __forceinline__ float row_total(const float (*red)[16], const GemvJob& J, int r, int n, int m, LoraStaged S = {}) {
+__device__ __forceinline__ float row_total(const float (*red)[16], const GemvJob& J, int r, int n, int m, LoraStaged S = {},
+                                           float xs = 1.f) {
   float v = 0.f;
 #pragma unroll
   for (int w = 0; w < W; ++w) v += red[w * kRows + r][n];
+  v *= xs;
   if (J.lora_B) v = fmaf(J.scale, lora_b(J, n, m, r, S), v);
   return v;
 }
@@ -309,18 +336,19 @@ __device__ __forceinline__ float row_total(const float (*red)[16], const GemvJob
 // cache rows at *pos, q to its out.
 template <int W>
 __device__ __forceinline__ void rope_epilogue(const GemvRope& R, const GemvJob& J, int ji, TileRows rows,
-                                              const float (*red)[16], int tid, float c, float sn, LoraStaged S = {}) {
+                                              const float (*red)[16], int tid, float c, float sn, LoraStaged S = {},
+                                              float xs = 1.f) {
   const int p = *R.pos;
   if (ji == 2) {  // v: plain rows into the cache
     if (tid >= kRows) return;
     const int m = rows(tid);
-    R.vcache[(int64_t)p * J.M + m] = __float2bfloat16(row_total<W>(red, J, tid, 0, m, S) * J.alpha);
+    R.vcache[(int64_t)p * J.M + m] = __float2bfloat16(row_total<W>(red, J, tid, 0, m, S, xs) * J.alpha);
     return;
   }
   if (tid >= kRows / 2) return;
   const int ma = rows(tid), mb = rows(tid + 8);
-  const float x0 = __bfloat162float(__float2bfloat16(row_total<W>(red, J, tid, 0, ma, S) * J.alpha));
-  const float x1 = __bfloat162float(__float2bfloat16(row_total<W>(red, J, tid + 8, 0, mb, S) * J.alpha));
+  const float x0 = __bfloat162float(__float2bfloat16(row_total<W>(red, J, tid, 0, ma, S, xs) * J.alpha));
+  const float x1 = __bfloat162float(__float2bfloat16(row_total<W>(red, J, tid + 8, 0, mb, S, xs) * J.alpha));
   bf16* dst = ji == 0 ? static_cast<bf16*>(J.out) : R.kcache + (int64_t)p * J.M;
   rope_rotate(x0, x1, c, sn, dst[ma], dst[mb]);
 }

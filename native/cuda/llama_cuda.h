@@ -149,6 +149,10 @@ bool decode_step_ready(const DeviceModel& d, const DeviceKV& kv);
 void decode_pdl_override(int mode);
 // The same for RoPE + the KV append folded into the decode graph's q/k/v launch (MIMIC_DECODE_FUSE).
 void decode_fuse_override(int mode);
+// The same for the two RMSNorms of a layer folded into the q/k/v and gate/up launches (gemv_tc.h's
+// GemvNorm; MIMIC_DECODE_NORM_FOLD): not the bits of the unfolded step — checks that compare the
+// graph with other paths bit for bit turn it off.
+void decode_norm_fold_override(int mode);
 // The decode step's in-graph timeline (pdl.h's markers; PDL graphs only): decode_trace(true) makes
 // the next recorded graphs carry a marker after every kernel; decode_trace_read() gives, for the
 // last step run, each kernel's name and the globaltimer stamps (ns) of its marker becoming

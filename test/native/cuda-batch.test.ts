@@ -22,6 +22,10 @@ const batched = (model: Parameters<typeof batchedAll>[0], ps: Parameters<typeof 
 // route, whose bf16-rounded weights agree only to bf16 level (checked by margin in the C++ rows), so
 // this file pins every width to the GEMV (read by the addon at each step).
 process.env.MIMIC_BATCH_GEMM_MIN = '1000000';
+// session.next's one-row decode graph folds the layer norms into its products (GemvNorm: the same
+// error class, not the same bits as the batched step's rmsnorm_rows); unfolded here, so that the
+// two paths can be compared bit for bit (read at each recording of the graph).
+process.env.MIMIC_DECODE_NORM_FOLD = '0';
 
 if (!addon.cudaAvailable()) {
   t.pass('no CUDA device: the GPU batch checks are skipped (the CPU nextBatch is test/native/batch.test.ts)', { skip: 'no CUDA device' });
