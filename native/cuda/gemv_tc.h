@@ -92,11 +92,12 @@ int gemv_tc_warps(const GemvJob* jobs, int n_jobs, bool glu, bool rope);
 // same launch: blocks of its own at the front of the grid write h — which must hold the sentinel
 // kLoraHPending (every bit set: a NaN no product yields) when the launch starts — and each product
 // block polls h before its epilogue. The same bits as an A launch followed by gemv_tc. Launches and
-// returns true, or returns false having launched nothing (not switched on, the
-// job does not fit, B not stageable, or the grid would not be resident in one wave — the poll needs
-// every A block running). Opt-in (MIMIC_DECODE_LORA_IN=1): its first version was 19 % slower than the A
-// launch on an H100 (bench/NOTES.md round 18); this second one (A rows staged before the wait) has
-// not been run on a GPU yet.
+// returns true, or returns false having launched nothing (the job does not fit, B not stageable, or
+// the grid would not be resident in one wave — the poll needs every A block running). gemv_tc and
+// gemv_tc_qkv_rope take jobs with lora_A the same way when their norm is folded in (the A blocks
+// then read the residual row like the products). Round 19 (H100): the LoRA r = 16 step 2.02 → 1.87
+// ms for o and down, → 1.82 with q/k/v and gate/up too (bench/NOTES.md); the first version, A rows
+// streamed from L2 after the wait, had been 19 % slower (round 18).
 constexpr uint32_t kLoraHPending = 0xffffffffu;
 bool gemv_tc_lora_in(const GemvJob& j, int64_t N);
 
