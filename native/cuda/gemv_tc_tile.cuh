@@ -163,94 +163,120 @@ __device__ __forceinline__ uint4 shfl4(uint4 v, int src) {
                     __shfl_sync(~0u, v.w, src));
 }
 
+// The products of 64-block b of the tile's rows g, g+8 for nj jobs (2: gate and up, one x) with their
+// B fragments xc, into acc[u]: the weight words from the tile staged in shared memory, the absmax
+// decoded beside it. MIMIC_GEMV_TC_ABLATE (timing only, wrong results): & 16 the code words themselves
+// as A (no lookups), & 32 no weight loads from shared memory either.
+template <int NT>
+__device__ __forceinline__ void block_products(const char* smem, const Layout& Lo, int nj, const char* tab_lane, int b,
+                                               int lane, const uint4 (&xc)[NT][2], float (&acc)[2][NT][4], int ablate) {
+  const bool no_lut = ablate & 16, no_wlds = ablate & 32;
+  const int g = lane >> 2, q = lane & 3;
+  const int pitch = Lo.w_pitch;
+  const int w0 = g * pitch + 8 * q + 32 * b;  // + Lo.w_off[u]
+  uint2 wa[2], wb[2];
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    if (u < nj) {
+      if (no_wlds) {
+        wa[u] = make_uint2(0x3f803f80u + b, lane);
+        wb[u] = make_uint2(0x3f803f80u ^ b, u);
+        continue;
+      }
+      const char* w = smem + Lo.w_off[u] + w0;
+      wa[u] = *reinterpret_cast<const uint2*>(w);
+      wb[u] = *reinterpret_cast<const uint2*>(w + 8 * pitch);
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    if (u < nj) {
+      const float* am = reinterpret_cast<const float*>(smem + Lo.am_off[u]) + g * Lo.am_pitch + b;
+      if (no_lut || no_wlds) block_mma<NT, false>(tab_lane, wa[u], wb[u], am[0], am[8 * Lo.am_pitch], xc, acc[u]);
+      else block_mma<NT>(tab_lane, wa[u], wb[u], am[0], am[8 * Lo.am_pitch], xc, acc[u]);
+    }
+  }
+}
+
+// The warp-slice path (one row of x, at most 16 blocks a warp: K <= 8192 at 8 warps): the warp loads
+// its whole x slice at once — lane ℓ holds its 16-byte pieces ℓ, ℓ + 32, … of x[64·b_lo ..) — and each
+// block's B fragment comes by shuffles: one L2 round trip a warp instead of one a block (round 15:
+// with x not loaded at all the step was 10 % faster — each block waited for its x from L2). Lanes
+// g > 0 feed columns n > 0, which nobody reads, so they take the same values as g = 0.
+// XS: x lies in shared memory (decode_persist.cu), read plainly. nrm (not XS): the RMSNorm folded in
+// (GemvNorm) — the pieces are bf16(w ⊙ x_fp32) of the residual row, and *ss gets the lane's Σ x_fp32²
+// over the pieces it loaded (every piece of the warp's slice by exactly one lane).
+constexpr int kSlicePieces = 4;  // 16-byte pieces a lane: 32·4 = 128 = 16 blocks of 64 values
+__device__ __forceinline__ bool warp_slice_fits(int NT, int N, int b_lo, int b_hi) { return NT == 1 && N == 1 && b_hi - b_lo <= 16; }
+template <bool XS>
+__device__ __forceinline__ void warp_x_slice(const bf16* x, const GemvNorm* nrm, int b_lo, int b_hi, int lane,
+                                             uint4 (&xs)[kSlicePieces], float* ss) {
+  const int pieces = 8 * (b_hi - b_lo);
+  if (!XS && nrm && nrm->x) {
+    const float4* xf = reinterpret_cast<const float4*>(nrm->x + 64 * b_lo);  // (L2: the residual is another kernel's output)
+    const float4* wf = reinterpret_cast<const float4*>(nrm->w + 64 * b_lo);
+    float s = 0.f;
+#pragma unroll
+    for (int t = 0; t < kSlicePieces; ++t) {
+      const int pc = lane + 32 * t;
+      if (pc < pieces) {
+        const float4 a = __ldcg(xf + 2 * pc), b = __ldcg(xf + 2 * pc + 1), wa = __ldg(wf + 2 * pc), wb = __ldg(wf + 2 * pc + 1);
+        xs[t] = make_uint4(bf2_bits(wa.x * a.x, wa.y * a.y), bf2_bits(wa.z * a.z, wa.w * a.w),
+                           bf2_bits(wb.x * b.x, wb.y * b.y), bf2_bits(wb.z * b.z, wb.w * b.w));
+        s = fmaf(a.x, a.x, s); s = fmaf(a.y, a.y, s); s = fmaf(a.z, a.z, s); s = fmaf(a.w, a.w, s);
+        s = fmaf(b.x, b.x, s); s = fmaf(b.y, b.y, s); s = fmaf(b.z, b.z, s); s = fmaf(b.w, b.w, s);
+      } else {
+        xs[t] = make_uint4(0, 0, 0, 0);
+      }
+    }
+    *ss = s;
+    return;
+  }
+  const uint4* xp = reinterpret_cast<const uint4*>(x + 64 * b_lo);
+#pragma unroll
+  for (int t = 0; t < kSlicePieces; ++t)
+    xs[t] = lane + 32 * t < pieces ? (XS ? xp[lane + 32 * t] : __ldcg(xp + lane + 32 * t)) : make_uint4(0, 0, 0, 0);
+}
+// The products of the warp's blocks [b_lo, b_hi) with the x slice xs (warp_x_slice). UB: blocks
+// unrolled UB at a time — independent MMA chains in flight (the sums into acc keep their order: the
+// same bits); gemv_tc_kernel keeps 1 (80 registers).
+template <int UB = 1>
+__device__ __forceinline__ void warp_slice_products(const char* smem, const Layout& Lo, int nj, const char* tab_lane, int b_lo,
+                                                    int b_hi, int lane, const uint4 (&xs)[kSlicePieces],
+                                                    float (&acc)[2][1][4], int ablate) {
+  const int q = lane & 3;
+#pragma unroll
+  for (int t = 0; t < kSlicePieces; ++t) {
+    const int nbb = min(4, b_hi - b_lo - 4 * t);
+#pragma unroll UB
+    for (int bb = 0; bb < nbb; ++bb) {  // block b_lo + 4t + bb: pieces 8bb + 2q, + 1 of xs[t]
+      uint4 xc[1][2];
+      xc[0][0] = shfl4(xs[t], 8 * bb + 2 * q);
+      xc[0][1] = shfl4(xs[t], 8 * bb + 2 * q + 1);
+      block_products<1>(smem, Lo, nj, tab_lane, b_lo + 4 * t + bb, lane, xc, acc, ablate);
+    }
+  }
+}
+
 // Σ over the warp's 64-blocks [b_lo, b_hi) of the tile's rows g, g+8, for nj jobs (2: gate and up,
 // one x) into acc[u] (the C fragments of the NT n-tiles; zero on entry). Codes and absmax from the
-// tiles staged in shared memory; x [N, K] from global (L2, pdl.h).
-// One row of x (the decode step) and at most 16 blocks a warp (K <= 8192): the warp loads its whole
-// x slice at once — lane ℓ holds its 16-byte pieces ℓ, ℓ + 32, … — and each block's B fragment comes
-// by shuffles: one L2 round trip a warp instead of one a block (round 15: with x not loaded at all
-// the step was 10 % faster — each block waited for its x from L2). Lanes g > 0 feed columns n > 0,
-// which nobody reads, so they take the same values as g = 0. Otherwise x is loaded a block ahead.
-// XS: x lies in shared memory (decode_persist.cu; one row, the warp-slice path only), read plainly.
-// UB: the warp-slice path's blocks unrolled UB at a time — independent MMA chains in flight (the sums
-// into acc keep their order: the same bits); gemv_tc_kernel keeps 1 (80 registers).
-// nrm (the warp-slice path only; gemv_tc's plan checks): the RMSNorm folded in (GemvNorm) — x is
-// bf16(w ⊙ x_fp32) of the residual row, and *ss gets the lane's Σ x_fp32² over the pieces it loaded
-// (every piece of the warp's slice by exactly one lane).
+// tiles staged in shared memory; x [N, K] from global (L2, pdl.h): by warp slices where they fit
+// (warp_x_slice; x_warp, not ablated), else loaded a block ahead. XS, UB, nrm, ss: warp_x_slice's
+// and warp_slice_products'.
 template <int NT, bool XS = false, int UB = 1>
 __device__ __forceinline__ void tile_dot(char* smem, const Layout& Lo, const GemvJob* Js, int nj, const bf16* x,
                                          int warp, const char* tab_lane, int b_lo, int b_hi, int lane, int N,
                                          float (&acc)[2][NT][4], int ablate, bool x_warp,
                                          const GemvNorm* nrm = nullptr, float* ss = nullptr) {
-  const bool x_ablate = ablate & 4, no_lut = ablate & 16, no_wlds = ablate & 32;
+  const bool x_ablate = ablate & 4;
   const int g = lane >> 2, q = lane & 3, K = Js[0].K;
-  const int pitch = Lo.w_pitch;
-  const int w0 = g * pitch + 8 * q;  // + Lo.w_off[u]
-  auto products = [&](int b, const uint4 (&xc)[NT][2]) {  // block b with its B fragments xc
-    uint2 wa[2], wb[2];
-    const int off = 32 * b;
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      if (u < nj) {
-        if (no_wlds) {  // MIMIC_GEMV_TC_ABLATE & 32 (timing only): no weight loads (and no lookups)
-          wa[u] = make_uint2(0x3f803f80u + b, lane);
-          wb[u] = make_uint2(0x3f803f80u ^ b, u);
-          continue;
-        }
-        const char* w = smem + Lo.w_off[u] + w0 + off;
-        wa[u] = *reinterpret_cast<const uint2*>(w);
-        wb[u] = *reinterpret_cast<const uint2*>(w + 8 * pitch);
-      }
+  if constexpr (NT == 1) {
+    if (warp_slice_fits(NT, N, b_lo, b_hi) && x_warp && !x_ablate) {
+      uint4 xs[kSlicePieces];
+      warp_x_slice<XS>(x, nrm, b_lo, b_hi, lane, xs, ss);
+      warp_slice_products<UB>(smem, Lo, nj, tab_lane, b_lo, b_hi, lane, xs, acc, ablate);
+      return;
     }
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      if (u < nj) {
-        const float* am = reinterpret_cast<const float*>(smem + Lo.am_off[u]) + g * Lo.am_pitch + b;
-        if (no_lut || no_wlds) block_mma<NT, false>(tab_lane, wa[u], wb[u], am[0], am[8 * Lo.am_pitch], xc, acc[u]);
-        else block_mma<NT>(tab_lane, wa[u], wb[u], am[0], am[8 * Lo.am_pitch], xc, acc[u]);
-      }
-    }
-  };
-  if (NT == 1 && N == 1 && b_hi - b_lo <= 16 && x_warp && !x_ablate) {
-    constexpr int kT = 4;  // 16-byte pieces a lane: 32·4 = 128 = 16 blocks of 64 values
-    const uint4* xp = reinterpret_cast<const uint4*>(x + 64 * b_lo);
-    const int pieces = 8 * (b_hi - b_lo);
-    uint4 xs[kT];
-    if (!XS && nrm && nrm->x) {
-      const float4* xf = reinterpret_cast<const float4*>(nrm->x + 64 * b_lo);  // (L2: the residual is another kernel's output)
-      const float4* wf = reinterpret_cast<const float4*>(nrm->w + 64 * b_lo);
-      float s = 0.f;
-#pragma unroll
-      for (int t = 0; t < kT; ++t) {
-        const int pc = lane + 32 * t;
-        if (pc < pieces) {
-          const float4 a = __ldcg(xf + 2 * pc), b = __ldcg(xf + 2 * pc + 1), wa = __ldg(wf + 2 * pc), wb = __ldg(wf + 2 * pc + 1);
-          xs[t] = make_uint4(bf2_bits(wa.x * a.x, wa.y * a.y), bf2_bits(wa.z * a.z, wa.w * a.w),
-                             bf2_bits(wb.x * b.x, wb.y * b.y), bf2_bits(wb.z * b.z, wb.w * b.w));
-          s = fmaf(a.x, a.x, s); s = fmaf(a.y, a.y, s); s = fmaf(a.z, a.z, s); s = fmaf(a.w, a.w, s);
-          s = fmaf(b.x, b.x, s); s = fmaf(b.y, b.y, s); s = fmaf(b.z, b.z, s); s = fmaf(b.w, b.w, s);
-        } else {
-          xs[t] = make_uint4(0, 0, 0, 0);
-        }
-      }
-      *ss = s;
-    } else {
-#pragma unroll
-      for (int t = 0; t < kT; ++t)
-        xs[t] = lane + 32 * t < pieces ? (XS ? xp[lane + 32 * t] : __ldcg(xp + lane + 32 * t)) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int t = 0; t < kT; ++t) {
-      const int nbb = min(4, b_hi - b_lo - 4 * t);
-#pragma unroll UB
-      for (int bb = 0; bb < nbb; ++bb) {  // block b_lo + 4t + bb: pieces 8bb + 2q, + 1 of xs[t]
-        uint4 xc[NT][2];
-        xc[0][0] = shfl4(xs[t], 8 * bb + 2 * q);
-        xc[0][1] = shfl4(xs[t], 8 * bb + 2 * q + 1);
-        products(b_lo + 4 * t + bb, xc);
-      }
-    }
-    return;
   }
   const bf16* xr[NT];
   bool xon[NT];
@@ -281,7 +307,7 @@ __device__ __forceinline__ void tile_dot(char* smem, const Layout& Lo, const Gem
 #pragma unroll
     for (int j = 0; j < NT; ++j) { xc[j][0] = xn[j][0]; xc[j][1] = xn[j][1]; }
     load_x(b + 1, xn);
-    products(b, xc);
+    block_products<NT>(smem, Lo, nj, tab_lane, b, lane, xc, acc, ablate);
   }
 }
 
