@@ -24,6 +24,7 @@
 
 #include <utility>
 
+#include "core/env.h"
 #include "cuda/buffer.h"
 
 namespace mimic::cuda {
@@ -55,6 +56,11 @@ inline thread_local bool g_pdl_tracing = false;
 // instantiation that waits (template flag PDL), with the programmatic-serialization attribute. The
 // plain instantiations hold no griddepcontrol instruction at all: every path but a PDL-recorded
 // decode graph runs exactly the kernels it ran before.
+// Each PDL launch also asks for the largest shared-memory carveout (unless MIMIC_DECODE_CARVEOUT=0,
+// read at each recording): an SM runs blocks of one carveout at a time, so a kernel whose launches
+// the driver gives another split than its neighbours' cannot start its blocks beside theirs until
+// the SM drains — exactly the overlap PDL is for (round 19: three more KB a gate/up block made every
+// later launch slower, the step 18 %; the likeliest cause, a carveout step crossed).
 template <class... K, class... A>
 void launch_pdl(void (*plain)(K...), void (*dependent)(K...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
                 A&&... args) {
@@ -67,11 +73,13 @@ void launch_pdl(void (*plain)(K...), void (*dependent)(K...), dim3 grid, dim3 bl
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = st;
-  cudaLaunchAttribute at[1];
+  cudaLaunchAttribute at[2];
   at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   at[0].val.programmaticStreamSerializationAllowed = 1;
+  at[1].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
+  at[1].val.sharedMemCarveout = 100;  // percent of the SM's shared memory / L1
   cfg.attrs = at;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = env_switch_on("MIMIC_DECODE_CARVEOUT") ? 2 : 1;
   MIMIC_CUDA_CHECK(cudaLaunchKernelEx(&cfg, dependent, std::forward<A>(args)...));
   if (g_pdl_tracing) pdl_trace_after(reinterpret_cast<const void*>(dependent), st);
 }
