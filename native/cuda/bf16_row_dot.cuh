@@ -54,5 +54,25 @@ __device__ __forceinline__ void bf16_row_dot(const uint4* wrow, int nch, int lan
   }
 }
 
+// The LoRA A products of the decode step (decode_kernels.cuh's lora_a_kernel, gemv_tc.cu's A blocks
+// inside a product launch), one row of x: an A row staged in shared memory by cp.async — the lane's
+// own chunks lane, lane + 32, …, the ones bf16_row_dot reads back, so no barrier is needed for them
+// (a weight: before the PDL wait) — and x staged by the whole block (another kernel's output: after
+// it, through L2). The callers commit and wait.
+__device__ __forceinline__ void stage_row_async(uint4* dst, const bf16* row, int nch, int lane) {
+  const uint4* src = reinterpret_cast<const uint4*>(row);
+  for (int c = lane; c < nch; c += 32) cp_async16(dst + c, src + c);
+}
+__device__ __forceinline__ void stage_x_async(uint4* dst, const bf16* x, int nch, int tid, int nthreads) {
+  const uint4* src = reinterpret_cast<const uint4*>(x);
+  for (int c = tid; c < nch; c += nthreads) cp_async16(dst + c, src + c);
+}
+// Σ_k A[k]·x[k] of a staged row and staged x (bf16_row_dot's order), summed over the warp
+__device__ __forceinline__ float staged_row_dot(const uint4* arow, const uint4* xs, int nch, int lane) {
+  float a[1] = {0.f};
+  bf16_row_dot<1, true, true>(arow, nch, lane, 1, nullptr, nch * 8, xs, a);
+  return warp_sum(a[0]);
+}
+
 }  // namespace
 }  // namespace mimic::cuda

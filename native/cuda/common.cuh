@@ -57,6 +57,25 @@ struct NamedBar {
   __device__ void operator()() const { asm volatile("bar.sync %0, %1;" ::"n"(ID), "n"(N) : "memory"); }
 };
 
+// The GPU's nanosecond clock (%globaltimer: one clock for every SM).
+__device__ __forceinline__ unsigned long long globaltimer_ns() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+// The watchdog of a spin loop that waits on another block's write (a counter, an mbarrier's bytes, a
+// polled word): such a wait that lasts 2 s is a bug (a block never ran), and the loop gives up —
+// wrong results and an error word or a NaN, never a hung process. expired() reads the clock; call
+// it every few dozen spins. The clock starts at the first call.
+struct SpinWatchdog {
+  unsigned long long t0 = 0;
+  __device__ __forceinline__ bool expired() {
+    const unsigned long long t = globaltimer_ns();
+    if (!t0) { t0 = t; return false; }
+    return t - t0 > 2000000000ull;
+  }
+};
+
 // Asks L2 for the 128-byte line holding p (no register, no wait; sm_80+).
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
 

@@ -135,10 +135,7 @@ __global__ void __launch_bounds__(lora_a_threads<NORM>()) lora_a_kernel(bf16* __
   while (ji < J.n && ri >= J.r[ji]) ri -= J.r[ji++];
   const bool has_row = warp < kLoraARows && ji < J.n;
   if constexpr (PDL) pdl_trigger();
-  if (has_row) {
-    const uint4* src = reinterpret_cast<const uint4*>(J.A[ji] + (int64_t)ri * K);
-    for (int c = lane; c < nch; c += 32) cp_async16(arow + c, src + c);
-  }
+  if (has_row) stage_row_async(arow, J.A[ji] + (int64_t)ri * K, nch, lane);
   asm volatile("cp.async.commit_group;\n");
   if constexpr (NORM) {
     RmsRow<kNormThreads> row, wr;
@@ -158,17 +155,14 @@ __global__ void __launch_bounds__(lora_a_threads<NORM>()) lora_a_kernel(bf16* __
         }
   } else {
     if constexpr (PDL) pdl_wait();
-    const uint4* x4 = reinterpret_cast<const uint4*>(static_cast<const bf16*>(xin) + (int64_t)s * K);
-    for (int c = threadIdx.x; c < nch; c += blockDim.x) cp_async16(xs4 + c, x4 + c);  // (L2: another kernel's output)
+    stage_x_async(xs4, static_cast<const bf16*>(xin) + (int64_t)s * K, nch, threadIdx.x, blockDim.x);
     asm volatile("cp.async.commit_group;\n");
   }
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");
   __syncthreads();
   if (!has_row) return;
-  float acc[1] = {0.f};
-  bf16_row_dot<1, true, true>(arow, nch, lane, 1, nullptr, K, xs4, acc);
-  acc[0] = warp_sum(acc[0]);
-  if (lane == 0) J.h[ji][(int64_t)s * J.r[ji] + ri] = acc[0];
+  const float h = staged_row_dot(arow, xs4, nch, lane);
+  if (lane == 0) J.h[ji][(int64_t)s * J.r[ji] + ri] = h;
 }
 // false (nothing launched) where the jobs do not allow it: K % 8, unaligned A or x, the norm's row too long
 template <bool NORM>
@@ -323,6 +317,21 @@ __device__ __forceinline__ void attn_head(bf16* __restrict__ out, const bf16* __
   }
 }
 
+// KV head hk's cache rows [0, n) of k and v ([rows][Hkv][D] bf16) asked of L2, 128-byte lines, by
+// threads tid, tid + nthreads, … (no register, no wait): the decode attention's prefetch before its
+// PDL wait — those rows were written by earlier steps — here and in decode_persist.cu.
+__device__ __forceinline__ void prefetch_kv_rows(const bf16* k, const bf16* v, int hk, int64_t n, int Hkv, int D, int tid,
+                                                 int nthreads) {
+  const char* kb = reinterpret_cast<const char*>(k + (int64_t)hk * D);
+  const char* vb = reinterpret_cast<const char*>(v + (int64_t)hk * D);
+  const int64_t pitch = (int64_t)Hkv * D * 2, lines = (2 * D + 127) / 128;
+  for (int64_t i = tid; i < n * lines; i += nthreads) {
+    const int64_t j = i / lines, o = (i - j * lines) * 128;
+    prefetch_l2(kb + j * pitch + o);
+    prefetch_l2(vb + j * pitch + o);
+  }
+}
+
 // Block (h, s): the new token of row s, query head h, against keys [0, pos[s]] of its cache.
 // Keys go 256 at a time (one thread a key, 16-byte loads of the key row, fp32 dot): the chunk's
 // max updates the running max m, the running sum l and the accumulators are rescaled by
@@ -342,17 +351,9 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attn_kernel(bf16* __restr
     // the graph), so while the q/k/v product ahead still runs, the group's first query head asks L2
     // for its KV head's old rows: after the wait the scores and the values read L2, not DRAM.
     const int group = Hq / Hkv;
-    if (prefetch && blockIdx.x % group == 0) {
-      const int64_t row = (int64_t)(blockIdx.x / group) * D;
-      const char* kb = reinterpret_cast<const char*>((ktab ? ktab[blockIdx.y] : k1) + row);
-      const char* vb = reinterpret_cast<const char*>((vtab ? vtab[blockIdx.y] : v1) + row);
-      const int64_t pitch = (int64_t)Hkv * D * 2, lines = (2 * D + 127) / 128, n = pos[blockIdx.y] * lines;
-      for (int64_t i = threadIdx.x; i < n; i += kAttnThreads) {
-        const int64_t j = i / lines, o = (i - j * lines) * 128;
-        prefetch_l2(kb + j * pitch + o);
-        prefetch_l2(vb + j * pitch + o);
-      }
-    }
+    if (prefetch && blockIdx.x % group == 0)
+      prefetch_kv_rows(ktab ? ktab[blockIdx.y] : k1, vtab ? vtab[blockIdx.y] : v1, blockIdx.x / group, pos[blockIdx.y], Hkv, D,
+                       threadIdx.x, kAttnThreads);
     pdl_wait();
   }
   __shared__ float qs[256];

@@ -61,26 +61,19 @@ __constant__ const int kWeightStages[4] = {kStageQ, kStageO, kStageG, kStageD}; 
 
 __device__ __forceinline__ uint32_t smem_addr(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
-__device__ __forceinline__ unsigned long long now_ns() {
-  unsigned long long t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
+__device__ __forceinline__ unsigned long long now_ns() { return globaltimer_ns(); }
 // Until the phase of `parity` completed (the item's bytes landed), or — a bug — 2 s: then the error
 // word is set and the wait gives up (wrong results, no hang).
 __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity, unsigned* err) {
   uint32_t ok = 0;
-  unsigned long long t0 = 0;
+  SpinWatchdog dog;
   for (int it = 0; !ok; ++it) {
     asm volatile(
         "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
         : "=r"(ok)
         : "r"(bar), "r"(parity)
         : "memory");
-    if (!ok && (it & 63) == 63) {
-      if (!t0) t0 = now_ns();
-      else if (now_ns() - t0 > 2000000000ull) { atomicExch(err, 2u); return; }
-    }
+    if (!ok && (it & 63) == 63 && dog.expired()) { atomicExch(err, 2u); return; }
   }
 }
 
@@ -100,14 +93,14 @@ __device__ __forceinline__ void stamp_item(const PersistParams& P, int l, int s,
 // items wrote is visible to loads through L2 (__ldcg) after it.
 __device__ void wait_count(const unsigned* c, unsigned target, unsigned* err) {
   if (threadIdx.x == 0) {
-    const unsigned long long t0 = now_ns();
+    SpinWatchdog dog;
     for (int it = 0;; ++it) {
       unsigned v;
       asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(c) : "memory");
       if (v >= target) break;
       if ((it & 255) == 255) {
         if (*reinterpret_cast<volatile unsigned*>(err)) break;
-        if (now_ns() - t0 > 2000000000ull) { atomicExch(err, 1u); break; }
+        if (dog.expired()) { atomicExch(err, 1u); break; }
       }
     }
   }
@@ -337,16 +330,8 @@ __global__ void __launch_bounds__(kThreads, 1) decode_persist_kernel(const __gri
         int n = 0;
         for (int h = (int)gridDim.x - 1 - (int)blockIdx.x; h < P.Hq; h += gridDim.x, ++n) {
           const int group = P.Hq / P.Hkv, hk = h / group;
-          if (h % group == 0) {  // the KV head's old rows into L2 while q/k/v still run (decode_attn_kernel's prefetch)
-            const int64_t row = (int64_t)hk * P.D, pitch = (int64_t)P.Hkv * P.D * 2, lines = (2 * P.D + 127) / 128;
-            const char* kb = reinterpret_cast<const char*>(Ly.kcache + row);
-            const char* vb = reinterpret_cast<const char*>(Ly.vcache + row);
-            for (int64_t i = tid; i < pos * lines; i += kCW * 32) {
-              const int64_t j = i / lines, o = (i - j * lines) * 128;
-              prefetch_l2(kb + j * pitch + o);
-              prefetch_l2(vb + j * pitch + o);
-            }
-          }
+          if (h % group == 0)  // the KV head's old rows into L2 while q/k/v still run (decode_attn_kernel's prefetch)
+            prefetch_kv_rows(Ly.kcache, Ly.vcache, hk, pos, P.Hkv, P.D, tid, kCW * 32);
           if (n == 0) {
             stamp(P, l, s, 0);
             wait_count(cnt + kStageQ, P.items[kStageQ], P.err);

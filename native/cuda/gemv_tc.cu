@@ -128,10 +128,7 @@ __device__ __forceinline__ void lora_a_block(char* smem, const Params& P) {
   uint4* xs = reinterpret_cast<uint4*>(smem);  // x [K] (one row of x)
   uint4* arow = xs + nch + (int64_t)warp * nch;
   float* ssq = reinterpret_cast<float*>(xs + (1 + kLaRows) * (int64_t)nch);  // a folded norm's warp sums
-  if (mine) {
-    const uint4* src = reinterpret_cast<const uint4*>(J.lora_A + (int64_t)ra * K);
-    for (int c = lane; c < nch; c += 32) cp_async16(arow + c, src + c);  // the chunks this lane reads
-  }
+  if (mine) stage_row_async(arow, J.lora_A + (int64_t)ra * K, nch, lane);
   asm volatile("cp.async.commit_group;\n");
   if constexpr (PDL) pdl_wait();
   float rn = 1.f;  // a folded norm's r
@@ -149,8 +146,7 @@ __device__ __forceinline__ void lora_a_block(char* smem, const Params& P) {
     s = warp_sum(s);
     if (lane == 0) ssq[warp] = s;
   } else if (N == 1) {
-    const uint4* x4 = reinterpret_cast<const uint4*>(J.x);
-    for (int c = threadIdx.x; c < nch; c += W * 32) cp_async16(xs + c, x4 + c);  // (L2: another kernel's output)
+    stage_x_async(xs, J.x, nch, threadIdx.x, W * 32);
     asm volatile("cp.async.commit_group;\n");
   }
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");
@@ -162,36 +158,32 @@ __device__ __forceinline__ void lora_a_block(char* smem, const Params& P) {
     for (int w = 0; w < W; ++w) t += ssq[w];
     rn = rsqrtf(t / K + P.norm.eps);
   }
+  float* h = const_cast<float*>(J.lora_h);
+  if (N == 1) {
+    const float a = staged_row_dot(arow, xs, nch, lane);
+    if (lane == 0) h[ra] = a * rn;
+    return;
+  }
   float acc[8 * NT];
 #pragma unroll
   for (int n = 0; n < 8 * NT; ++n) acc[n] = 0.f;
-  if (N == 1) {
-    float a1[1] = {0.f};
-    bf16_row_dot<1, true, true>(arow, nch, lane, 1, nullptr, K, xs, a1);
-    acc[0] = a1[0];
-  } else {
-    bf16_row_dot<8 * NT, false, true>(arow, nch, lane, N, J.x, K, nullptr, acc);
-  }
+  bf16_row_dot<8 * NT, false, true>(arow, nch, lane, N, J.x, K, nullptr, acc);
 #pragma unroll
   for (int n = 0; n < 8 * NT; ++n) {
     acc[n] = warp_sum(acc[n]);
-    if (lane == 0 && n < N) const_cast<float*>(J.lora_h)[(int64_t)n * J.r + ra] = acc[n] * rn;
+    if (lane == 0 && n < N) h[(int64_t)n * J.r + ra] = acc[n];
   }
 }
 // h[i] once it left kLoraHPending (relaxed loads through L2), or after 2 s — a bug: an A block never
 // ran — the sentinel itself, a NaN that reaches the logits instead of a hang.
 __device__ __forceinline__ float poll_h(const float* p) {
   uint32_t v;
-  unsigned long long t0 = 0, t;
+  SpinWatchdog dog;
   for (int it = 0;; ++it) {
     asm volatile("ld.relaxed.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     if (v != kLoraHPending) break;
     __nanosleep(64);  // (the A blocks are rarely late: do not crowd L2 while they are)
-    if ((it & 15) == 15) {
-      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-      if (!t0) t0 = t;
-      else if (t - t0 > 2000000000ull) break;
-    }
+    if ((it & 15) == 15 && dog.expired()) break;
   }
   return __uint_as_float(v);
 }
