@@ -434,17 +434,16 @@ struct LoraGemv {
     if (lil) MIMIC_CUDA_CHECK(cudaMemsetAsync(lh + 7 * stride, 0xff, sizeof(float) * 7 * d.cfg.num_layers * stride, Context::get().stream));
   }
   float* lil_h(int l, int i) const { return lh + (size_t)(7 + 7 * l + i) * stride; }
-  // js[k] (the job of which[k]) with its A product inside the launch (lil): lora_A and the layer's own
-  // h region set where projection which[k] carries an adapter. False without lil.
-  bool in_launch(const DLayer& Ly, int l, std::initializer_list<int> which, GemvJob* js) const {
-    if (!lil) return false;
+  // js[k] (the job of which[k]) with its A product inside the launch: lora_A and the layer's own h
+  // region set where projection which[k] carries an adapter (nothing without lil)
+  void in_launch(const DLayer& Ly, int l, std::initializer_list<int> which, GemvJob* js) const {
+    if (!lil) return;
     int k = 0;
     for (int i : which) {
       const DLinear& P = Ly.proj[i];
       if (on(P)) { js[k].lora_A = d.lb.p + P.offA; js[k].lora_h = lil_h(l, i); }
       ++k;
     }
-    return true;
   }
   // Projection i (o = 3 or down = 6) of layer l: j (weights, x, out, res set) with its LoRA — the A
   // product inside the product's launch (gemv_tc_lora_in: one launch, ~4 µs a launch less on the

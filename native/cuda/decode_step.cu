@@ -6,8 +6,9 @@
 //   rmsnorm → [LoRA A of q,k,v] → gemv q,k,v (+ LoRA B in the epilogue) → rope + KV append
 //   → attention over the cache → [LoRA A of o] → gemv o (+ residual) → rmsnorm → [LoRA A gate,up]
 //   → gemv gate,up with silu(gate)·up in the epilogue → [LoRA A down] → gemv down (+ residual)
-// (where q/k/v, or gate/up, carry no LoRA, the rmsnorm before them runs inside their launch: the
-// norm's scale applied after the products, gemv_tc.h's GemvNorm — 5 launches a layer, not 7)
+// (by default the rmsnorm before q/k/v and before gate/up runs inside their launch — the norm's scale
+// applied after the products, gemv_tc.h's GemvNorm — and every LoRA A product inside its product's
+// launch: 5 launches a layer with or without an adapter)
 // then the final norm and the lm_head as a bf16 gemv into fp32 logits. Every kernel takes the token
 // id and its position from device memory (2 ints copied in before the launch), so the captured
 // graph replays unchanged step after step; the host does one small copy and one graph launch.
@@ -35,7 +36,7 @@ struct DecodeGraph {
   uint64_t model_uid = 0, lora_version = 0;
   bool pdl = false;        // recorded with programmatic dependent launches (pdl.h)
   bool rope_fold = false;  // RoPE + KV append in the q/k/v launch (gemv_tc_qkv_rope)
-  bool norm_fold = false;  // the RMSNorms in the q/k/v and gate/up launches (GemvNorm) where no LoRA is there
+  bool norm_fold = false;  // the RMSNorms in the q/k/v and gate/up launches (GemvNorm)
   bool traced = false;     // recorded with pdl.h's marker kernels (decode_trace)
   bool persist_asked = false;  // MIMIC_DECODE_PERSIST=1 when recorded
   bool persist = false;        // the layers as decode_persist.cu's one kernel (ps)
@@ -104,9 +105,10 @@ bool fuse_wanted() {
 
 // The RMSNorm before q/k/v and before gate/up folded into those launches (gemv_tc.h, GemvNorm: the
 // norm's scale applied after the products; two launches a layer fewer) unless MIMIC_DECODE_NORM_FOLD=0;
-// only where those projections carry no LoRA (the A products need the normalized row: norm_a's launch
-// stays) and RoPE is folded too. Not the unfolded step's bits (decode_norm_fold_override(0) for the
-// checks that compare bit for bit).
+// where RoPE is folded too, and LoRA'd projections only with their A products in the same launch
+// (LoraGemv::lil: the A blocks read the residual row as the products do — without it norm_a's launch
+// writes xn for them). Not the unfolded step's bits (decode_norm_fold_override(0) for the checks that
+// compare bit for bit). Round 19, H100: base step B/A 1.011-1.014; with LoRA r = 16 1.042.
 int g_norm_fold_override = -1;
 bool norm_fold_wanted() {
   const bool env = env_switch_on("MIMIC_DECODE_NORM_FOLD");

@@ -21,8 +21,9 @@ struct GemvRope {
 };
 
 // The RMSNorm of a batch-1 decode step folded into the product that consumes it (decode_step.cu:
-// q/k/v and gate/up, no LoRA there). Since RMSNorm's scale r = rsqrt(mean(x²) + eps) is one scalar
-// per row, W·(w ⊙ x · r) = r · (W·(w ⊙ x)): the products take x' = bf16(w ⊙ x) straight from the fp32
+// q/k/v and gate/up; a LoRA'd job only with its A product in the same launch, lora_A set). Since
+// RMSNorm's scale r = rsqrt(mean(x²) + eps) is one scalar per row, W·(w ⊙ x · r) = r · (W·(w ⊙ x)):
+// the products take x' = bf16(w ⊙ x) straight from the fp32
 // residual x, each warp sums the squares of the x slice it loads anyway, and the block's epilogue —
 // after the warps' partial sums, which it waits for in any case — forms r from the warps' sums and
 // scales the row totals. No norm launch and nothing serial before the products (round 14's fold
@@ -76,8 +77,9 @@ bool gemv_tc_enabled();
 bool gemv_tc_fits(const GemvJob& j);
 // Launches the product and returns true, or returns false (nothing launched) when a job does not
 // fit or the path is switched off. glu: jobs[0], jobs[1] are gate and up (gemv_glu's contract).
-// norm (optional): the RMSNorm of the jobs' input folded in (GemvNorm; one row of x, no LoRA B) —
-// returns false, having launched nothing, where the launch cannot take it.
+// norm (optional): the RMSNorm of the jobs' input folded in (GemvNorm; one row of x; a job with LoRA B
+// needs lora_A: its A product then runs in the launch) — returns false, having launched nothing,
+// where the launch cannot take it. Jobs with lora_A (and a folded norm) get A blocks (gemv_tc_lora_in).
 bool gemv_tc(const GemvJob* jobs, int n_jobs, int64_t N, bool glu, const GemvNorm* norm = nullptr);
 // jobs[0..2] = q, k, v of one layer, one row of x, with GemvRope's epilogue: launches and returns
 // true, or returns false having launched nothing (the path is off, a job does not fit, or q/k rows
