@@ -9,6 +9,9 @@
 #   (bench/gpu/round3.mjs: mimic vs peer, ratios, ceilings).
 #   here:   npm run build:ts && bash bench/gpu/prepare.sh
 #   device: run(kind="nvidia-h200", command="bash bench/gpu/round18.sh", carry=[".device-node", "dist", ".gpu-carry"])
+# AB0 set (trace.sh's legs, e.g. AB0="X=0;LORA_AB=16 X=0"): after the table, in the same call, the
+# same-process A/B timelines of bench/gpu/trace.sh on the build and checkpoint already there — one
+# machine start instead of two (starts cost 1-3 minutes of device time, failed ones as much).
 source bench/gpu/lib.sh
 gpu_round round18 575
 gpu_build
@@ -26,4 +29,9 @@ echo "-- bench:"; grep -h '^BENCH' "$L/bench.log" 2>/dev/null
 grep -h '^CHECK FAIL\|^PHASE .* FAILED\|^RESULT\|^JS ROUND' "$L/js.log" 2>/dev/null
 for C in 1 32; do serve_line $C; done
 node bench/gpu/round3.mjs "$L" 2>&1 | tail -24
-pack; ls -la "$OUT"
+pack
+if [ -n "$AB0" ] && [ $((DEADLINE - $(date +%s))) -gt 90 ]; then  # (its logs packed apart: trace.tgz)
+  echo "==================== trace legs: $AB0"
+  TABLES= BATCH= BRIEF=${BRIEF:-1} DEADLINE_S=$(left 280) bash bench/gpu/trace.sh 2>&1 | grep -v '^v[0-9]\|^NVIDIA\|^build:'
+fi
+ls -la "$OUT"
