@@ -136,13 +136,7 @@ __device__ __forceinline__ void lora_a_block(char* smem, const Params& P) {
     const float4* xf = reinterpret_cast<const float4*>(P.norm.x);  // (L2: another kernel's output)
     const float4* wf = reinterpret_cast<const float4*>(P.norm.w);
     float s = 0.f;
-    for (int c = threadIdx.x; c < nch; c += W * 32) {
-      const float4 a = __ldcg(xf + 2 * c), b = __ldcg(xf + 2 * c + 1), wa = __ldg(wf + 2 * c), wb = __ldg(wf + 2 * c + 1);
-      xs[c] = make_uint4(bf2_bits(wa.x * a.x, wa.y * a.y), bf2_bits(wa.z * a.z, wa.w * a.w),
-                         bf2_bits(wb.x * b.x, wb.y * b.y), bf2_bits(wb.z * b.z, wb.w * b.w));
-      s = fmaf(a.x, a.x, s); s = fmaf(a.y, a.y, s); s = fmaf(a.z, a.z, s); s = fmaf(a.w, a.w, s);
-      s = fmaf(b.x, b.x, s); s = fmaf(b.y, b.y, s); s = fmaf(b.z, b.z, s); s = fmaf(b.w, b.w, s);
-    }
+    for (int c = threadIdx.x; c < nch; c += W * 32) xs[c] = fold_piece(xf, wf, c, s);
     s = warp_sum(s);
     if (lane == 0) ssq[warp] = s;
   } else if (N == 1) {
@@ -152,12 +146,7 @@ __device__ __forceinline__ void lora_a_block(char* smem, const Params& P) {
   asm volatile("cp.async.wait_group 0;\n" ::: "memory");
   __syncthreads();
   if (!mine) return;
-  if (N == 1 && P.norm.x) {
-    float t = 0.f;
-#pragma unroll
-    for (int w = 0; w < W; ++w) t += ssq[w];
-    rn = rsqrtf(t / K + P.norm.eps);
-  }
+  if (N == 1 && P.norm.x) rn = fold_scale<W>(ssq, K, P.norm.eps);
   float* h = const_cast<float*>(J.lora_h);
   if (N == 1) {
     const float a = staged_row_dot(arow, xs, nch, lane);
@@ -299,12 +288,7 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 3 : 2) gemv_tc_kernel(const _
     __syncthreads();
     const LoraStaged S0 = lora_staged(smem, P, J, 0);
     float xs = 1.f;  // a folded norm's r = rsqrt(Σ x² / K + eps), the warps' sums in warp order
-    if (fold) {
-      float t = 0.f;
-#pragma unroll
-      for (int w = 0; w < W; ++w) t += red_ss[w];
-      xs = rsqrtf(t / J.K + P.norm.eps);
-    }
+    if (fold) xs = fold_scale<W>(red_ss, J.K, P.norm.eps);
     if (F && P.rope.head_dim) {
       rope_epilogue<W>(P.rope, J, ji, rows, red[0], tid, rc, rs, S0, xs);
     } else if (tid < kRows * 8 * NT) {
@@ -527,15 +511,7 @@ int gemv_tc_warps(const GemvJob* jobs, int n_jobs, bool glu, bool rope) {
   return warps_for<true>(P, blocks, smem);
 }
 
-bool gemv_tc_lora_in(const GemvJob& j, int64_t N) {
-  if (!j.lora_A) return false;
-  Params P;
-  int blocks, smem;
-  if (!plan(&j, 1, N, false, P, blocks, smem) || !plan_lora_in<false>(&j, 1, N, P, blocks, smem)) return false;
-  if (N <= 8) launch<1, false>(P, blocks, smem);
-  else launch<2, false>(P, blocks, smem);
-  return true;
-}
+bool gemv_tc_lora_in(const GemvJob& j, int64_t N) { return j.lora_A && gemv_tc(&j, 1, N, false); }
 
 bool gemv_tc_qkv_rope(const GemvJob* jobs, const GemvRope& rope, const GemvNorm* norm) {
   Params P;

@@ -207,6 +207,25 @@ __device__ __forceinline__ void block_products(const char* smem, const Layout& L
 // (GemvNorm) — the pieces are bf16(w ⊙ x_fp32) of the residual row, and *ss gets the lane's Σ x_fp32²
 // over the pieces it loaded (every piece of the warp's slice by exactly one lane).
 constexpr int kSlicePieces = 4;  // 16-byte pieces a lane: 32·4 = 128 = 16 blocks of 64 values
+// A folded norm's x piece pc (8 values): bf16(w ⊙ x) of the fp32 residual row (another kernel's
+// output: through L2) and its norm weight, the squares of x added to s in order — the one text of
+// gemv_tc's products (warp_x_slice) and its LoRA A blocks, so that both round the same way.
+__device__ __forceinline__ uint4 fold_piece(const float4* xf, const float4* wf, int pc, float& s) {
+  const float4 a = __ldcg(xf + 2 * pc), b = __ldcg(xf + 2 * pc + 1), wa = __ldg(wf + 2 * pc), wb = __ldg(wf + 2 * pc + 1);
+  const uint4 v = make_uint4(bf2_bits(wa.x * a.x, wa.y * a.y), bf2_bits(wa.z * a.z, wa.w * a.w),
+                             bf2_bits(wb.x * b.x, wb.y * b.y), bf2_bits(wb.z * b.z, wb.w * b.w));
+  s = fmaf(a.x, a.x, s); s = fmaf(a.y, a.y, s); s = fmaf(a.z, a.z, s); s = fmaf(a.w, a.w, s);
+  s = fmaf(b.x, b.x, s); s = fmaf(b.y, b.y, s); s = fmaf(b.z, b.z, s); s = fmaf(b.w, b.w, s);
+  return v;
+}
+// A folded norm's scale r = rsqrt(Σ x² / K + eps) from the W warps' sums, added in warp order
+template <int W>
+__device__ __forceinline__ float fold_scale(const float* warp_sums, int K, float eps) {
+  float t = 0.f;
+#pragma unroll
+  for (int w = 0; w < W; ++w) t += warp_sums[w];
+  return rsqrtf(t / K + eps);
+}
 __device__ __forceinline__ bool warp_slice_fits(int NT, int N, int b_lo, int b_hi) { return NT == 1 && N == 1 && b_hi - b_lo <= 16; }
 template <bool XS>
 __device__ __forceinline__ void warp_x_slice(const bf16* x, const GemvNorm* nrm, int b_lo, int b_hi, int lane,
@@ -220,11 +239,7 @@ __device__ __forceinline__ void warp_x_slice(const bf16* x, const GemvNorm* nrm,
     for (int t = 0; t < kSlicePieces; ++t) {
       const int pc = lane + 32 * t;
       if (pc < pieces) {
-        const float4 a = __ldcg(xf + 2 * pc), b = __ldcg(xf + 2 * pc + 1), wa = __ldg(wf + 2 * pc), wb = __ldg(wf + 2 * pc + 1);
-        xs[t] = make_uint4(bf2_bits(wa.x * a.x, wa.y * a.y), bf2_bits(wa.z * a.z, wa.w * a.w),
-                           bf2_bits(wb.x * b.x, wb.y * b.y), bf2_bits(wb.z * b.z, wb.w * b.w));
-        s = fmaf(a.x, a.x, s); s = fmaf(a.y, a.y, s); s = fmaf(a.z, a.z, s); s = fmaf(a.w, a.w, s);
-        s = fmaf(b.x, b.x, s); s = fmaf(b.y, b.y, s); s = fmaf(b.z, b.z, s); s = fmaf(b.w, b.w, s);
+        xs[t] = fold_piece(xf, wf, pc, s);
       } else {
         xs[t] = make_uint4(0, 0, 0, 0);
       }
