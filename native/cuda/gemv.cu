@@ -276,7 +276,7 @@ void gemv_launch(const GemvJob* jobs, int n_jobs, int64_t N, bool glu) {
     GemvJob j = jobs[i];
     MIMIC_CHECK(j.M > 0 && j.K > 0 && (j.packed || j.W) && j.x && j.out, "EINVAL", "gemv: job ", i, " is incomplete");
     MIMIC_CHECK(!j.lora_B || (j.lora_h && j.r > 0), "EINVAL", "gemv: job ", i, " has LoRA B without h or rank");
-    MIMIC_CHECK(!j.lora_A, "EINVAL", "gemv: job ", i, " has LoRA A (only gemv_tc_lora_in computes h itself)");
+    MIMIC_CHECK(!j.lora_A, "EINVAL", "gemv: job ", i, " has LoRA A (only gemv_tc's A blocks compute h themselves: gemv_tc_lora_in, gemv_tc with a folded norm)");
     if (j.packed)
       j.fast = j.K % 32 == 0 && aligned16(j.packed) && aligned16(j.x);
     else
