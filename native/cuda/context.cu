@@ -1,6 +1,6 @@
 // context — the process-wide CUDA stream and cuBLAS handle every CUDA twin runs on.
 //
-// One device (0), one non-blocking stream, one cuBLAS handle bound to it with a 32 MiB workspace
+// One device (0), one non-blocking stream (the greatest priority), one cuBLAS handle bound to it with a 32 MiB workspace
 // (so cuBLAS never allocates during a step). Created on first use; lives until exit.
 #include <cublas_v2.h>
 
@@ -35,7 +35,11 @@ Context& Context::get() {
     ctx.sm_count = prop.multiProcessorCount;
     ctx.total_mem = prop.totalGlobalMem;
     std::snprintf(ctx.name, sizeof ctx.name, "%s", prop.name);
-    if (cudaStreamCreateWithFlags(&ctx.stream, cudaStreamNonBlocking) != cudaSuccess) { cudaGetLastError(); return; }
+    // the greatest priority: where another stream's work waits beside it (dequant_ahead.cu's side stream),
+    // the block scheduler starts this stream's blocks first (alone, priorities change nothing)
+    int least = 0, greatest = 0;
+    if (cudaDeviceGetStreamPriorityRange(&least, &greatest) != cudaSuccess) { cudaGetLastError(); greatest = 0; }
+    if (cudaStreamCreateWithPriority(&ctx.stream, cudaStreamNonBlocking, greatest) != cudaSuccess) { cudaGetLastError(); return; }
     cublasHandle_t h = nullptr;
     if (cublasCreate(&h) != CUBLAS_STATUS_SUCCESS) return;
     cublasSetStream(h, ctx.stream);

@@ -17,6 +17,7 @@
 
 #include "core/env.h"
 #include "cuda/common.cuh"
+#include "cuda/dequant_ahead.h"
 #include "ops/cross_entropy.h"
 
 namespace mimic::cuda {
@@ -33,6 +34,7 @@ struct Workspace {
   std::vector<Acts> acts;
   DevBuf<bf16> y16, dy16, dact, dgate, dup, datt, dq, dk, dv, dh, drop, drop2, xnf, gath, logits16, scratch;
   DevBuf<bf16> layer_w;  // one layer's seven NF4 projections dequantized, for its recompute AND its backward
+  DequantAhead ahead;    // a prompt's forward: the next projection dequantized while this one multiplies
   DevBuf<float> dres, dn, rstdf, dg, dxnf, logits32;
   DevBuf<double> loss;
 };
@@ -97,6 +99,7 @@ struct LinCtx {
   // ws.layer_w (dense[i] for &layer->proj[i]), so both passes share one dequantize per weight
   const DLayer* layer = nullptr;
   const bf16* dense[7] = {};
+  DequantAhead* ahead = nullptr;  // a prompt's forward with MIMIC_DEQUANT_AHEAD=1 (dequant_ahead.h)
 };
 
 // The bf16 copy of L prepared for this layer's recompute + backward, or null. Only for N > 64 rows:
@@ -113,7 +116,11 @@ const bf16* lora_B(const DeviceModel& d, const DLinear& L) { return d.lb.p + L.o
 
 // y[N, M] (bf16) = lin(x); h_out[N, r] keeps x_drop·Aᵀ for the backward.
 void lin_forward(LinCtx& c, bf16* y, const bf16* x, int64_t N, const DLinear& L, bf16* h_out) {
-  if (const bf16* W = L.is_nf4 ? dense_of(c, L, N) : nullptr) matmul_forward<bf16>(y, x, W, N, L.K, L.M, 1.f, 0.f);
+  const bf16* ahead = L.is_nf4 && c.ahead && N > kNF4GemmSmallMaxS ? c.ahead->take(L.nf4) : nullptr;
+  if (ahead) {  // (nf4_matmul_forward's own route at these N: dequantize, then this GEMM)
+    matmul_forward<bf16>(y, x, ahead, N, L.K, L.M, 1.f, 0.f);
+    c.ahead->release();
+  } else if (const bf16* W = L.is_nf4 ? dense_of(c, L, N) : nullptr) matmul_forward<bf16>(y, x, W, N, L.K, L.M, 1.f, 0.f);
   else if (L.is_nf4) nf4_matmul_forward<bf16>(y, x, L.nf4, N, c.ws.scratch.p, 1.f, 0.f);
   else matmul_forward<bf16>(y, x, L.W.p, N, L.K, L.M, 1.f, 0.f);
   if (!L.src || L.r == 0) return;
@@ -231,6 +238,35 @@ void dequantize_layer(DeviceModel& d, int l, Workspace& w, LinCtx& lc) {
   }
   lc.layer = &L;
 }
+
+// A forward of N rows over all layers with the dequantize one projection ahead (dequant_ahead.h), where
+// MIMIC_DEQUANT_AHEAD=1 and N > kNF4GemmSmallMaxS (fewer rows multiply the 4-bit codes directly):
+// the NF4 weights in the order layer_forward multiplies them. end() — or leaving the scope, an error
+// included — makes the main stream wait for the side stream.
+class AheadScope {
+ public:
+  AheadScope(DeviceModel& d, LinCtx& lc, int64_t N) : a_(d.ws->ahead), lc_(lc) {
+    if (N <= kNF4GemmSmallMaxS || !dequant_ahead_enabled()) return;
+    std::vector<const NF4Device*> seq;
+    for (const DLayer& L : d.layers)
+      for (const DLinear& p : L.proj)
+        if (p.is_nf4) seq.push_back(&p.nf4);
+    if (seq.empty()) return;
+    a_.begin(std::move(seq));
+    lc.ahead = &a_;
+  }
+  void end() {
+    lc_.ahead = nullptr;
+    a_.end();
+  }
+  ~AheadScope() {
+    try { end(); } catch (...) {}  // (an error already on its way out)
+  }
+
+ private:
+  DequantAhead& a_;
+  LinCtx& lc_;
+};
 
 void layer_forward(DeviceModel& d, int l, Acts& a, const float* x, float* out, const LayerRun& run, LinCtx& lc,
                    uint64_t seed_base) {
@@ -504,8 +540,10 @@ float* llama_forward(DeviceModel& d, const int32_t* ids, int T, DeviceKV* cache,
   embedding_forward(w.xs[0].p, w.ids.p, d.embed.p, T, c.hidden_size);
   LayerRun run{1, T, cache, start};
   LinCtx lc{d, w, 0.f, 0};
+  AheadScope ahead(d, lc, T);
   for (int l = 0; l < c.num_layers; ++l)
     layer_forward(d, l, w.acts[0], w.xs[l & 1].p, w.xs[(l + 1) & 1].p, run, lc, 0);
+  ahead.end();
   const float* xL = w.xs[c.num_layers & 1].p;
   const int64_t C = c.hidden_size, V = c.vocab_size;
   rmsnorm_forward(w.xnf.p, w.rstdf.p, xL, d.final_norm.p, T, (int)C, c.rms_norm_eps);
@@ -616,8 +654,10 @@ LossSum DeviceTrainer::run(const int32_t* ids, const int32_t* labels, int B, int
   LinCtx lc{d_, w, dropout, 0};
   LayerRun run{B, T, nullptr, 0};
   embedding_forward(w.xs[0].p, w.ids.p, d_.embed.p, N, (int)C);
+  AheadScope ahead(d_, lc, N);  // (the recompute below dequantizes a layer at a time: dequantize_layer)
   for (int l = 0; l < c.num_layers; ++l)
     layer_forward(d_, l, w.acts[n_acts == 1 ? 0 : l], w.xs[l].p, w.xs[l + 1].p, run, lc, seed_base);
+  ahead.end();
 
   // head: final norm, then lm_head + CE over the rows with a target, a chunk at a time
   const float* xL = w.xs[c.num_layers].p;

@@ -98,18 +98,82 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// The same tile, one 4-byte code word a lane instead of two 16-byte chunks (MIMIC_NF4_DEQUANT_WIDE):
+// thread t takes words t, t + 256, …, t + 7·256 of the tile, so each of a warp's loads reads 128
+// contiguous bytes and each of its stores — one bf16x8 of 16 bytes a lane — writes 512 contiguous
+// bytes. dequant_fast_kernel's lanes store 16 bytes 64 bytes apart (a lane's chunk is 4 stores): a
+// warp's store touches 32 half-written sectors instead of 16 whole ones (twice the L2 write requests
+// for the same bytes). Same absmax, same products and roundings: the same bits.
+constexpr int kWordsPerThread = 8;  // 8 × 256 words = 8 KiB of codes = the tile
+static_assert(kWordsPerThread * kThreads * 4 == kTileChunks * 16, "the wide kernel's tile is the fast kernel's");
+
+__global__ void __launch_bounds__(kThreads)
+    dequant_wide_kernel(uint4* __restrict__ out, const uint32_t* __restrict__ packed, const float* __restrict__ absmax,
+                        const uint8_t* __restrict__ am_u8, const float* __restrict__ absmax2,
+                        const float* __restrict__ code2, float offset, int64_t n_words, NF4Lut lut) {
+  __shared__ float s_code2[256];
+  __shared__ float s_lut[16];
+  __shared__ float s_am[2][kTileBlocks];
+  const int t = threadIdx.x;
+  if (!absmax) s_code2[t] = code2[t];
+  if (t < 16) s_lut[t] = lut.v[t];
+  __syncthreads();
+
+  const int64_t n_blk = n_words >> 3;  // 8 words a 64-block
+  constexpr int kTileWords = kWordsPerThread * kThreads;
+  const int64_t n_tiles = (n_words + kTileWords - 1) / kTileWords;
+  int buf = 0;
+  for (int64_t tile = blockIdx.x; tile < n_tiles; tile += gridDim.x, buf ^= 1) {
+    const int64_t w0 = tile * kTileWords;
+    const int64_t b = tile * kTileBlocks + t;
+    uint32_t w[kWordsPerThread];
+#pragma unroll
+    for (int u = 0; u < kWordsPerThread; ++u) {
+      const int64_t i = w0 + t + u * kThreads;
+      w[u] = i < n_words ? __ldcs(packed + i) : 0u;
+    }
+    float am;
+    if (absmax) {
+      am = b < n_blk ? __ldg(absmax + b) : 0.f;
+    } else {
+      const uint32_t u8 = b < n_blk ? (uint32_t)__ldg(am_u8 + b) : 0u;
+      const float a2 = __ldg(absmax2 + tile);  // tile == its absmax2 group
+      am = s_code2[u8] * a2 + offset;          // one FMA, exactly as dequant_kernel
+    }
+    s_am[buf][t] = am;
+    __syncthreads();
+#pragma unroll
+    for (int u = 0; u < kWordsPerThread; ++u) {
+      const int wt = t + u * kThreads;  // word within the tile
+      const int64_t i = w0 + wt;
+      if (i < n_words) {
+        const float a = s_am[buf][wt >> 3];
+        uint32_t r[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const uint32_t byte = (w[u] >> (8 * j)) & 0xffu;
+          r[j] = bf2_bits(s_lut[byte >> 4] * a, s_lut[byte & 15u] * a);
+        }
+        out[i] = make_uint4(r[0], r[1], r[2], r[3]);
+      }
+    }
+  }
+}
+
 bool aligned16(const void* p) { return ((uintptr_t)p & 15u) == 0; }
 
-int resident_grid() {
+// SMs × resident blocks of `kernel` (one of the two above), asked once per device and kernel
+template <class Kernel>
+int resident_grid(Kernel kernel, int which) {
   int dev = 0;
   MIMIC_CUDA_CHECK(cudaGetDevice(&dev));
-  static int cache[64] = {0};
-  if (dev >= 0 && dev < 64 && cache[dev] > 0) return cache[dev];
+  static int cache[2][64] = {};
+  if (dev >= 0 && dev < 64 && cache[which][dev] > 0) return cache[which][dev];
   int sms = 0, per_sm = 0;
   MIMIC_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  MIMIC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, dequant_fast_kernel, kThreads, 0));
+  MIMIC_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0));
   const int g = std::max(1, sms * std::max(1, per_sm));
-  if (dev >= 0 && dev < 64) cache[dev] = g;
+  if (dev >= 0 && dev < 64) cache[which][dev] = g;
   return g;
 }
 
@@ -120,20 +184,34 @@ bool nf4_dequant_fast_enabled() {
   return on;
 }
 
-bool nf4_dequantize_fast(bf16* out, const NF4Device& W, int max_blocks) {
+bool nf4_dequant_wide_enabled() {
+  static const bool on = env_is("MIMIC_NF4_DEQUANT_WIDE", "1");  // (measured before it becomes the default)
+  return on;
+}
+
+bool nf4_dequantize_fast(bf16* out, const NF4Device& W, int max_blocks, int wide, cudaStream_t stream) {
   const int64_t n_bytes = (int64_t)W.M * W.K / 2;
   if (W.M <= 0 || W.K <= 0 || n_bytes % 32 != 0) return false;
   if (!out || !W.packed.p || !aligned16(out) || !aligned16(W.packed.p)) return false;
   if (W.double_quant ? !(W.absmax_u8.p && W.absmax2.p && W.code2.p) : !W.absmax.p) return false;
   const int64_t n_chunks = n_bytes / 16;
   const int64_t n_tiles = (n_chunks + kTileChunks - 1) / kTileChunks;
-  int64_t grid = std::min<int64_t>(n_tiles, resident_grid());
+  const bool use_wide = wide < 0 ? nf4_dequant_wide_enabled() : wide > 0;
+  int64_t grid = std::min<int64_t>(n_tiles, use_wide ? resident_grid(dequant_wide_kernel, 1) : resident_grid(dequant_fast_kernel, 0));
   if (max_blocks > 0) grid = std::min<int64_t>(grid, max_blocks);
+  if (max_blocks < 0) grid = n_tiles;  // one tile a block: short-lived blocks that other work can interleave with
+  if (!stream) stream = Context::get().stream;
   NF4Lut lut;
   std::memcpy(lut.v, mimic::NF4_CODE, sizeof lut.v);
-  dequant_fast_kernel<<<(unsigned)grid, kThreads, 0, Context::get().stream>>>(
-      reinterpret_cast<uint4*>(out), reinterpret_cast<const uint4*>(W.packed.p),
-      W.double_quant ? nullptr : W.absmax.p, W.absmax_u8.p, W.absmax2.p, W.code2.p, W.offset, n_chunks, lut);
+  const float* am = W.double_quant ? nullptr : W.absmax.p;
+  if (use_wide)
+    dequant_wide_kernel<<<(unsigned)grid, kThreads, 0, stream>>>(
+        reinterpret_cast<uint4*>(out), reinterpret_cast<const uint32_t*>(W.packed.p), am, W.absmax_u8.p, W.absmax2.p,
+        W.code2.p, W.offset, n_bytes / 4, lut);
+  else
+    dequant_fast_kernel<<<(unsigned)grid, kThreads, 0, stream>>>(
+        reinterpret_cast<uint4*>(out), reinterpret_cast<const uint4*>(W.packed.p), am, W.absmax_u8.p, W.absmax2.p,
+        W.code2.p, W.offset, n_chunks, lut);
   MIMIC_CUDA_LAUNCHED();
   return true;
 }

@@ -1,0 +1,44 @@
+#!/bin/bash
+# Where a 512-token prefill goes (mimic_cuda_check prof prefill512: one eager pass), logs packed into
+# $OUT/prefill.tgz: ncu's per-kernel durations (serialized, summed by bench/gpu/ncu_sum.py) and, where
+# nsys exists, the pass as it runs (kernels overlapping, gaps between them: bench/gpu/nsys_sum.py).
+# PREFILL_ENVS: space-separated legs ("-" = defaults; a leg's assignments joined by commas), each timed
+# by the C++ prof phase (PROF line: best and mean of 5 eager passes) of each of PHASES (default
+# prefill512; train2 = one 2×512 training step), the legs alternated twice;
+# NSYS_ENV: the nsys pass's assignments (commas); TABLES=1 / BATCH=1: the op ‖ model tables and the
+# batch rows first.
+#   device: run(command="TABLES=1 bash bench/gpu/prefill.sh", carry=[".device-node", "dist", ".gpu-carry"])
+source bench/gpu/lib.sh
+gpu_round prefill 540
+gpu_build
+[ -n "$TABLES" ] && gpu_tables
+gpu_checkpoint
+if [ -n "$BATCH" ]; then
+  CUDA_VISIBLE_DEVICES=0 timeout $(left 150) ./build/mimic_cuda_check batch $CK > "$L/batch.log" 2>&1
+  echo "-- batch: $(grep -c '^ROW.* PASS$' "$L/batch.log") pass, $(grep -c '^ROW.* FAIL$' "$L/batch.log") fail"; grep -h '^ROW.* FAIL$\|^BENCH batch\|^ERROR' "$L/batch.log"
+fi
+for rep in 1 2; do
+  for ph in ${PHASES:-prefill512}; do
+    for e in ${PREFILL_ENVS:--}; do
+      ee=$(echo "$e" | tr ',' ' '); [ "$ee" = - ] && ee=
+      CUDA_VISIBLE_DEVICES=0 env $ee timeout $(left 60) ./build/mimic_cuda_check prof $CK $ph 2>&1 | grep -m1 '^PROF\|ERROR' | sed "s/^/[${ee:-default}] /"
+    done
+  done
+done
+NS=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | head -1)
+if [ -x "$NS" ] && can 60 nsys; then
+  CUDA_VISIBLE_DEVICES=0 env $(echo "$NSYS_ENV" | tr ',' ' ') timeout $(left 120) $NS profile --capture-range=cudaProfilerApi -o /tmp/nsys-prefill \
+    ./build/mimic_cuda_check prof $CK prefill512 > "$L/nsys.txt" 2>&1
+  $NS stats --report cuda_gpu_trace --format csv -o /tmp/nsys-prefill /tmp/nsys-prefill.nsys-rep >> "$L/nsys.txt" 2>&1
+  cp /tmp/nsys-prefill*_cuda_gpu_trace.csv "$L/nsys-trace.csv" 2>/dev/null
+  python3 bench/gpu/nsys_sum.py "$L/nsys-trace.csv" 2>&1 | head -30
+else
+  echo "no nsys"
+fi
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+if [ -x "$NCU" ] && can 60 ncu; then
+  CUDA_VISIBLE_DEVICES=0 timeout $(left 150) $NCU --clock-control none --profile-from-start off --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed \
+    --print-summary per-kernel ./build/mimic_cuda_check prof $CK prefill512 > "$L/ncu.txt" 2>&1
+  echo "ncu rc $?"; python3 bench/gpu/ncu_sum.py "$L/ncu.txt" 24
+fi
+pack
