@@ -31,7 +31,8 @@ if [ -x "$NS" ] && can 60 nsys; then
     ./build/mimic_cuda_check prof $CK prefill512 > "$L/nsys.txt" 2>&1
   $NS stats --report cuda_gpu_trace --format csv -o /tmp/nsys-prefill /tmp/nsys-prefill.nsys-rep >> "$L/nsys.txt" 2>&1
   cp /tmp/nsys-prefill*_cuda_gpu_trace.csv "$L/nsys-trace.csv" 2>/dev/null
-  python3 bench/gpu/nsys_sum.py "$L/nsys-trace.csv" 2>&1 | head -30
+  echo "nsys [${NSYS_ENV:-default}]"; python3 bench/gpu/nsys_sum.py "$L/nsys-trace.csv" 2>&1 | head -24
+  python3 bench/gpu/nsys_grids.py "$L/nsys-trace.csv" 24 2>&1
 else
   echo "no nsys"
 fi

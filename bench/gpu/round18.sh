@@ -9,7 +9,8 @@
 #   (bench/gpu/round3.mjs: mimic vs peer, ratios, ceilings).
 #   here:   npm run build:ts && bash bench/gpu/prepare.sh
 #   device: run(kind="nvidia-h200", command="bash bench/gpu/round18.sh", carry=[".device-node", "dist", ".gpu-carry"])
-# AB0 set (trace.sh's legs, e.g. AB0="X=0;LORA_AB=16 X=0"): after the table, in the same call, the
+# BATCH=1: the batch rows after the table; PREFILL_ENVS (bench/gpu/prefill.sh's legs): prof prefill512
+# and train2 per leg. AB0 set (trace.sh's legs, e.g. AB0="X=0;LORA_AB=16 X=0"): after the table, in the same call, the
 # same-process A/B timelines of bench/gpu/trace.sh on the build and checkpoint already there — one
 # machine start instead of two (starts cost 1-3 minutes of device time, failed ones as much).
 source bench/gpu/lib.sh
@@ -29,6 +30,16 @@ echo "-- bench:"; grep -h '^BENCH' "$L/bench.log" 2>/dev/null
 grep -h '^CHECK FAIL\|^PHASE .* FAILED\|^RESULT\|^JS ROUND' "$L/js.log" 2>/dev/null
 for C in 1 32; do serve_line $C; done
 node bench/gpu/round3.mjs "$L" 2>&1 | tail -24
+if [ -n "$BATCH" ] && can 100 batch; then  # BATCH=1: the batched-decode / prompt rows on the 3B (correctness), after the table
+  timeout $(left 150) ./build/mimic_cuda_check batch $CK > "$L/batch.log" 2>&1
+  echo "-- batch: $(grep -c '^ROW.* PASS$' "$L/batch.log") pass, $(grep -c '^ROW.* FAIL$' "$L/batch.log") fail"; grep -h '^ROW.* FAIL$\|^ERROR' "$L/batch.log"
+fi
+for e in ${PREFILL_ENVS:-}; do  # PREFILL_ENVS="- X=1": prof prefill512 / train2 per leg (best of 5 eager passes)
+  ee=$(echo "$e" | tr ',' ' '); [ "$ee" = - ] && ee=
+  for ph in prefill512 train2; do
+    can 30 "prof $ph" && env $ee timeout $(left 60) ./build/mimic_cuda_check prof $CK $ph 2>&1 | grep -m1 '^PROF\|ERROR' | sed "s/^/[${ee:-default}] /"
+  done
+done
 pack
 if [ -n "$AB0" ] && [ $((DEADLINE - $(date +%s))) -gt 90 ]; then  # (its logs packed apart: trace.tgz)
   echo "==================== trace legs: $AB0"

@@ -45,8 +45,8 @@ void DequantAhead::issue(size_t k) {
   if (k >= seq_.size()) return;
   const int b = (int)(k & 1);
   if (freed_pending_[b]) MIMIC_CUDA_CHECK(cudaStreamWaitEvent(side_, freed_[b], 0));
-  // one tile a block (max_blocks −1), the kernel MIMIC_NF4_DEQUANT_WIDE picks — the bits of nf4_dequantize
-  failed_[b] = !(nf4_dequant_fast_enabled() && nf4_dequantize_fast(buf_[b].p, *seq_[k], -1, -1, side_));
+  // one tile a block (max_blocks −1) — the bits of nf4_dequantize
+  failed_[b] = !(nf4_dequant_fast_enabled() && nf4_dequantize_fast(buf_[b].p, *seq_[k], -1, side_));
   MIMIC_CUDA_CHECK(cudaEventRecord(ready_[b], side_));
 }
 

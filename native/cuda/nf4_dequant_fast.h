@@ -17,9 +17,7 @@ bool nf4_dequant_fast_enabled();
 // the grid-stride loop); 0 = SM count × resident blocks per SM; < 0 one block a tile of 8 KiB of
 // codes (blocks that live ~1 µs, so that a GEMM on another stream can take SMs as they retire:
 // dequant_ahead.cu). stream: null = Context::get().stream.
-// wide: which kernel — 1 one code word a lane (coalesced 512-byte stores a warp), 0 two 16-byte
-// chunks a lane, −1 as MIMIC_NF4_DEQUANT_WIDE says (=1: wide; read once per process). Same bits.
-bool nf4_dequantize_fast(bf16* out, const NF4Device& W, int max_blocks = 0, int wide = -1, cudaStream_t stream = nullptr);
+bool nf4_dequantize_fast(bf16* out, const NF4Device& W, int max_blocks = 0, cudaStream_t stream = nullptr);
 // The original kernel (8 bytes a thread), whatever the switch says — the checks' reference.
 void nf4_dequantize_legacy(bf16* out, const NF4Device& W);
 

@@ -629,12 +629,11 @@ void check_sampling(std::vector<OpCheckRow>& out) {
                                same, n));
 }
 
-// ---- nf4_dequant_fast (nf4_dequant_fast.cu), forced by a direct call whatever MIMIC_NF4_DEQUANT_FAST says
-// (wide: its one-word-a-lane kernel, whatever MIMIC_NF4_DEQUANT_WIDE says):
+// ---- nf4_dequant_fast (nf4_dequant_fast.cu), forced by a direct call whatever MIMIC_NF4_DEQUANT_FAST says:
 // bit for bit the legacy kernel (tol 0: mismatching bf16 values counted), vs the CPU dequant at the
 // legacy row's tolerance, nothing written past M·K (sentinel), and the shapes it must decline
 // declined (an unaligned `out`, a half 64-block) so that nf4_dequantize runs legacy there.
-void check_nf4_dequant_fast(std::vector<OpCheckRow>& out, int M, int K, bool dq, int max_blocks, bool wide) {
+void check_nf4_dequant_fast(std::vector<OpCheckRow>& out, int M, int K, bool dq, int max_blocks) {
   const int64_t n = (int64_t)M * K;
   auto w = rnd(n, 31, 0.05f, false);
   for (int64_t i = 0; i < n; i += 97) w[(size_t)i] *= 40.f;  // a spread of absmax scales
@@ -645,7 +644,7 @@ void check_nf4_dequant_fast(std::vector<OpCheckRow>& out, int M, int K, bool dq,
   DevBuf<bf16> ref((size_t)n), fast((size_t)n + 16);
   MIMIC_CUDA_CHECK(cudaMemsetAsync(fast.p, 0xff, fast.bytes(), Context::get().stream));  // NaN sentinel
   nf4_dequantize_legacy(ref.p, d);
-  const bool took = nf4_dequantize_fast(fast.p, d, max_blocks, wide ? 1 : 0);
+  const bool took = nf4_dequantize_fast(fast.p, d, max_blocks);
   Context::get().sync();
   std::vector<bf16> a = download(ref.p, (size_t)n), b = download(fast.p, (size_t)n + 16);
   int64_t diff = 0, tail = 0;
@@ -655,8 +654,8 @@ void check_nf4_dequant_fast(std::vector<OpCheckRow>& out, int M, int K, bool dq,
     std::memcpy(&u, &b[(size_t)i], sizeof u);
     tail += u != 0xffffu;
   }
-  const std::string tag = std::string(wide ? "wide " : "") + (dq ? "double-quant " : "plain ") + std::to_string(M) + "x" + std::to_string(K) +
-                          (max_blocks ? " grid " + std::to_string(max_blocks) : "");
+  const std::string tag = std::string(dq ? "double-quant " : "plain ") + std::to_string(M) + "x" + std::to_string(K) +
+                          (max_blocks > 0 ? " grid " + std::to_string(max_blocks) : max_blocks < 0 ? " one tile a block" : "");
   OpCheckRow r;
   r.op = "nf4";
   r.check = "dequant fast == legacy bit for bit (mismatches + bytes past the end) " + tag;
@@ -675,8 +674,7 @@ void check_nf4_dequant_fast(std::vector<OpCheckRow>& out, int M, int K, bool dq,
   half.double_quant = false;
   half.packed.alloc(16);
   half.absmax.alloc(1);
-  const int wk = wide ? 1 : 0;
-  const bool declined = !nf4_dequantize_fast(fast.p + 1, d, 0, wk) && !nf4_dequantize_fast(fast.p, half, 0, wk);
+  const bool declined = !nf4_dequantize_fast(fast.p + 1, d) && !nf4_dequantize_fast(fast.p, half);
   OpCheckRow u;
   u.op = "nf4";
   u.check = "dequant fast declines unaligned out / a half 64-block " + tag;
@@ -725,19 +723,20 @@ std::vector<OpCheckRow> cuda_op_checks() {
   check_nf4_quantize(out, 96, 200, true, true);      // 300 blocks: the second 256-group is partial
   check_nf4_quantize(out, 1031, 64, true, false);
   check_nf4_quantize(out, 37, 128, false, true);
-  for (bool wide : {false, true}) {
-    check_nf4_dequant_fast(out, 1, 64, true, 0, wide);        // one 64-block: 2 chunks, a 1-chunk-wide partial tile
-    check_nf4_dequant_fast(out, 64, 101, true, 0, wide);      // K = 101: 101 blocks, partial absmax2 group
-    check_nf4_dequant_fast(out, 96, 200, true, 0, wide);      // 300 blocks: the second tile/group is partial
-    check_nf4_dequant_fast(out, 37, 128, false, 0, wide);     // plain absmax
-    check_nf4_dequant_fast(out, 1031, 3072, true, 3, wide);   // 194 tiles over 3 blocks: the grid-stride loop
-    check_nf4_dequant_fast(out, 1031, 3072, true, 0, wide);   // the default grid
-  }
+  check_nf4_dequant_fast(out, 1, 64, true, 0);        // one 64-block: 8 words, a partial tile
+  check_nf4_dequant_fast(out, 64, 101, true, 0);      // K = 101: 101 blocks, partial absmax2 group
+  check_nf4_dequant_fast(out, 96, 200, true, 0);      // 300 blocks: the second tile/group is partial
+  check_nf4_dequant_fast(out, 37, 128, false, 0);     // plain absmax
+  check_nf4_dequant_fast(out, 1031, 3072, true, 3);   // 194 tiles over 3 blocks: the grid-stride loop
+  check_nf4_dequant_fast(out, 1031, 3072, true, 0);   // the default grid
+  check_nf4_dequant_fast(out, 1031, 3072, true, -1);  // one tile a block (dequant_ahead.cu's side stream)
   check_embedding(out);
   check_rmsnorm(out, 33, 3072);
   check_rmsnorm(out, 1, 67);
+  check_rmsnorm(out, 3, 5000);     // past 256 × 16 values a row: the two-pass kernel
   check_rope(out, 29, 3, 128);
   check_rope(out, 5, 2, 16);
+  check_rope(out, 7, 24, 128);     // the 3B's q: 24 heads over 4 groups, four at a time
   check_attention(out, 2, 77, 0, 6, 2, 128, true);
   check_attention(out, 3, 45, 0, 4, 2, 16, true);
   check_attention(out, 1, 1, 40, 6, 2, 128, false);   // decode: one query against a 41-token cache

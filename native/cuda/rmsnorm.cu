@@ -35,6 +35,37 @@ __global__ void rmsnorm_fwd_kernel(bf16* __restrict__ out, float* __restrict__ r
   for (int c = threadIdx.x; c < C; c += blockDim.x) out[n * C + c] = __float2bfloat16(w[c] * (xr[c] * r));
 }
 
+// The same sums and products for rows of C <= 256·kPer (the 3B: 3,072): the thread's values
+// x[t], x[t + 256], … are loaded at once and kept in registers — one read of the row instead of
+// two dependent passes (round 20's profile, prefill 512 on an H100: the kernel above at 17 % of
+// DRAM, 11 µs a launch). The same order of every sum and product: the same bits.
+constexpr int kNormThreads = 256, kNormPer = 16;
+__global__ void __launch_bounds__(kNormThreads)
+    rmsnorm_fwd_reg_kernel(bf16* __restrict__ out, float* __restrict__ rstd, const float* __restrict__ x,
+                           const float* __restrict__ w, int C, float eps) {
+  __shared__ float sh[32];
+  const int64_t n = blockIdx.x;
+  const float* xr = x + n * C;
+  float v[kNormPer];
+#pragma unroll
+  for (int k = 0; k < kNormPer; ++k) {
+    const int c = threadIdx.x + k * kNormThreads;
+    v[k] = c < C ? xr[c] : 0.f;
+  }
+  float ss = 0.f;
+#pragma unroll
+  for (int k = 0; k < kNormPer; ++k)
+    if (threadIdx.x + k * kNormThreads < C) ss += v[k] * v[k];
+  ss = block_sum(ss, sh);
+  const float r = rsqrtf(ss / C + eps);
+  if (rstd && threadIdx.x == 0) rstd[n] = r;
+#pragma unroll
+  for (int k = 0; k < kNormPer; ++k) {
+    const int c = threadIdx.x + k * kNormThreads;
+    if (c < C) out[n * C + c] = __float2bfloat16(w[c] * (v[k] * r));
+  }
+}
+
 __global__ void rmsnorm_bwd_kernel(float* __restrict__ dx, const float* __restrict__ dout, const float* __restrict__ x,
                                    const float* __restrict__ w, const float* __restrict__ rstd, int C) {
   __shared__ float sh[32];
@@ -51,7 +82,8 @@ __global__ void rmsnorm_bwd_kernel(float* __restrict__ dx, const float* __restri
 
 void rmsnorm_forward(bf16* out, float* rstd, const float* x, const float* w, int64_t N, int C, float eps) {
   if (N == 0) return;
-  rmsnorm_fwd_kernel<<<(unsigned)N, 256, 0, Context::get().stream>>>(out, rstd, x, w, C, eps);
+  if (C <= kNormThreads * kNormPer) rmsnorm_fwd_reg_kernel<<<(unsigned)N, kNormThreads, 0, Context::get().stream>>>(out, rstd, x, w, C, eps);
+  else rmsnorm_fwd_kernel<<<(unsigned)N, 256, 0, Context::get().stream>>>(out, rstd, x, w, C, eps);
   MIMIC_CUDA_LAUNCHED();
 }
 void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w, const float* rstd, int64_t N,
