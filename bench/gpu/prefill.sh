@@ -6,10 +6,10 @@
 # by the C++ prof phase (PROF line: best and mean of 5 eager passes) of each of PHASES (default
 # prefill512; train2 = one 2×512 training step), the legs alternated twice;
 # NSYS_ENV: the nsys pass's assignments (commas); TABLES=1 / BATCH=1: the op ‖ model tables and the
-# batch rows first.
+# batch rows first; CPPBENCH=1: then the C++ bench; NO_PROFILE=1: no nsys / ncu.
 #   device: run(command="TABLES=1 bash bench/gpu/prefill.sh", carry=[".device-node", "dist", ".gpu-carry"])
 source bench/gpu/lib.sh
-gpu_round prefill 540
+gpu_round prefill 540  # (DEADLINE_S overrides)
 gpu_build
 [ -n "$TABLES" ] && gpu_tables
 gpu_checkpoint
@@ -25,6 +25,10 @@ for rep in 1 2; do
     done
   done
 done
+if [ -n "$CPPBENCH" ] && can 120 cpp-bench; then  # CPPBENCH=1: the C++ bench's figures (decode, prefill, TTFT, training), printed as they come
+  timeout $(left 200) stdbuf -oL ./build/mimic_cuda_check bench $CK "${STEPS:-8}" /tmp 2>&1 | tee "$L/bench.log" | grep --line-buffered '^BENCH\|^ERROR\|FAIL$'
+fi
+[ -n "$NO_PROFILE" ] && { pack; exit 0; }  # NO_PROFILE=1: no nsys / ncu pass
 NS=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | head -1)
 if [ -x "$NS" ] && can 60 nsys; then
   CUDA_VISIBLE_DEVICES=0 env $(echo "$NSYS_ENV" | tr ',' ' ') timeout $(left 120) $NS profile --capture-range=cudaProfilerApi -o /tmp/nsys-prefill \
