@@ -6,7 +6,8 @@
 # by the C++ prof phase (PROF line: best and mean of 5 eager passes) of each of PHASES (default
 # prefill512; train2 = one 2×512 training step), the legs alternated twice;
 # NSYS_ENV: the nsys pass's assignments (commas); TABLES=1 / BATCH=1: the op ‖ model tables and the
-# batch rows first; CPPBENCH=1: then the C++ bench; NO_PROFILE=1: no nsys / ncu.
+# batch rows first; CPPBENCH=1: then the C++ bench; PEER=1: the PyTorch peer after the legs;
+# NO_PROFILE=1: no nsys / ncu.
 #   device: run(command="TABLES=1 bash bench/gpu/prefill.sh", carry=[".device-node", "dist", ".gpu-carry"])
 source bench/gpu/lib.sh
 gpu_round prefill 540  # (DEADLINE_S overrides)
@@ -17,16 +18,19 @@ if [ -n "$BATCH" ]; then
   CUDA_VISIBLE_DEVICES=0 timeout $(left 150) ./build/mimic_cuda_check batch $CK > "$L/batch.log" 2>&1
   echo "-- batch: $(grep -c '^ROW.* PASS$' "$L/batch.log") pass, $(grep -c '^ROW.* FAIL$' "$L/batch.log") fail"; grep -h '^ROW.* FAIL$\|^BENCH batch\|^ERROR' "$L/batch.log"
 fi
+if [ -n "$CPPBENCH" ] && can 120 cpp-bench; then  # CPPBENCH=1: the C++ bench's figures (decode, prefill, TTFT, training), printed as they come
+  timeout $(left 200) stdbuf -oL ./build/mimic_cuda_check bench $CK "${STEPS:-8}" /tmp 2>&1 | tee "$L/bench.log" | grep --line-buffered '^BENCH\|^ERROR\|FAIL$'
+fi
 for rep in 1 2; do
   for ph in ${PHASES:-prefill512}; do
     for e in ${PREFILL_ENVS:--}; do
       ee=$(echo "$e" | tr ',' ' '); [ "$ee" = - ] && ee=
-      CUDA_VISIBLE_DEVICES=0 env $ee timeout $(left 60) ./build/mimic_cuda_check prof $CK $ph 2>&1 | grep -m1 '^PROF\|ERROR' | sed "s/^/[${ee:-default}] /"
+      can 20 "prof $ph" && CUDA_VISIBLE_DEVICES=0 env $ee timeout $(left 60) ./build/mimic_cuda_check prof $CK $ph 2>&1 | grep -m1 '^PROF\|ERROR' | sed "s/^/[${ee:-default}] /"
     done
   done
 done
-if [ -n "$CPPBENCH" ] && can 120 cpp-bench; then  # CPPBENCH=1: the C++ bench's figures (decode, prefill, TTFT, training), printed as they come
-  timeout $(left 200) stdbuf -oL ./build/mimic_cuda_check bench $CK "${STEPS:-8}" /tmp 2>&1 | tee "$L/bench.log" | grep --line-buffered '^BENCH\|^ERROR\|FAIL$'
+if [ -n "$PEER" ] && can 100 peer; then  # PEER=1: the PyTorch peer in the same call (its ceilings, training, decode)
+  timeout $(left 200) python3 bench/peers/peer_torch.py --train 8x512,2x512 --decode 64 --steps 6 2>&1 | grep '^{' | tee "$L/peer.log" | cut -c1-400
 fi
 [ -n "$NO_PROFILE" ] && { pack; exit 0; }  # NO_PROFILE=1: no nsys / ncu pass
 NS=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | head -1)
