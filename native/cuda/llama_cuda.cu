@@ -128,7 +128,7 @@ const bf16* lora_B(const DeviceModel& d, const DLinear& L) { return d.lb.p + L.o
 
 // y[N, M] (bf16) = lin(x); h_out[N, r] keeps x_drop·Aᵀ for the backward.
 void lin_forward(LinCtx& c, bf16* y, const bf16* x, int64_t N, const DLinear& L, bf16* h_out) {
-  const bf16* ahead = L.is_nf4 && c.ahead && N > kNF4GemmSmallMaxS ? c.ahead->take(L.nf4) : nullptr;
+  const bf16* ahead = L.is_nf4 && c.ahead ? c.ahead->take(L.nf4) : nullptr;  // (AheadScope: N > kNF4GemmSmallMaxS)
   if (ahead) {  // (nf4_matmul_forward's own route at these N: dequantize, then this GEMM)
     matmul_forward<bf16>(y, x, ahead, N, L.K, L.M, 1.f, 0.f);
     c.ahead->release();
