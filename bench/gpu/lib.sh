@@ -46,6 +46,26 @@ gpu_tables() {
   grep -h '^ROW.* FAIL$\|^ERROR' "$L"/ops.log "$L"/model.log | head -20
 }
 
+# the batch rows of the 3B (mimic_cuda_check batch: batched decode == alone, the decode-graph and
+# prompt rows, the step-rate sweep) on card ${1:-0}, then their tally and what failed
+gpu_batch() {
+  CUDA_VISIBLE_DEVICES=${1:-0} timeout $(left 150) ./build/mimic_cuda_check batch $CK > "$L/batch.log" 2>&1
+  echo "-- batch: $(grep -c '^ROW.* PASS$' "$L/batch.log") pass, $(grep -c '^ROW.* FAIL$' "$L/batch.log") fail"; grep -h '^ROW.* FAIL$\|^BENCH batch\|^ERROR' "$L/batch.log"
+}
+
+# A/B legs of eager prof passes (mimic_cuda_check prof: the PROF line, best and mean of 5): for each
+# phase in $1 (e.g. "prefill512 train2"), each leg in $2 ("-" = defaults; a leg's assignments joined
+# by commas), one process a leg, in turn on card 0
+gpu_prof_legs() {
+  local ph e ee
+  for ph in $1; do
+    for e in $2; do
+      ee=$(echo "$e" | tr ',' ' '); [ "$ee" = - ] && ee=
+      can 20 "prof $ph" && CUDA_VISIBLE_DEVICES=0 env $ee timeout $(left 60) ./build/mimic_cuda_check prof $CK $ph 2>&1 | grep -m1 '^PROF\|ERROR' | sed "s/^/[${ee:-default}] /"
+    done
+  done
+}
+
 gpu_checkpoint() {
   wait $MK 2>/dev/null
   [ -f $CK/config.json ] || { echo "no 3B checkpoint"; tail -3 /tmp/make3b.log; pack; exit 1; }

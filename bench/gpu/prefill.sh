@@ -14,21 +14,11 @@ gpu_round prefill 540  # (DEADLINE_S overrides)
 gpu_build
 [ -n "$TABLES" ] && gpu_tables
 gpu_checkpoint
-if [ -n "$BATCH" ]; then
-  CUDA_VISIBLE_DEVICES=0 timeout $(left 150) ./build/mimic_cuda_check batch $CK > "$L/batch.log" 2>&1
-  echo "-- batch: $(grep -c '^ROW.* PASS$' "$L/batch.log") pass, $(grep -c '^ROW.* FAIL$' "$L/batch.log") fail"; grep -h '^ROW.* FAIL$\|^BENCH batch\|^ERROR' "$L/batch.log"
-fi
+[ -n "$BATCH" ] && gpu_batch 0
 if [ -n "$CPPBENCH" ] && can 120 cpp-bench; then  # CPPBENCH=1: the C++ bench's figures (decode, prefill, TTFT, training), printed as they come
   timeout $(left 200) stdbuf -oL ./build/mimic_cuda_check bench $CK "${STEPS:-8}" /tmp 2>&1 | tee "$L/bench.log" | grep --line-buffered '^BENCH\|^ERROR\|FAIL$'
 fi
-for rep in 1 2; do
-  for ph in ${PHASES:-prefill512}; do
-    for e in ${PREFILL_ENVS:--}; do
-      ee=$(echo "$e" | tr ',' ' '); [ "$ee" = - ] && ee=
-      can 20 "prof $ph" && CUDA_VISIBLE_DEVICES=0 env $ee timeout $(left 60) ./build/mimic_cuda_check prof $CK $ph 2>&1 | grep -m1 '^PROF\|ERROR' | sed "s/^/[${ee:-default}] /"
-    done
-  done
-done
+for rep in 1 2; do gpu_prof_legs "${PHASES:-prefill512}" "${PREFILL_ENVS:--}"; done
 if [ -n "$PEER" ] && can 100 peer; then  # PEER=1: the PyTorch peer in the same call (its ceilings, training, decode)
   timeout $(left 200) python3 bench/peers/peer_torch.py --train 8x512,2x512 --decode 64 --steps 6 2>&1 | grep '^{' | tee "$L/peer.log" | cut -c1-400
 fi

@@ -30,16 +30,8 @@ echo "-- bench:"; grep -h '^BENCH' "$L/bench.log" 2>/dev/null
 grep -h '^CHECK FAIL\|^PHASE .* FAILED\|^RESULT\|^JS ROUND' "$L/js.log" 2>/dev/null
 for C in 1 32; do serve_line $C; done
 node bench/gpu/round3.mjs "$L" 2>&1 | tail -24
-if [ -n "$BATCH" ] && can 100 batch; then  # BATCH=1: the batched-decode / prompt rows on the 3B (correctness), after the table
-  timeout $(left 150) ./build/mimic_cuda_check batch $CK > "$L/batch.log" 2>&1
-  echo "-- batch: $(grep -c '^ROW.* PASS$' "$L/batch.log") pass, $(grep -c '^ROW.* FAIL$' "$L/batch.log") fail"; grep -h '^ROW.* FAIL$\|^ERROR' "$L/batch.log"
-fi
-for e in ${PREFILL_ENVS:-}; do  # PREFILL_ENVS="- X=1": prof prefill512 / train2 per leg (best of 5 eager passes)
-  ee=$(echo "$e" | tr ',' ' '); [ "$ee" = - ] && ee=
-  for ph in prefill512 train2; do
-    can 30 "prof $ph" && env $ee timeout $(left 60) ./build/mimic_cuda_check prof $CK $ph 2>&1 | grep -m1 '^PROF\|ERROR' | sed "s/^/[${ee:-default}] /"
-  done
-done
+[ -n "$BATCH" ] && can 100 batch && gpu_batch 0  # BATCH=1: the batched-decode / prompt rows on the 3B, after the table
+[ -n "$PREFILL_ENVS" ] && gpu_prof_legs "prefill512 train2" "$PREFILL_ENVS"  # PREFILL_ENVS="- X=1": prof legs
 pack
 if [ -n "$AB0" ] && [ $((DEADLINE - $(date +%s))) -gt 90 ]; then  # (its logs packed apart: trace.tgz)
   echo "==================== trace legs: $AB0"

@@ -33,10 +33,7 @@ for ((p = 0; p < NP; p++)); do
   for i in 0 1; do [ -f "$L/trace$p-$i.log" ] && { echo "-- process $i"; grep -h '^TRACE ab\|^ERROR' "$L/trace$p-$i.log"; }; done
   [ -n "$BRIEF" ] || for i in 0 1; do [ -f "$L/trace$p-$i.log" ] && { echo "-- process $i:"; grep -h '^TRACE [AB] ' "$L/trace$p-$i.log" | grep -v 'rmsnorm_rows_kernel   '; }; done
 done
-if [ -n "$BATCH" ]; then  # BATCH=1: the batched-decode rows and sweep (GPU 1)
-  CUDA_VISIBLE_DEVICES=$G1 timeout $(left 150) ./build/mimic_cuda_check batch $CK > "$L/batch.log" 2>&1
-  echo "-- batch: $(grep -c '^ROW.* PASS$' "$L/batch.log") pass, $(grep -c '^ROW.* FAIL$' "$L/batch.log") fail"; grep -h '^ROW.* FAIL$\|^BENCH batch\|^ERROR' "$L/batch.log"
-fi
+[ -n "$BATCH" ] && gpu_batch $G1  # BATCH=1: the batched-decode rows and sweep (GPU 1)
 if [ -n "$STALL" ]; then  # STALL=1: ncu's warp states of the step's first 4 gemv_tc launches (layer 0: q/k/v, o, gate/up, down)
   NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   CUDA_VISIBLE_DEVICES=0 timeout $(left 150) $NCU --clock-control none --profile-from-start off -k regex:${STALL_K:-gemv_tc_kernel} -c 4 \

@@ -12,6 +12,7 @@
 // reference value cannot blow it up, and a wrong sign or factor anywhere shows at once.
 #pragma once
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
@@ -27,6 +28,15 @@ struct OpCheckRow {
 // Normwise relative error of got vs want (see above).
 double max_rel_err(const float* got, const double* want, int64_t n);
 double max_rel_err(const float* got, const float* want, int64_t n);
+
+// Elements among the first n of a and b whose bytes differ: the count of a bit-for-bit comparison
+// (a NaN counts like any other value, unlike a difference of floats).
+template <class T>
+int64_t bits_differ(const T* a, const T* b, size_t n) {
+  int64_t d = 0;
+  for (size_t i = 0; i < n; ++i) d += std::memcmp(&a[i], &b[i], sizeof(T)) != 0;
+  return d;
+}
 
 // Uniform(-scale, scale) fill from a seeded stream.
 void fill_uniform(float* x, int64_t n, uint64_t seed, float scale = 1.f);

@@ -359,8 +359,7 @@ void check_gemv_tc(std::vector<OpCheckRow>& out, int M, int M2, int K, int64_t N
     gemv_glu(jg, ju, N);
     unsetenv("MIMIC_GEMV_TC_PIPE2");
     const std::vector<bf16> a1 = download(act.p, (size_t)(N * M)), a2 = download(act2.p, (size_t)(N * M));
-    int64_t differ = 0;
-    for (size_t i = 0; i < a1.size(); ++i) differ += std::memcmp(&a1[i], &a2[i], sizeof(bf16)) != 0;
+    const int64_t differ = bits_differ(a1.data(), a2.data(), a1.size());
     OpCheckRow pr;
     pr.op = "gemv_tc";
     pr.check = "gate/up, two tiles a block pipelined unit by unit == block-wide, bit for bit (differing) " + tag;
@@ -400,7 +399,7 @@ void check_nf4_quantize(std::vector<OpCheckRow>& out, int M, int K, bool dq, boo
     auto got = download(dev.p, dev.n);
     total += (int64_t)host.size();
     if (got.size() != host.size()) { bad += (int64_t)host.size(); return; }
-    for (size_t i = 0; i < host.size(); ++i) bad += std::memcmp(&got[i], &host[i], sizeof(got[i])) != 0;
+    bad += bits_differ(got.data(), host.data(), host.size());
   };
   cmp(q.packed, d.packed);
   if (dq) {
@@ -664,8 +663,8 @@ void check_nf4_dequant_fast(std::vector<OpCheckRow>& out, int M, int K, bool dq,
   const bool took = nf4_dequantize_fast(fast.p, d, max_blocks);
   Context::get().sync();
   std::vector<bf16> a = download(ref.p, (size_t)n), b = download(fast.p, (size_t)n + 16);
-  int64_t diff = 0, tail = 0;
-  for (int64_t i = 0; i < n; ++i) diff += std::memcmp(&a[(size_t)i], &b[(size_t)i], sizeof(bf16)) != 0;
+  const int64_t diff = bits_differ(a.data(), b.data(), (size_t)n);
+  int64_t tail = 0;
   for (int64_t i = n; i < n + 16; ++i) {
     uint16_t u;
     std::memcpy(&u, &b[(size_t)i], sizeof u);

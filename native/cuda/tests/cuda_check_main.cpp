@@ -287,7 +287,7 @@ void model_checks(const std::string& ref) {
           auto hx = cuda::download(x.p, x.n), hy = cuda::download(y.p, y.n);
           total += (int64_t)hx.size();
           if (hx.size() != hy.size()) { bad += (int64_t)hx.size(); return; }
-          for (size_t k = 0; k < hx.size(); ++k) bad += std::memcmp(&hx[k], &hy[k], sizeof(hx[k])) != 0;
+          bad += bits_differ(hx.data(), hy.data(), hx.size());
         };
         if (quant) {
           cmp(a.nf4.packed, b.nf4.packed); cmp(a.nf4.absmax_u8, b.nf4.absmax_u8); cmp(a.nf4.absmax2, b.nf4.absmax2);
@@ -297,7 +297,7 @@ void model_checks(const std::string& ref) {
         }
       }
     { auto x = cuda::download(up->embed.p, up->embed.n), y = cuda::download(gl->embed.p, gl->embed.n);
-      total += (int64_t)x.size(); for (size_t k = 0; k < x.size() && k < y.size(); ++k) bad += std::memcmp(&x[k], &y[k], 2) != 0; }
+      total += (int64_t)x.size(); bad += bits_differ(x.data(), y.data(), std::min(x.size(), y.size())); }
     add(quant ? "load nf4" : "load bf16", std::string("GPU loader == CPU load_llama + upload, bytes") +
         (quant ? " (NF4 quantized on the GPU)" : ""), total ? (double)bad / total : 1.0, 0.0);
     bool shapes = skel->layers.size() == cpu->layers.size() && skel->final_norm == cpu->final_norm;
@@ -821,9 +821,8 @@ void batch_bench(const std::string& dir) {
       setenv("MIMIC_GEMV_TC_PIPE2", "1", 1);
       const Run pipe = run16(false, -1, &base.toks);
       unsetenv("MIMIC_GEMV_TC_PIPE2");
-      double differ = base.logits.size() == pipe.logits.size() ? 0.0 : 1.0;
-      for (size_t j = 0; j < base.logits.size() && j < pipe.logits.size(); ++j)
-        differ += std::memcmp(&base.logits[j], &pipe.logits[j], sizeof(float)) != 0;
+      const double differ = (base.logits.size() == pipe.logits.size() ? 0.0 : 1.0) +
+                            (double)bits_differ(base.logits.data(), pipe.logits.data(), std::min(base.logits.size(), pipe.logits.size()));
       add("decode graph 3B", std::string("gate/up two tiles pipelined == block-wide: logits, 16 steps, bit for bit (differing)") +
           (r ? ", LoRA r=16" : ""), differ, 0.0);
     }
@@ -852,8 +851,8 @@ void batch_bench(const std::string& dir) {
       return out;
     };
     const std::vector<float> serial = prompt_logits(false), ahead = prompt_logits(true);
-    double differ = serial.size() == ahead.size() ? 0.0 : 1.0;  // logits whose bits differ (NaN included)
-    for (size_t i = 0; i < serial.size() && i < ahead.size(); ++i) differ += std::memcmp(&serial[i], &ahead[i], sizeof(float)) != 0;
+    const double differ = (serial.size() == ahead.size() ? 0.0 : 1.0) +  // logits whose bits differ (NaN included)
+                          (double)bits_differ(serial.data(), ahead.data(), std::min(serial.size(), ahead.size()));
     add("prefill 3B", "dequantize ahead on a side stream == serial: logits of 200- and 300-token prompts, bit for bit (differing)",
         differ, 0.0);
     // the training forward takes it too: one evaluate and one accumulate (forward + backward, which
