@@ -177,139 +177,11 @@ __device__ __forceinline__ float poll_h(const float* p) {
   return __uint_as_float(v);
 }
 
-// A gate/up tile's epilogue thread (tid < 16·8·NT): out = silu(gate)·up of row r, x row n, each with
-// its LoRA B first (as gemv.cu), from the warps' partial sums red[0] (gate) and red[1] (up)
-template <int W>
-__device__ __forceinline__ void glu_store(char* smem, const Params& P, const float (*red0)[16], const float (*red1)[16],
-                                          int r, int n, int m, float xs) {
-  const float v = row_total<W>(red0, P.j[0], r, n, m, lora_staged(smem, P, P.j[0], 0), xs);
-  const float u = row_total<W>(red1, P.j[1], r, n, m, lora_staged(smem, P, P.j[1], 1), xs);
-  const float sg = 1.f / (1.f + __expf(-v));
-  static_cast<bf16*>(P.j[0].out)[(int64_t)n * P.j[0].M + m] = __float2bfloat16(v * sg * u);
-}
-
-// Gate/up with two tiles a block, pipelined (P.pipe2: one row of x, warp slices, the norm folded or
-// not, LoRA B staged or not). The block-wide pass (gemv_tc_kernel's loop) copies a tile's gate and up
-// units, multiplies both, runs the epilogue and only then copies the second tile — each block's SM
-// waits for its second 50 KB with nothing to multiply (round 19's timeline: gate/up ~20 µs a layer
-// for 8.6 µs of bytes). Here the units are multiplied one after the other, and each unit's buffer
-// takes the second tile's unit as soon as every warp is done with it:
-//   copy t0.gate t0.up │ gate(t0) │ copy t1.gate ┐ up(t0) │ epilogue(t0) │ copy t1.up ┐ gate(t1) │ up(t1) │ epilogue(t1)
-// — t1.gate lands during up(t0) and the epilogue, t1.up during gate(t1). The same shared memory (the
-// two unit buffers the block has anyway; round 19's streamed tile grew the block by 3 KB and slowed
-// every later launch), the same x slice for both tiles (one row), and each unit's products in the
-// block-wide pass's order (block b by block b into that unit's sums): the same bits.
-template <bool PDL, int W>
-__device__ __forceinline__ void glu_two_tiles_pipelined(char* smem, const Params& P, int bid) {
-  const GemvJob* Js = &P.j[0];  // gate, up
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const Layout Lo(Js[0].K, 2);
-  const int b_lo = warp * Lo.nb / W, b_hi = (warp + 1) * Lo.nb / W;
-  const char* tab_lane = smem + 4 * lane;
-  float* code2 = reinterpret_cast<float*>(smem + kPairBytes);
-  const int t1 = bid + P.tile_stride;
-  const bool has1 = t1 < P.j[0].M / kRows;
-  const TileRows rows0{bid * kRows, 0}, rows1{t1 * kRows, 0};
-  auto stage_unit = [&](int u, TileRows rows) {
-    stage_absmax<W>(smem, Lo, Js[u], u, rows, tid);
-    stage_tile<W>(smem, Lo, Js[u], u, rows, tid);
-  };
-  stage_unit(0, rows0);
-  stage_unit(1, rows0);
-  stage_lora_b(smem, P, Js[0], 0, rows0, tid, W * 32);
-  stage_lora_b(smem, P, Js[1], 1, rows0, tid, W * 32);
-  asm volatile("cp.async.commit_group;\n");
-  if (tid < 256) {
-    fill_pair_table(smem, P.lut, tid);
-#pragma unroll
-    for (int u = 0; u < 2; ++u)
-      if (!Js[u].absmax) code2[256 * u + tid] = Js[u].code2[tid];
-  }
-  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-  __syncthreads();
-  decode_absmax<W>(smem, Lo, Js[0], code2, 0, rows0, tid);
-  decode_absmax<W>(smem, Lo, Js[1], code2 + 256, 1, rows0, tid);
-  if constexpr (PDL) pdl_wait();  // x, h and out belong to the kernels before
-  if (P.lora_off && !P.la_blocks) {
-    stage_lora_h(smem, P, Js[0], 0, tid, W * 32);
-    stage_lora_h(smem, P, Js[1], 1, tid, W * 32);
-  }
-  asm volatile("cp.async.commit_group;\n");  // (h: the group before the second tile's)
-  uint4 xs[kSlicePieces];
-  float ss = 0.f;  // a folded norm's Σ x² (the same row for both tiles)
-  warp_x_slice<false>(Js[0].x, &P.norm, b_lo, b_hi, lane, xs, &ss);
-  const bool fold = P.norm.x != nullptr;
-  if (fold) ss = warp_sum(ss);
-  __syncthreads();  // the absmax decoded
-  float(*red)[W * kRows][16] = reinterpret_cast<float(*)[W * kRows][16]>(smem);
-  float* red_ss = reinterpret_cast<float*>(smem) + kNormSumsAt;
-  for (int it = 0; it < 2; ++it) {
-    if (it == 1 && !has1) break;
-    const TileRows rows = it ? rows1 : rows0;
-    float acc[2][1][4];
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      if (it == 1) {  // the unit's copy (issued during tile 0) landed: decode its absmax
-        if (u == 0) asm volatile("cp.async.wait_group 1;\n" ::: "memory");
-        else asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-        __syncthreads();
-        decode_absmax<W>(smem, Lo, Js[u], code2 + 256 * u, u, rows, tid);
-        __syncthreads();
-      }
-      Layout Lu = Lo;  // unit u as the one unit block_products reads
-      Lu.w_off[0] = Lo.w_off[u];
-      Lu.am_off[0] = Lo.am_off[u];
-      float a1[2][1][4] = {};
-      warp_slice_products(smem, Lu, 1, tab_lane, b_lo, b_hi, lane, xs, a1, 0);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) acc[u][0][i] = a1[0][0][i];
-      if (it == 0 && u == 0 && has1) {
-        __syncthreads();  // every warp is done with unit 0's words and absmax
-        stage_unit(0, rows1);
-        asm volatile("cp.async.commit_group;\n");
-      }
-    }
-    __syncthreads();  // the table is done with: its space takes the partial sums
-    store_partial<1>(red[0] + warp * kRows, acc[0], lane);
-    store_partial<1>(red[1] + warp * kRows, acc[1], lane);
-    if (fold && lane == 0) red_ss[warp] = ss;
-    if (it == 0 && P.lora_off) {  // h landed (all but the newest group: the second tile's gate)
-      if (has1) asm volatile("cp.async.wait_group 1;\n" ::: "memory");
-      else asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-    }
-    if (P.la_blocks && it == 0) {  // h from this launch's A blocks
-#pragma unroll
-      for (int u = 0; u < 2; ++u) {
-        if (Js[u].lora_B) {
-          float* hs = const_cast<float*>(lora_staged(smem, P, Js[u], u).h);
-          for (int i = tid; i < Js[u].r; i += W * 32) hs[i] = poll_h(Js[u].lora_h + i);
-        }
-      }
-    }
-    __syncthreads();
-    const float xsc = fold ? fold_scale<W>(red_ss, Js[0].K, P.norm.eps) : 1.f;
-    if (tid < kRows * 8) {
-      const int r = tid / 8, n = tid % 8;
-      if (n == 0) glu_store<W>(smem, P, red[0], red[1], r, 0, rows(r), xsc);
-    }
-    if (it == 0 && has1) {
-      __syncthreads();  // the epilogue is done with the table's space and the B rows
-      stage_unit(1, rows1);
-      stage_lora_b(smem, P, Js[0], 0, rows1, tid, W * 32);
-      stage_lora_b(smem, P, Js[1], 1, rows1, tid, W * 32);
-      asm volatile("cp.async.commit_group;\n");
-      if (tid < 256) fill_pair_table(smem, P.lut, tid);  // (the partial sums wrote over it)
-    }
-  }
-}
-
 // F: a q/k/v launch with RoPE and the KV append in its epilogue (GemvRope in P.rope; N == 1).
 // 3 blocks an SM (<= 80 registers) even where the shared memory only allows 2 (gate/up, down): round
 // 15 gave those 128 registers (2 blocks) — 4 % slower: such a block fills the register file, and the
 // next kernels' blocks (PDL) can no longer start beside it.
-// P2: the instantiation that runs glu_two_tiles_pipelined (its own, so that the others keep their
-// registers: 0 spills).
-template <int NT, bool PDL, bool F, int W = 8, bool P2 = false>
+template <int NT, bool PDL, bool F, int W = 8>
 __global__ void __launch_bounds__(W * 32, W == 8 ? 3 : 2) gemv_tc_kernel(const __grid_constant__ Params P) {
   extern __shared__ __align__(16) char smem[];
   if (P.la_blocks && (int)blockIdx.x < P.la_blocks) {  // an A block: it computes h (lora_a_block)
@@ -333,10 +205,6 @@ __global__ void __launch_bounds__(W * 32, W == 8 ? 3 : 2) gemv_tc_kernel(const _
   float* code2 = reinterpret_cast<float*>(smem + kPairBytes);
   const int N = P.N;
   if constexpr (PDL) pdl_trigger();
-  if constexpr (P2) {  // (launch_w: gate/up, two tiles a block, one row of x, warp slices)
-    glu_two_tiles_pipelined<PDL, W>(smem, P, bid);
-    return;
-  }
   float rc = 0.f, rs = 0.f, res_v = 0.f;
   // P.tiles > 1 (one job or gate/up, more tiles than an SM holds blocks): this block also takes the
   // tiles P.tile_stride, 2·P.tile_stride, … on, one after another in the same shared memory, instead
@@ -459,10 +327,6 @@ void raise_smem() {
   if (raised) return;
   MIMIC_CUDA_CHECK(cudaFuncSetAttribute(gemv_tc_kernel<NT, false, F, W>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
   MIMIC_CUDA_CHECK(cudaFuncSetAttribute(gemv_tc_kernel<NT, true, F, W>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
-  if constexpr (NT == 1 && !F) {
-    MIMIC_CUDA_CHECK(cudaFuncSetAttribute(gemv_tc_kernel<NT, false, F, W, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
-    MIMIC_CUDA_CHECK(cudaFuncSetAttribute(gemv_tc_kernel<NT, true, F, W, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, kMaxSmem));
-  }
   raised = true;
 }
 
@@ -501,23 +365,11 @@ void launch_w(const Params& P, int blocks, int smem) {
   Q.tiles = tiles;
   Q.tile_stride = tiles > 1 ? pb : 0;
   blocks = pb;
-  // MIMIC_GEMV_TC_PIPE2=1 (read at every launch, i.e. a graph's recording: A/B legs in one process):
-  // gate/up's two tiles a block pipelined unit by unit (glu_two_tiles_pipelined) where it applies
-  Q.pipe2 = NT == 1 && !F && tiles == 2 && P.glu && P.N == 1 && P.x_warp && P.ablate == 0 && (P.j[0].K >> 6) <= 16 * W &&
-            env_is("MIMIC_GEMV_TC_PIPE2", "1");
   // MIMIC_GEMV_TC_SMEM_PAD=bytes (profiling only; results unchanged): every launch asks for that much
   // more shared memory than it uses, the work split left as it is — what a bigger block costs the
   // chain (round 19's streamed second tile grew gate/up's blocks by 3 KB and slowed every later
   // launch; this separates the size from the streaming). Read at every launch (a recording).
   if (const char* pad = std::getenv("MIMIC_GEMV_TC_SMEM_PAD")) smem = std::min(kMaxSmem, smem + std::max(0, std::atoi(pad)));
-  if constexpr (NT == 1 && !F) {
-    if (Q.pipe2) {
-      launch_pdl(gemv_tc_kernel<NT, false, F, W, true>, gemv_tc_kernel<NT, true, F, W, true>, dim3(blocks + Q.la_blocks),
-                 dim3(W * 32), (size_t)smem, Context::get().stream, Q);
-      MIMIC_CUDA_LAUNCHED();
-      return;
-    }
-  }
   launch_pdl(gemv_tc_kernel<NT, false, F, W>, gemv_tc_kernel<NT, true, F, W>, dim3(blocks + Q.la_blocks), dim3(W * 32),
              (size_t)smem, Context::get().stream, Q);
   MIMIC_CUDA_LAUNCHED();

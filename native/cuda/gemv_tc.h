@@ -49,7 +49,6 @@ struct GemvParams {
   int tiles, tile_stride;  // 16-row tiles a block takes (gemv_tc), tile_stride blocks apart (one job)
   int x_warp;  // gemv_tc, N = 1: each warp loads its x slice at once (MIMIC_GEMV_TC_XWARP=0: a block ahead)
   int res_pre;  // gemv_tc, one tile a block: the residual loaded right after the wait (MIMIC_GEMV_TC_RESPRE=0: in the epilogue)
-  int pipe2;  // gemv_tc, gate/up with two tiles a block, one row of x: the second tile's units copied while the first's multiply (MIMIC_GEMV_TC_PIPE2=1)
   int la_blocks;  // gemv_tc_lora_in: blocks 0..la_blocks-1 compute job 0's h = x·Aᵀ (LoRA A), the rest the products
   int lora_off, lora_unit;  // gemv_tc: LoRA B rows and h staged in shared memory at lora_off, lora_unit bytes a job of the block (0: read from global)
   int ablate;  // gemv_tc, MIMIC_GEMV_TC_ABLATE (profiling only, wrong results): 1 no weight copy, 2 no products, 4 no x loads, 8 a release (fence + atomic) a block,

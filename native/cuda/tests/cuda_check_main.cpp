@@ -812,22 +812,6 @@ void batch_bench(const std::string& dir) {
     // batched GEMM route's rows above show the same; 4e-2 as theirs)
     add("decode graph 3B", "RMSNorm folded into q/k/v and gate/up vs rmsnorm launches: logits, 16 steps (rel)",
         rel(fold2.logits, unfolded.logits), 4e-2);
-    // gate/up's two tiles a block pipelined unit by unit (MIMIC_GEMV_TC_PIPE2=1) == the block-wide pass:
-    // the default graph (norms folded), without and with a rank-16 adapter on all seven (its A blocks
-    // and staged B rows in the gate/up launch), 16 steps, the same tokens fed, logits bit for bit
-    for (int r : {0, 16}) {
-      attach_lora(*cpu, *gpu, r);
-      const Run base = run16(false, -1);
-      setenv("MIMIC_GEMV_TC_PIPE2", "1", 1);
-      const Run pipe = run16(false, -1, &base.toks);
-      unsetenv("MIMIC_GEMV_TC_PIPE2");
-      const double differ = (base.logits.size() == pipe.logits.size() ? 0.0 : 1.0) +
-                            (double)bits_differ(base.logits.data(), pipe.logits.data(), std::min(base.logits.size(), pipe.logits.size()));
-      add("decode graph 3B", std::string("gate/up two tiles pipelined == block-wide: logits, 16 steps, bit for bit (differing)") +
-          (r ? ", LoRA r=16" : ""), differ, 0.0);
-    }
-    attach_lora(*cpu, *gpu, 0);
-    cuda::decode_graph_invalidate();
   }
   {  // a prompt's forward with the dequantize one projection ahead on the side stream (dequant_ahead.h):
      // the same kernels and GEMMs as the serial route, so the same bits — a 200-token prompt into a cache,
