@@ -57,6 +57,14 @@ void matmul_backward_input(TO* dx, const bf16* dout, const bf16* W, int64_t N, i
 // dW[M, K] = alpha · dout[N, M]ᵀ · x[N, K] + beta · dW               (fp32 gradient)
 void matmul_backward_weight(float* dW, const bf16* dout, const bf16* x, int64_t N, int K, int M, float alpha = 1.f,
                             float beta = 1.f);
+// The same with row strides (elements) for operands that are column blocks of wider buffers:
+// dx[N, K] (ld_dx) = alpha · dout[N, M] (ld_dout) · W[M, K] (ld_w) + beta · dx
+template <class TO>
+void matmul_backward_input_ld(TO* dx, int64_t ld_dx, const bf16* dout, int64_t ld_dout, const bf16* W, int64_t ld_w,
+                              int64_t N, int K, int M, float alpha, float beta);
+// dW[M, K] (ld K) = alpha · dout[N, M] (ld_dout)ᵀ · x[N, K] (ld_x) + beta · dW
+void matmul_backward_weight_ld(float* dW, const bf16* dout, int64_t ld_dout, const bf16* x, int64_t ld_x, int64_t N,
+                               int K, int M, float alpha, float beta);
 
 // ---- nf4 (native/cuda/nf4.cu) --------------------------------------------------------------
 // A bitsandbytes NF4 weight resident on the GPU (4 bits a value + its block statistics).
@@ -163,7 +171,7 @@ void attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf
 void swiglu_forward(bf16* out, const bf16* gate, const bf16* up, int64_t N, int C);
 // accumulate = false: the gradients are written, not added (swiglu.cu)
 void swiglu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up, int64_t N, int C,
-                     bool accumulate = true);
+                     bool accumulate = true, int64_t ld_d = 0);  // ld_d: dgate/dup row stride (0: C)
 
 // ---- cross_entropy (native/cuda/cross_entropy.cu) -------------------------------------------
 // Adds Σ over unmasked rows of the loss to *loss_sum (device double). The _backward variant also

@@ -34,6 +34,7 @@ struct Workspace {
   std::vector<Acts> acts;
   DevBuf<bf16> y16, dy16, dact, dgate, dup, datt, dq, dk, dv, dh, drop, drop2, xnf, gath, logits16, scratch;
   DevBuf<bf16> layer_w;  // one layer's seven NF4 projections dequantized, for its recompute AND its backward
+  DevBuf<bf16> dycat;    // a projection group's [dy_0 | … | dh_0 | …] (the grouped backward: group_backward)
   DequantAhead ahead;    // a prompt's forward: the next projection dequantized while this one multiplies
   DevBuf<float> dres, dn, rstdf, dg, dxnf, logits32;
   DevBuf<double> loss;
@@ -89,6 +90,27 @@ __global__ void f32_to_bf16_kernel(bf16* d, const float* s, int64_t n) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
     d[i] = __float2bfloat16(s[i]);
 }
+// d[n, c] (rows of ldd) = bf16(s[n, c]) for s [N, C] (fp32, dense): a group's dy written as the first
+// columns of its gradient buffer (group_backward); four values a thread where C, ldd are multiples of 4
+__global__ void f32_to_bf16_rows_kernel(bf16* d, int64_t ldd, const float* s, int64_t N, int C) {
+  if (C % 4 == 0 && ldd % 4 == 0 && (uintptr_t)s % 16 == 0 && (uintptr_t)d % 8 == 0) {
+    const int c4 = C / 4;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < N * c4; i += (int64_t)gridDim.x * blockDim.x) {
+      const int64_t r = i / c4, c = (i - r * c4) * 4;
+      const float4 v = reinterpret_cast<const float4*>(s)[i];
+      __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y), b = __floats2bfloat162_rn(v.z, v.w);
+      uint2 o;
+      o.x = *reinterpret_cast<uint32_t*>(&a);
+      o.y = *reinterpret_cast<uint32_t*>(&b);
+      *reinterpret_cast<uint2*>(d + r * ldd + c) = o;
+    }
+    return;
+  }
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < N * C; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t r = i / C, c = i - r * C;
+    d[r * ldd + c] = __float2bfloat16(s[i]);
+  }
+}
 __global__ void gather_rows_kernel(bf16* dst, const bf16* src, const int32_t* rows, int C) {
   const int64_t r = blockIdx.x, s = rows[r];
   for (int c = threadIdx.x; c < C; c += blockDim.x) dst[r * C + c] = src[s * C + c];
@@ -102,6 +124,11 @@ int ew_grid(int64_t n) { int64_t b = (n + 255) / 256; return (int)std::min<int64
 void zero(void* p, size_t bytes) { if (bytes) MIMIC_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream())); }
 
 // ---- one projection --------------------------------------------------------------------------
+// The projections that share an input: q/k/v (xn1), o (att), gate/up (xn2), down (act).
+constexpr int kGroups = 4;
+constexpr int kGroupFirst[kGroups] = {0, 3, 4, 6}, kGroupSize[kGroups] = {3, 1, 2, 1};
+enum { kQKV = 0, kO = 1, kGateUp = 2, kDown = 3 };
+
 struct LinCtx {
   DeviceModel& d;
   Workspace& ws;
@@ -111,7 +138,15 @@ struct LinCtx {
   // ws.layer_w (dense[i] for &layer->proj[i]), so both passes share one dequantize per weight
   const DLayer* layer = nullptr;
   const bf16* dense[7] = {};
+  // and each group's rows as one block [W_0; …; W_{n−1}; A_0; …] (row length K: the members' weights,
+  // then the LoRA A of those that carry one), group_rows[g] rows — or null (group_backward)
+  const bf16* group_w[kGroups] = {};
+  int64_t group_rows[kGroups] = {};
   DequantAhead* ahead = nullptr;  // a prompt's forward with MIMIC_DEQUANT_AHEAD=1 (dequant_ahead.h)
+  void end_layer() {
+    layer = nullptr;
+    for (int g = 0; g < kGroups; ++g) group_w[g] = nullptr;
+  }
 };
 
 // The bf16 copy of L prepared for this layer's recompute + backward, or null. Only for N > 64 rows:
@@ -173,6 +208,48 @@ void lin_backward(LinCtx& c, TO* dx, float beta, const bf16* dy, const bf16* x, 
   }
 }
 
+// MIMIC_BWD_GROUPED=0: the backward's input gradient one product per projection (and one per LoRA A),
+// as before round 21. Read at each layer (the A/B rows of one process).
+bool bwd_grouped_enabled() { return env_switch_on("MIMIC_BWD_GROUPED"); }
+
+// True when group g's backward can run as group_backward: its rows are dense in ws.layer_w (every
+// member NF4, N > kNF4GemmSmallMaxS, the layer dequantized once) and no dropout (the masks differ by
+// member: dropout' would apply to the A part alone).
+bool grouped(const LinCtx& c, int g) { return c.group_w[g] && c.dropout == 0.f && bwd_grouped_enabled(); }
+
+// The backward of a group of projections that share their input x [N, K], with ONE product for dx:
+//   dh_i = s_i · dy_i · B_i                       (each LoRA'd member; written beside the dy's)
+//   dB_i += s_i · dy_iᵀ · h_i,   dA_i += dh_iᵀ · x
+//   dx (=: beta 0 | +=: beta 1) = [dy_0 | … | dy_{n−1} | dh_0 | …] · [W_0; …; W_{n−1}; A_0; …]
+// dycat [N, group_rows[g]] holds the members' dy in member order (the caller wrote them there); the
+// dh columns follow in the order of the A rows (dequantize_layer). Before (lin_backward per member)
+// each member's base product and each LoRA A product was its own read-modify-write of dx — for q/k/v
+// and gate/up an fp32 [N, C] pass each (5 + 3 a layer), for o and down a bf16 one (round 21: the
+// same sums, in one fp32 accumulation instead of several roundings; rows "train 3B grouped").
+template <class TO>
+void group_backward(LinCtx& c, int g, TO* dx, float beta, bf16* dycat, const bf16* x, int64_t N, const DLayer& L,
+                    const bf16* const* h) {
+  DeviceModel& d = c.d;
+  const int i0 = kGroupFirst[g], n = kGroupSize[g], K = L.proj[i0].K;
+  const int64_t ld = c.group_rows[g];
+  int64_t col = 0;
+  for (int i = i0; i < i0 + n; ++i) col += L.proj[i].M;
+  int64_t at = 0;
+  for (int i = i0; i < i0 + n; ++i) {
+    const DLinear& P = L.proj[i];
+    const bf16* dy = dycat + at;
+    at += P.M;
+    if (!P.src || P.r == 0) continue;
+    bf16* dh = dycat + col;
+    matmul_backward_weight_ld(d.lg.p + P.offB, dy, ld, h[i - i0], P.r, N, P.r, P.M, P.scale, 1.f);  // dB += s·dyᵀh
+    matmul_backward_input_ld<bf16>(dh, ld, dy, ld, lora_B(d, P), P.r, N, P.r, P.M, P.scale, 0.f);   // dh = s·dy·B
+    matmul_backward_weight_ld(d.lg.p + P.offA, dh, ld, x, K, N, K, P.r, 1.f, 1.f);                 // dA += dhᵀ·x
+    col += P.r;
+  }
+  MIMIC_CHECK(col == ld, "EINTERNAL", "grouped backward: ", col, " gradient columns for ", ld, " weight rows");
+  matmul_backward_input_ld<TO>(dx, K, dycat, ld, c.group_w[g], K, N, K, (int)col, 1.f, beta);
+}
+
 // ---- sizing ----------------------------------------------------------------------------------
 int max_rank(const DeviceModel& d) {
   int r = 1;
@@ -211,7 +288,8 @@ void ensure_ws(DeviceModel& d, int64_t N, int B, int n_acts, bool backward) {
   w.xnf.reserve(N * C); w.rstdf.reserve(N);
   w.loss.reserve(2);
   if (backward) {
-    w.dy16.reserve(N * std::max(C, QD)); w.dact.reserve(N * I); w.dgate.reserve(N * I); w.dup.reserve(N * I);
+    w.dy16.reserve(N * std::max(C, QD)); w.dact.reserve(N * I);  // (dgate/dup: layer_backward, where not grouped)
+    w.dycat.reserve(N * std::max({QD + 2 * KD + 3 * r, C + r, 2 * I + 2 * r}));
     w.datt.reserve(N * QD); w.dq.reserve(N * QD); w.dk.reserve(N * KD); w.dv.reserve(N * KD);
     w.drop2.reserve(N * maxK); w.dres.reserve(N * C); w.dn.reserve(N * C); w.dxnf.reserve(N * C);
   }
@@ -231,22 +309,44 @@ bool layer_dense_enabled() {
   return on;
 }
 
-// Layer l's NF4 projections → bf16 in ws.layer_w (grow-only: the largest layer's Σ M·K), their
-// pointers in lc.dense; non-NF4 projections keep their own weights (dense[i] = null).
+// Layer l's NF4 projections → bf16 in ws.layer_w (grow-only), their pointers in lc.dense; non-NF4
+// projections keep their own weights (dense[i] = null). Group by group (kGroupFirst): the members'
+// rows one after another, then — where every member is NF4 — a copy of the LoRA'd members' A rows
+// (bf16, from the arena), so that the group's rows are one block [W_0; …; A_0; …] (lc.group_w).
 void dequantize_layer(DeviceModel& d, int l, Workspace& w, LinCtx& lc) {
   const DLayer& L = d.layers[l];
   size_t total = 0;
-  for (const DLinear& p : L.proj) if (p.is_nf4) total += (size_t)p.M * p.K;
+  for (const DLinear& p : L.proj)
+    if (p.is_nf4) total += (size_t)(p.M + (p.src ? p.r : 0)) * p.K;
   if (!total) return;
   w.layer_w.reserve(total);
   size_t at = 0;
-  for (int i = 0; i < 7; ++i) {
-    const DLinear& p = L.proj[i];
-    lc.dense[i] = nullptr;
-    if (!p.is_nf4) continue;
-    nf4_dequantize(w.layer_w.p + at, p.nf4);
-    lc.dense[i] = w.layer_w.p + at;
-    at += (size_t)p.M * p.K;
+  for (int g = 0; g < kGroups; ++g) {
+    const int i0 = kGroupFirst[g], n = kGroupSize[g];
+    const size_t g0 = at;
+    bool all = true;
+    int64_t rows = 0;
+    for (int i = i0; i < i0 + n; ++i) {
+      const DLinear& p = L.proj[i];
+      lc.dense[i] = nullptr;
+      if (!p.is_nf4) { all = false; continue; }
+      nf4_dequantize(w.layer_w.p + at, p.nf4);
+      lc.dense[i] = w.layer_w.p + at;
+      at += (size_t)p.M * p.K;
+      rows += p.M;
+    }
+    lc.group_w[g] = nullptr;
+    if (!all) continue;
+    for (int i = i0; i < i0 + n; ++i) {
+      const DLinear& p = L.proj[i];
+      if (!p.src || p.r == 0) continue;
+      MIMIC_CUDA_CHECK(cudaMemcpyAsync(w.layer_w.p + at, lora_A(d, p), sizeof(bf16) * p.r * p.K, cudaMemcpyDeviceToDevice,
+                                       stream()));
+      at += (size_t)p.r * p.K;
+      rows += p.r;
+    }
+    lc.group_w[g] = w.layer_w.p + g0;
+    lc.group_rows[g] = rows;
   }
   lc.layer = &L;
 }
@@ -326,18 +426,37 @@ void layer_backward(DeviceModel& d, int l, Acts& a, const float* x, const LayerR
   const int64_t N = (int64_t)run.B * run.T, C = c.hidden_size, I = c.intermediate_size;
   const int Hq = c.num_heads, Hkv = c.num_kv_heads, D = c.head_dim;
   auto seed = [&](int i) { lc.seed = seed_base ^ ((uint64_t)(l * 7 + i + 1) * 0xA24BAED4963EE407ull); };
+  const bf16* lh[7];
+  for (int i = 0; i < 7; ++i) lh[i] = a.lh[i].p;
+  bf16* dyc = w.dycat.p;
+  // dres → bf16 dy of o / down: as the first columns of the group's buffer where grouped
+  auto dy_of_dres = [&](int g) {
+    if (grouped(lc, g)) {
+      f32_to_bf16_rows_kernel<<<ew_grid(N * C), 256, 0, stream()>>>(dyc, lc.group_rows[g], w.dres.p, N, (int)C);
+    } else {
+      f32_to_bf16_kernel<<<ew_grid(N * C), 256, 0, stream()>>>(w.dy16.p, w.dres.p, N * C);
+    }
+    MIMIC_CUDA_LAUNCHED();
+  };
   // MLP
-  f32_to_bf16_kernel<<<ew_grid(N * C), 256, 0, stream()>>>(w.dy16.p, w.dres.p, N * C);
-  MIMIC_CUDA_LAUNCHED();
-  seed(6); lin_backward<bf16>(lc, w.dact.p, 0.f, w.dy16.p, a.act.p, N, L.proj[6], a.lh[6].p);
-  swiglu_backward(w.dgate.p, w.dup.p, w.dact.p, a.gate.p, a.up.p, N, (int)I, /*accumulate=*/false);
-  seed(4); lin_backward<float>(lc, w.dn.p, 0.f, w.dgate.p, a.xn2.p, N, L.proj[4], a.lh[4].p);
-  seed(5); lin_backward<float>(lc, w.dn.p, 1.f, w.dup.p, a.xn2.p, N, L.proj[5], a.lh[5].p);
+  dy_of_dres(kDown);
+  if (grouped(lc, kDown)) group_backward<bf16>(lc, kDown, w.dact.p, 0.f, dyc, a.act.p, N, L, lh + 6);
+  else { seed(6); lin_backward<bf16>(lc, w.dact.p, 0.f, w.dy16.p, a.act.p, N, L.proj[6], lh[6]); }
+  if (grouped(lc, kGateUp)) {
+    const int64_t ld = lc.group_rows[kGateUp];
+    swiglu_backward(dyc, dyc + I, w.dact.p, a.gate.p, a.up.p, N, (int)I, /*accumulate=*/false, ld);
+    group_backward<float>(lc, kGateUp, w.dn.p, 0.f, dyc, a.xn2.p, N, L, lh + 4);
+  } else {
+    w.dgate.reserve(N * I); w.dup.reserve(N * I);
+    swiglu_backward(w.dgate.p, w.dup.p, w.dact.p, a.gate.p, a.up.p, N, (int)I, /*accumulate=*/false);
+    seed(4); lin_backward<float>(lc, w.dn.p, 0.f, w.dgate.p, a.xn2.p, N, L.proj[4], lh[4]);
+    seed(5); lin_backward<float>(lc, w.dn.p, 1.f, w.dup.p, a.xn2.p, N, L.proj[5], lh[5]);
+  }
   rmsnorm_backward(w.dres.p, w.dn.p, a.h.p, L.post_norm.p, a.rstd2.p, N, (int)C);
   // attention
-  f32_to_bf16_kernel<<<ew_grid(N * C), 256, 0, stream()>>>(w.dy16.p, w.dres.p, N * C);
-  MIMIC_CUDA_LAUNCHED();
-  seed(3); lin_backward<bf16>(lc, w.datt.p, 0.f, w.dy16.p, a.att.p, N, L.proj[3], a.lh[3].p);
+  dy_of_dres(kO);
+  if (grouped(lc, kO)) group_backward<bf16>(lc, kO, w.datt.p, 0.f, dyc, a.att.p, N, L, lh + 3);
+  else { seed(3); lin_backward<bf16>(lc, w.datt.p, 0.f, w.dy16.p, a.att.p, N, L.proj[3], lh[3]); }
   const int64_t QD = (int64_t)Hq * D, KD = (int64_t)Hkv * D;
   zero(w.dq.p, sizeof(bf16) * N * QD);
   zero(w.dk.p, sizeof(bf16) * N * KD);
@@ -345,9 +464,21 @@ void layer_backward(DeviceModel& d, int l, Acts& a, const float* x, const LayerR
   attention_backward(w.dq.p, w.dk.p, w.dv.p, w.datt.p, a.q.p, a.k.p, a.v.p, a.att.p, a.lse.p, run.B, run.T, Hq, Hkv, D);
   rope_backward(w.dq.p, w.pos.p, d.inv_freq.p, N, Hq, D);
   rope_backward(w.dk.p, w.pos.p, d.inv_freq.p, N, Hkv, D);
-  seed(0); lin_backward<float>(lc, w.dn.p, 0.f, w.dq.p, a.xn1.p, N, L.proj[0], a.lh[0].p);
-  seed(1); lin_backward<float>(lc, w.dn.p, 1.f, w.dk.p, a.xn1.p, N, L.proj[1], a.lh[1].p);
-  seed(2); lin_backward<float>(lc, w.dn.p, 1.f, w.dv.p, a.xn1.p, N, L.proj[2], a.lh[2].p);
+  if (grouped(lc, kQKV)) {  // dq, dk, dv copied in as the group's first columns (the attention writes them dense)
+    const int64_t ld = lc.group_rows[kQKV];
+    const std::pair<const bf16*, int64_t> parts[3] = {{w.dq.p, QD}, {w.dk.p, KD}, {w.dv.p, KD}};
+    int64_t at = 0;
+    for (auto [src, width] : parts) {
+      MIMIC_CUDA_CHECK(cudaMemcpy2DAsync(dyc + at, sizeof(bf16) * ld, src, sizeof(bf16) * width, sizeof(bf16) * width, N,
+                                         cudaMemcpyDeviceToDevice, stream()));
+      at += width;
+    }
+    group_backward<float>(lc, kQKV, w.dn.p, 0.f, dyc, a.xn1.p, N, L, lh);
+  } else {
+    seed(0); lin_backward<float>(lc, w.dn.p, 0.f, w.dq.p, a.xn1.p, N, L.proj[0], lh[0]);
+    seed(1); lin_backward<float>(lc, w.dn.p, 1.f, w.dk.p, a.xn1.p, N, L.proj[1], lh[1]);
+    seed(2); lin_backward<float>(lc, w.dn.p, 1.f, w.dv.p, a.xn1.p, N, L.proj[2], lh[2]);
+  }
   rmsnorm_backward(w.dres.p, w.dn.p, x, L.in_norm.p, a.rstd1.p, N, (int)C);
 }
 
@@ -703,17 +834,18 @@ LossSum DeviceTrainer::run(const int32_t* ids, const int32_t* labels, int B, int
     rmsnorm_backward(w.dres.p, w.dxnf.p, xL, d_.final_norm.p, w.rstdf.p, N, (int)C);
     for (int l = c.num_layers - 1; l >= 0; --l) {
       Acts& a = w.acts[n_acts == 1 ? 0 : l];
+      // one dequantize per NF4 weight for both the recompute and the backward-input GEMMs (round 10
+      // profile, 2×512: the three dequantize passes of a step were 22 % of it); without recompute, for
+      // the backward's products (its group blocks: group_backward), as each product's own did before
+      if (layer_dense_enabled() && N > kNF4GemmSmallMaxS) dequantize_layer(d_, l, w, lc);
       if (n_acts == 1) {
-        // one dequantize per NF4 weight for both the recompute and the backward-input GEMMs
-        // (round 10 profile, 2×512: the three dequantize passes of a step were 22 % of it)
-        if (layer_dense_enabled() && N > kNF4GemmSmallMaxS) dequantize_layer(d_, l, w, lc);
         // recompute this layer's activations from its saved input (its output goes to scratch:
         // xs[l + 1] must keep the value the next layer's backward already consumed — unchanged)
         w.dn.reserve((size_t)N * C);
         layer_forward(d_, l, a, w.xs[l].p, w.xs[l + 1].p, run, lc, seed_base);
       }
       layer_backward(d_, l, a, w.xs[l].p, run, lc, seed_base);
-      lc.layer = nullptr;
+      lc.end_layer();
     }
   }
   double loss = 0;

@@ -7,6 +7,8 @@
 //   outᵀ[M, N] = W · xᵀ  → gemm(T, N, M, N, K, W, ld K, x, ld K, out, ld M)
 //   dxᵀ[K, N]  = Wᵀ · doutᵀ → gemm(N, N, K, N, M, W, ld K, dout, ld M, dx, ld K)
 //   dWᵀ[K, M]  = xᵀ · dout → gemm(N, T, K, M, N, x, ld K, dout, ld M, dW, ld K)
+// The _ld forms take the row strides of strided operands (column blocks of a wider buffer: the
+// training backward's grouped products, llama_cuda.cu).
 // Output type bf16 or fp32 (cublasGemmEx with CUBLAS_COMPUTE_32F); no bias (Llama has none).
 #include <cublas_v2.h>
 
@@ -52,16 +54,29 @@ void matmul_forward(TO* out, const bf16* x, const bf16* W, int64_t N, int K, int
 }
 template <class TO>
 void matmul_backward_input(TO* dx, const bf16* dout, const bf16* W, int64_t N, int K, int M, float alpha, float beta) {
-  gemm<TO>(CUBLAS_OP_N, CUBLAS_OP_N, K, N, M, alpha, W, K, dout, M, beta, dx, K);
+  matmul_backward_input_ld<TO>(dx, K, dout, M, W, K, N, K, M, alpha, beta);
 }
 void matmul_backward_weight(float* dW, const bf16* dout, const bf16* x, int64_t N, int K, int M, float alpha,
                             float beta) {
-  gemm<float>(CUBLAS_OP_N, CUBLAS_OP_T, K, M, N, alpha, x, K, dout, M, beta, dW, K);
+  matmul_backward_weight_ld(dW, dout, M, x, K, N, K, M, alpha, beta);
+}
+template <class TO>
+void matmul_backward_input_ld(TO* dx, int64_t ld_dx, const bf16* dout, int64_t ld_dout, const bf16* W, int64_t ld_w,
+                              int64_t N, int K, int M, float alpha, float beta) {
+  gemm<TO>(CUBLAS_OP_N, CUBLAS_OP_N, K, N, M, alpha, W, ld_w, dout, ld_dout, beta, dx, ld_dx);
+}
+void matmul_backward_weight_ld(float* dW, const bf16* dout, int64_t ld_dout, const bf16* x, int64_t ld_x, int64_t N,
+                               int K, int M, float alpha, float beta) {
+  gemm<float>(CUBLAS_OP_N, CUBLAS_OP_T, K, M, N, alpha, x, ld_x, dout, ld_dout, beta, dW, K);
 }
 
 template void matmul_forward<bf16>(bf16*, const bf16*, const bf16*, int64_t, int, int, float, float);
 template void matmul_forward<float>(float*, const bf16*, const bf16*, int64_t, int, int, float, float);
 template void matmul_backward_input<bf16>(bf16*, const bf16*, const bf16*, int64_t, int, int, float, float);
 template void matmul_backward_input<float>(float*, const bf16*, const bf16*, int64_t, int, int, float, float);
+template void matmul_backward_input_ld<bf16>(bf16*, int64_t, const bf16*, int64_t, const bf16*, int64_t, int64_t, int, int,
+                                             float, float);
+template void matmul_backward_input_ld<float>(float*, int64_t, const bf16*, int64_t, const bf16*, int64_t, int64_t, int,
+                                              int, float, float);
 
 }  // namespace mimic::cuda

@@ -8,6 +8,8 @@
 // accumulating onto zeroed buffers. Where n % 8 == 0 and every pointer is 16-byte aligned (the layer's
 // [N, I] buffers) a thread takes 8 values through 16-byte loads and stores: the 3B training step's
 // swiglu ran at ~2 TB/s with one bf16 a thread (round 16 profile: 11 ms of a 176 ms step).
+// ld_d: the row stride of dgate/dup (0: C) — the layer backward writes them as column blocks of the
+// gate/up group's gradient buffer (llama_cuda.cu, one product for the group's input gradient).
 #include <cstdint>
 #include <initializer_list>
 
@@ -39,9 +41,11 @@ __global__ void swiglu_fwd_kernel(bf16* __restrict__ out, const bf16* __restrict
   }
 }
 __global__ void swiglu_bwd_kernel(bf16* __restrict__ dgate, bf16* __restrict__ dup, const bf16* __restrict__ dout,
-                                  const bf16* __restrict__ gate, const bf16* __restrict__ up, int64_t n, bool acc) {
+                                  const bf16* __restrict__ gate, const bf16* __restrict__ up, int64_t n, bool acc, int64_t C,
+                                  int64_t ld) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    bwd_one(__bfloat162float(gate[i]), __bfloat162float(up[i]), __bfloat162float(dout[i]), acc, dgate[i], dup[i]);
+    const int64_t o = ld == C ? i : (i / C) * ld + i % C;
+    bwd_one(__bfloat162float(gate[i]), __bfloat162float(up[i]), __bfloat162float(dout[i]), acc, dgate[o], dup[o]);
   }
 }
 
@@ -64,23 +68,26 @@ __global__ void swiglu_fwd8_kernel(uint4* __restrict__ out, const uint4* __restr
     out[i] = o.v;
   }
 }
+// dgate/dup rows of ld8 pieces (c8 = C / 8 of them written a row; ld8 == c8: dense)
 __global__ void swiglu_bwd8_kernel(uint4* __restrict__ dgate, uint4* __restrict__ dup, const uint4* __restrict__ dout,
-                                   const uint4* __restrict__ gate, const uint4* __restrict__ up, int64_t n8, bool acc) {
+                                   const uint4* __restrict__ gate, const uint4* __restrict__ up, int64_t n8, bool acc,
+                                   int64_t c8, int64_t ld8) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
     Pack8 g, u, d, dg, du;
     g.v = gate[i];
     u.v = up[i];
     d.v = dout[i];
+    const int64_t o = ld8 == c8 ? i : (i / c8) * ld8 + i % c8;
     if (acc) {
-      dg.v = dgate[i];
-      du.v = dup[i];
+      dg.v = dgate[o];
+      du.v = dup[o];
     }
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       bwd_one(__bfloat162float(g.h[j]), __bfloat162float(u.h[j]), __bfloat162float(d.h[j]), acc, dg.h[j], du.h[j]);
     }
-    dgate[i] = dg.v;
-    dup[i] = du.v;
+    dgate[o] = dg.v;
+    dup[o] = du.v;
   }
 }
 
@@ -109,16 +116,18 @@ void swiglu_forward(bf16* out, const bf16* gate, const bf16* up, int64_t N, int 
   MIMIC_CUDA_LAUNCHED();
 }
 void swiglu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up, int64_t N, int C,
-                     bool accumulate) {
+                     bool accumulate, int64_t ld_d) {
   const int64_t n = N * C;
   if (!n) return;
   cudaStream_t st = Context::get().stream;
-  if (vec8(n, {dgate, dup, dout, gate, up}))
+  if (ld_d == 0) ld_d = C;
+  MIMIC_CHECK(ld_d >= C, "EINVAL", "swiglu_backward: gradient row stride ", ld_d, " < ", C);
+  if (vec8(n, {dgate, dup, dout, gate, up}) && (ld_d == C || (C % 8 == 0 && ld_d % 8 == 0)))
     swiglu_bwd8_kernel<<<grid_for(n / 8), 256, 0, st>>>(reinterpret_cast<uint4*>(dgate), reinterpret_cast<uint4*>(dup),
                                                          reinterpret_cast<const uint4*>(dout), reinterpret_cast<const uint4*>(gate),
-                                                         reinterpret_cast<const uint4*>(up), n / 8, accumulate);
+                                                         reinterpret_cast<const uint4*>(up), n / 8, accumulate, C / 8, ld_d / 8);
   else
-    swiglu_bwd_kernel<<<grid_for(n), 256, 0, st>>>(dgate, dup, dout, gate, up, n, accumulate);
+    swiglu_bwd_kernel<<<grid_for(n), 256, 0, st>>>(dgate, dup, dout, gate, up, n, accumulate, C, ld_d);
   MIMIC_CUDA_LAUNCHED();
 }
 }  // namespace mimic::cuda

@@ -864,6 +864,47 @@ void batch_bench(const std::string& dir) {
     std::printf("AHEAD train 3B 2x128 loss serial %.17g / %.17g ahead %.17g / %.17g\n", ls.first, ls.second, la.first, la.second);
     add("train 3B", "dequantize ahead in the training forward == serial: evaluate and accumulate losses, bit for bit",
         (ls.first == la.first && ls.second == la.second) ? 0.0 : 1.0, 0.0);
+    // the backward's grouped input gradients (group_backward: one product a projection group, the LoRA
+    // A rows inside it) vs one product a projection and one a LoRA A, on the same micro-batch, with
+    // or without recompute. B = ±0.05 (not PEFT's zeros: with B = 0 the LoRA half of every input
+    // gradient, dh·A, would vanish and the rows could not see it): the LoRA gradients of the last
+    // layer (the first the backward reaches: only its own roundings differ) and of all layers
+    // (dact and datt, rounded to bf16 once instead of twice, carried through 28 random layers).
+    for (int rc = 1; rc >= 0; --rc) {
+      TrainerOptions to2 = to;
+      to2.recompute = rc;
+      Trainer tr2(*cpu, to2);
+      for (int l = 0; l < cpu->cfg.num_layers; ++l) {
+        LlamaLayer& Ly = cpu->layers[l];
+        Linear* ps[7] = {&Ly.q, &Ly.k, &Ly.v, &Ly.o, &Ly.gate, &Ly.up, &Ly.down};
+        for (int i = 0; i < 7; ++i) {
+          uint64_t z = 5000 + 7 * l + i;
+          for (auto& b : ps[i]->lora->B) { z = z * 6364136223846793005ull + 1; b = ((int)((z >> 40) % 2001) - 1000) * 5e-5f; }
+        }
+      }
+      cuda::DeviceTrainer dt2(*gpu, tr2);
+      auto grads = [&](bool grouped_bwd) {
+        if (!grouped_bwd) setenv("MIMIC_BWD_GROUPED", "0", 1);
+        dt2.zero_grad();
+        dt2.accumulate(tids.data(), tlab.data(), TB, TT);
+        unsetenv("MIMIC_BWD_GROUPED");
+        dt2.pull();
+        std::vector<float> all, last;
+        const std::string tail = ".layers." + std::to_string(cpu->cfg.num_layers - 1) + ".";
+        for (auto& p : tr2.params()) {
+          all.insert(all.end(), p.g->begin(), p.g->end());
+          if (p.name.find(tail) != std::string::npos) last.insert(last.end(), p.g->begin(), p.g->end());
+        }
+        return std::make_pair(all, last);
+      };
+      const auto sep = grads(false), grp = grads(true);
+      const std::string tag = rc ? " (recompute)" : " (no recompute)";
+      std::printf("GROUPED train 3B%s: last layer %zu values rel %.3e, all %zu rel %.3e\n", tag.c_str(), grp.second.size(),
+                  rel(grp.second, sep.second), grp.first.size(), rel(grp.first, sep.first));
+      add("train 3B", "grouped backward vs a product a projection, last layer's LoRA grads (rel)" + tag,
+          grp.second.empty() ? 1.0 : rel(grp.second, sep.second), 1e-2);
+      add("train 3B", "grouped backward vs a product a projection, all LoRA grads (rel)" + tag, rel(grp.first, sep.first), 3e-2);
+    }
     attach_lora(*cpu, *gpu, 0);  // (the trainer attached its adapter: the rows below run the base model)
   }
   // step rate by batch size: caches at 128 tokens, 24 timed steps each (greedy sampling included
