@@ -208,9 +208,11 @@ void lin_backward(LinCtx& c, TO* dx, float beta, const bf16* dy, const bf16* x, 
   }
 }
 
-// MIMIC_BWD_GROUPED=0: the backward's input gradient one product per projection (and one per LoRA A),
-// as before round 21. Read at each layer (the A/B rows of one process).
-bool bwd_grouped_enabled() { return env_switch_on("MIMIC_BWD_GROUPED"); }
+// MIMIC_BWD_GROUPED=1: group_backward (round 21, H200: the 8×512 step −3.8 %). Off until its rows
+// with a nonzero LoRA B ("train 3B grouped backward …") have run on a GPU: the first device call of
+// round 21 ran them with PEFT's B = 0 only, where the LoRA half of the input gradient is zero. Read at
+// each layer (the A/B rows of one process).
+bool bwd_grouped_enabled() { return env_is("MIMIC_BWD_GROUPED", "1"); }
 
 // True when group g's backward can run as group_backward: its rows are dense in ws.layer_w (every
 // member NF4, N > kNF4GemmSmallMaxS, the layer dequantized once) and no dropout (the masks differ by
@@ -288,8 +290,8 @@ void ensure_ws(DeviceModel& d, int64_t N, int B, int n_acts, bool backward) {
   w.xnf.reserve(N * C); w.rstdf.reserve(N);
   w.loss.reserve(2);
   if (backward) {
-    w.dy16.reserve(N * std::max(C, QD)); w.dact.reserve(N * I);  // (dgate/dup: layer_backward, where not grouped)
-    w.dycat.reserve(N * std::max({QD + 2 * KD + 3 * r, C + r, 2 * I + 2 * r}));
+    w.dy16.reserve(N * std::max(C, QD)); w.dact.reserve(N * I);
+    if (!bwd_grouped_enabled()) { w.dgate.reserve(N * I); w.dup.reserve(N * I); }  // (grouped: dycat, layer_backward)
     w.datt.reserve(N * QD); w.dq.reserve(N * QD); w.dk.reserve(N * KD); w.dv.reserve(N * KD);
     w.drop2.reserve(N * maxK); w.dres.reserve(N * C); w.dn.reserve(N * C); w.dxnf.reserve(N * C);
   }
@@ -336,7 +338,7 @@ void dequantize_layer(DeviceModel& d, int l, Workspace& w, LinCtx& lc) {
       rows += p.M;
     }
     lc.group_w[g] = nullptr;
-    if (!all) continue;
+    if (!all || !bwd_grouped_enabled()) continue;  // (off: the rows as before, no A copies)
     for (int i = i0; i < i0 + n; ++i) {
       const DLinear& p = L.proj[i];
       if (!p.src || p.r == 0) continue;
@@ -428,6 +430,10 @@ void layer_backward(DeviceModel& d, int l, Acts& a, const float* x, const LayerR
   auto seed = [&](int i) { lc.seed = seed_base ^ ((uint64_t)(l * 7 + i + 1) * 0xA24BAED4963EE407ull); };
   const bf16* lh[7];
   for (int i = 0; i < 7; ++i) lh[i] = a.lh[i].p;
+  int64_t cols = 0;  // the widest grouped block's [dy | dh] row
+  for (int g = 0; g < kGroups; ++g)
+    if (grouped(lc, g)) cols = std::max(cols, lc.group_rows[g]);
+  if (cols) w.dycat.reserve(N * cols);
   bf16* dyc = w.dycat.p;
   // dres → bf16 dy of o / down: as the first columns of the group's buffer where grouped
   auto dy_of_dres = [&](int g) {
@@ -835,9 +841,10 @@ LossSum DeviceTrainer::run(const int32_t* ids, const int32_t* labels, int B, int
     for (int l = c.num_layers - 1; l >= 0; --l) {
       Acts& a = w.acts[n_acts == 1 ? 0 : l];
       // one dequantize per NF4 weight for both the recompute and the backward-input GEMMs (round 10
-      // profile, 2×512: the three dequantize passes of a step were 22 % of it); without recompute, for
-      // the backward's products (its group blocks: group_backward), as each product's own did before
-      if (layer_dense_enabled() && N > kNF4GemmSmallMaxS) dequantize_layer(d_, l, w, lc);
+      // profile, 2×512: the three dequantize passes of a step were 22 % of it); without recompute only
+      // for group_backward's blocks (MIMIC_BWD_GROUPED=1; else each product dequantizes its own)
+      if (layer_dense_enabled() && N > kNF4GemmSmallMaxS && (n_acts == 1 || bwd_grouped_enabled()))
+        dequantize_layer(d_, l, w, lc);
       if (n_acts == 1) {
         // recompute this layer's activations from its saved input (its output goes to scratch:
         // xs[l + 1] must keep the value the next layer's backward already consumed — unchanged)

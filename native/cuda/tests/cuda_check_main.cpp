@@ -884,7 +884,7 @@ void batch_bench(const std::string& dir) {
       }
       cuda::DeviceTrainer dt2(*gpu, tr2);
       auto grads = [&](bool grouped_bwd) {
-        if (!grouped_bwd) setenv("MIMIC_BWD_GROUPED", "0", 1);
+        setenv("MIMIC_BWD_GROUPED", grouped_bwd ? "1" : "0", 1);
         dt2.zero_grad();
         dt2.accumulate(tids.data(), tlab.data(), TB, TT);
         unsetenv("MIMIC_BWD_GROUPED");
