@@ -31,7 +31,7 @@ grep -h '^CHECK FAIL\|^PHASE .* FAILED\|^RESULT\|^JS ROUND' "$L/js.log" 2>/dev/n
 for C in 1 32; do serve_line $C; done
 node bench/gpu/round3.mjs "$L" 2>&1 | tail -24
 [ -n "$BATCH" ] && can 100 batch && gpu_batch 0  # BATCH=1: the batched-decode / prompt rows on the 3B, after the table
-[ -n "$PREFILL_ENVS" ] && gpu_prof_legs "prefill512 train2" "$PREFILL_ENVS"  # PREFILL_ENVS="- X=1": prof legs
+[ -n "$PREFILL_ENVS" ] && gpu_prof_legs "${PROF_PHASES:-prefill512 train2}" "$PREFILL_ENVS"  # PREFILL_ENVS="- X=1": prof legs (PROF_PHASES: which)
 pack
 if [ -n "$AB0" ] && [ $((DEADLINE - $(date +%s))) -gt 90 ]; then  # (its logs packed apart: trace.tgz)
   echo "==================== trace legs: $AB0"

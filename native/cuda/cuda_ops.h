@@ -58,6 +58,10 @@ void matmul_backward_input(TO* dx, const bf16* dout, const bf16* W, int64_t N, i
 void matmul_backward_weight(float* dW, const bf16* dout, const bf16* x, int64_t N, int K, int M, float alpha = 1.f,
                             float beta = 1.f);
 // The same with row strides (elements) for operands that are column blocks of wider buffers:
+// out[N, M] (ld_out) = alpha · x[N, K] (ld_x) · W[M, K] (ld_w)ᵀ + beta · out
+template <class TO>
+void matmul_forward_ld(TO* out, int64_t ld_out, const bf16* x, int64_t ld_x, const bf16* W, int64_t ld_w, int64_t N, int K,
+                       int M, float alpha, float beta);
 // dx[N, K] (ld_dx) = alpha · dout[N, M] (ld_dout) · W[M, K] (ld_w) + beta · dx
 template <class TO>
 void matmul_backward_input_ld(TO* dx, int64_t ld_dx, const bf16* dout, int64_t ld_dout, const bf16* W, int64_t ld_w,
@@ -150,7 +154,8 @@ bool nf4_gemm_small(TO* y, const bf16* x, const NF4Device& W, int S, float alpha
 void embedding_forward(float* out, const int32_t* ids, const bf16* table, int64_t N, int C);
 
 // ---- rmsnorm (native/cuda/rmsnorm.cu) -------------------------------------------------------
-void rmsnorm_forward(bf16* out, float* rstd, const float* x, const float* w, int64_t N, int C, float eps);
+void rmsnorm_forward(bf16* out, float* rstd, const float* x, const float* w, int64_t N, int C, float eps,
+                     int64_t ld_out = 0);  // ld_out: out's row stride (0: C)
 // dx[N, C] += ∂/∂x given dout (fp32); the norm weight is frozen (no dw).
 void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w, const float* rstd, int64_t N,
                       int C);
@@ -168,7 +173,7 @@ void attention_backward(bf16* dq, bf16* dk, bf16* dv, const bf16* dout, const bf
                         const bf16* out, const float* lse, int B, int T, int Hq, int Hkv, int D);
 
 // ---- swiglu (native/cuda/swiglu.cu) ---------------------------------------------------------
-void swiglu_forward(bf16* out, const bf16* gate, const bf16* up, int64_t N, int C);
+void swiglu_forward(bf16* out, const bf16* gate, const bf16* up, int64_t N, int C, int64_t ld_out = 0);  // (0: C)
 // accumulate = false: the gradients are written, not added (swiglu.cu)
 void swiglu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up, int64_t N, int C,
                      bool accumulate = true, int64_t ld_d = 0);  // ld_d: dgate/dup row stride (0: C)

@@ -18,6 +18,7 @@
 #include "core/env.h"
 #include "cuda/common.cuh"
 #include "cuda/dequant_ahead.h"
+#include "cuda/nf4_dequant_fast.h"
 #include "ops/cross_entropy.h"
 
 namespace mimic::cuda {
@@ -26,6 +27,10 @@ struct Acts {
   DevBuf<bf16> xn1, q, k, v, att, xn2, gate, up, act;
   DevBuf<float> rstd1, lse, h, rstd2;
   std::array<DevBuf<bf16>, 7> lh;
+  // row strides of xn1, xn2, act as the last forward wrote them (wider than C / I where a group ran as
+  // group_forward: its h' = s·x·Aᵀ columns follow x's), and which groups' h' live there (hx[g]; else lh)
+  int64_t ld_xn1 = 0, ld_xn2 = 0, ld_act = 0;
+  bool hx[4] = {};
 };
 
 struct Workspace {
@@ -111,6 +116,15 @@ __global__ void f32_to_bf16_rows_kernel(bf16* d, int64_t ldd, const float* s, in
     d[r * ldd + c] = __float2bfloat16(s[i]);
   }
 }
+// The extra columns [K, K + R) of one member's M rows in a group_forward block (rows ld apart): its B
+// [M, r] at columns K + off .. K + off + r, zeros elsewhere (B null: zeros only)
+__global__ void ext_cols_kernel(bf16* rows, int64_t ld, int K, int R, int64_t M, const bf16* B, int r, int off) {
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < M * R; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t m = i / R;
+    const int j = (int)(i - m * R) - off;
+    rows[m * ld + K + j + off] = B && j >= 0 && j < r ? B[m * r + j] : __float2bfloat16(0.f);
+  }
+}
 __global__ void gather_rows_kernel(bf16* dst, const bf16* src, const int32_t* rows, int C) {
   const int64_t r = blockIdx.x, s = rows[r];
   for (int c = threadIdx.x; c < C; c += blockDim.x) dst[r * C + c] = src[s * C + c];
@@ -142,20 +156,31 @@ struct LinCtx {
   // then the LoRA A of those that carry one), group_rows[g] rows — or null (group_backward)
   const bf16* group_w[kGroups] = {};
   int64_t group_rows[kGroups] = {};
+  // the block's row stride: K, or K + R where the group runs as group_forward (MIMIC_FWD_GROUPED=1:
+  // each member's rows [W_i | its B in its h' columns, zeros elsewhere], R = the LoRA'd members' Σ r)
+  int64_t group_ld[kGroups] = {};
+  bool group_fwd[kGroups] = {};
   DequantAhead* ahead = nullptr;  // a prompt's forward with MIMIC_DEQUANT_AHEAD=1 (dequant_ahead.h)
   void end_layer() {
     layer = nullptr;
-    for (int g = 0; g < kGroups; ++g) group_w[g] = nullptr;
+    for (int g = 0; g < kGroups; ++g) {
+      group_w[g] = nullptr;
+      group_fwd[g] = false;
+    }
   }
 };
 
 // The bf16 copy of L prepared for this layer's recompute + backward, or null. Only for N > 64 rows:
 // there nf4_matmul_forward itself dequantizes + multiplies (N <= 64 rows take the GEMV / the fused
 // NF4 GEMM), so the dense path gives the same bits as the per-call dequantize.
+// (Rows of a group_forward block are K + R apart: not this route's layout — those members take the
+// per-call dequantize if anything asks, which group_forward / group_backward never let happen.)
+int group_of(int i) { return i < 3 ? 0 : i == 3 ? 1 : i < 6 ? 2 : 3; }
 const bf16* dense_of(const LinCtx& c, const DLinear& L, int64_t N) {
   if (!c.layer || N <= kNF4GemmSmallMaxS) return nullptr;
   const ptrdiff_t i = &L - &c.layer->proj[0];
-  return i >= 0 && i < 7 ? c.dense[i] : nullptr;
+  if (i < 0 || i >= 7 || c.group_fwd[group_of((int)i)]) return nullptr;
+  return c.dense[i];
 }
 
 const bf16* lora_A(const DeviceModel& d, const DLinear& L) { return d.lb.p + L.offA; }
@@ -214,10 +239,60 @@ void lin_backward(LinCtx& c, TO* dx, float beta, const bf16* dy, const bf16* x, 
 // each layer (the A/B rows of one process).
 bool bwd_grouped_enabled() { return env_is("MIMIC_BWD_GROUPED", "1"); }
 
+// MIMIC_FWD_GROUPED=1 (with MIMIC_BWD_GROUPED=1; experimental, not yet run on a GPU): the recompute
+// forward's q/k/v, gate/up and down as group_forward — the LoRA B product inside the base product.
+bool fwd_grouped_enabled() { return bwd_grouped_enabled() && env_is("MIMIC_FWD_GROUPED", "1"); }
+
 // True when group g's backward can run as group_backward: its rows are dense in ws.layer_w (every
 // member NF4, N > kNF4GemmSmallMaxS, the layer dequantized once) and no dropout (the masks differ by
 // member: dropout' would apply to the A part alone).
 bool grouped(const LinCtx& c, int g) { return c.group_w[g] && c.dropout == 0.f && bwd_grouped_enabled(); }
+bool fgrouped(const LinCtx& c, int g) { return grouped(c, g) && c.group_fwd[g]; }
+
+// The forward of a group of projections that share their input, each member's LoRA B product inside
+// its base product (group_forward's block: dequantize_layer with MIMIC_FWD_GROUPED=1):
+//   h'  = s · x · A_iᵀ          into x's columns K + off_i (x rows ld = K + R apart; one product for
+//                                 the group's A rows where the LoRA'd members share s)
+//   y_i = [x | h'] · [W_i | B-block_i]ᵀ      (one product of inner size K + R, β = 0)
+// instead of y_i = x·W_iᵀ, then y_i += s·h_i·B_iᵀ — a read-modify-write of every output (at 8×512 the
+// layer's seven outputs are ~450 MB a pass). h' stays in x's row for the backward (Acts::hx): dB_i =
+// dy_iᵀ·h'_i. Numerics: y rounded to bf16 once instead of twice; h' = bf16(s·x·Aᵀ) (with s a power of
+// two, as PEFT's α = 2r, exactly s·bf16(x·Aᵀ)).
+void group_forward(LinCtx& c, int g, bf16* const* y, bf16* x, int64_t N, const DLayer& L) {
+  const int i0 = kGroupFirst[g], n = kGroupSize[g], K = L.proj[i0].K;
+  const int64_t ld = c.group_ld[g];
+  const bf16* blk = c.group_w[g];
+  int64_t rows = 0, R = 0;
+  bool one_s = true;
+  float s0 = 0.f;
+  for (int i = i0; i < i0 + n; ++i) {
+    const DLinear& P = L.proj[i];
+    rows += P.M;
+    if (!P.src || P.r == 0) continue;
+    if (R == 0) s0 = P.scale;
+    one_s = one_s && P.scale == s0;
+    R += P.r;
+  }
+  MIMIC_CHECK(ld == K + R, "EINTERNAL", "grouped forward: row stride ", ld, " for K ", K, " + R ", R);
+  const bf16* arows = blk + rows * ld;
+  if (one_s) {
+    matmul_forward_ld<bf16>(x + K, ld, x, ld, arows, ld, N, K, (int)R, s0, 0.f);
+  } else {
+    int64_t off = 0;
+    for (int i = i0; i < i0 + n; ++i) {
+      const DLinear& P = L.proj[i];
+      if (!P.src || P.r == 0) continue;
+      matmul_forward_ld<bf16>(x + K + off, ld, x, ld, arows + off * ld, ld, N, K, P.r, P.scale, 0.f);
+      off += P.r;
+    }
+  }
+  int64_t row = 0;
+  for (int i = i0; i < i0 + n; ++i) {
+    const DLinear& P = L.proj[i];
+    matmul_forward_ld<bf16>(y[i - i0], P.M, x, ld, blk + row * ld, ld, N, (int)ld, P.M, 1.f, 0.f);
+    row += P.M;
+  }
+}
 
 // The backward of a group of projections that share their input x [N, K], with ONE product for dx:
 //   dh_i = s_i · dy_i · B_i                       (each LoRA'd member; written beside the dy's)
@@ -228,12 +303,14 @@ bool grouped(const LinCtx& c, int g) { return c.group_w[g] && c.dropout == 0.f &
 // each member's base product and each LoRA A product was its own read-modify-write of dx — for q/k/v
 // and gate/up an fp32 [N, C] pass each (5 + 3 a layer), for o and down a bf16 one (round 21: the
 // same sums, in one fp32 accumulation instead of several roundings; rows "train 3B grouped").
+// x: rows ldx apart; hx: the members' h' = s·h sit in x's columns K.. (group_forward), else h[i] [N, r].
 template <class TO>
-void group_backward(LinCtx& c, int g, TO* dx, float beta, bf16* dycat, const bf16* x, int64_t N, const DLayer& L,
-                    const bf16* const* h) {
+void group_backward(LinCtx& c, int g, TO* dx, float beta, bf16* dycat, const bf16* x, int64_t ldx, bool hx, int64_t N,
+                    const DLayer& L, const bf16* const* h) {
   DeviceModel& d = c.d;
   const int i0 = kGroupFirst[g], n = kGroupSize[g], K = L.proj[i0].K;
   const int64_t ld = c.group_rows[g];
+  int64_t hoff = K;  // (hx: the next LoRA'd member's h' column in x)
   int64_t col = 0;
   for (int i = i0; i < i0 + n; ++i) col += L.proj[i].M;
   int64_t at = 0;
@@ -243,13 +320,15 @@ void group_backward(LinCtx& c, int g, TO* dx, float beta, bf16* dycat, const bf1
     at += P.M;
     if (!P.src || P.r == 0) continue;
     bf16* dh = dycat + col;
-    matmul_backward_weight_ld(d.lg.p + P.offB, dy, ld, h[i - i0], P.r, N, P.r, P.M, P.scale, 1.f);  // dB += s·dyᵀh
+    if (hx) matmul_backward_weight_ld(d.lg.p + P.offB, dy, ld, x + hoff, ldx, N, P.r, P.M, 1.f, 1.f);  // dB += dyᵀh'
+    else matmul_backward_weight_ld(d.lg.p + P.offB, dy, ld, h[i - i0], P.r, N, P.r, P.M, P.scale, 1.f);  // dB += s·dyᵀh
     matmul_backward_input_ld<bf16>(dh, ld, dy, ld, lora_B(d, P), P.r, N, P.r, P.M, P.scale, 0.f);   // dh = s·dy·B
-    matmul_backward_weight_ld(d.lg.p + P.offA, dh, ld, x, K, N, K, P.r, 1.f, 1.f);                 // dA += dhᵀ·x
+    matmul_backward_weight_ld(d.lg.p + P.offA, dh, ld, x, ldx, N, K, P.r, 1.f, 1.f);               // dA += dhᵀ·x
     col += P.r;
+    hoff += P.r;
   }
   MIMIC_CHECK(col == ld, "EINTERNAL", "grouped backward: ", col, " gradient columns for ", ld, " weight rows");
-  matmul_backward_input_ld<TO>(dx, K, dycat, ld, c.group_w[g], K, N, K, (int)col, 1.f, beta);
+  matmul_backward_input_ld<TO>(dx, K, dycat, ld, c.group_w[g], c.group_ld[g], N, K, (int)col, 1.f, beta);
 }
 
 // ---- sizing ----------------------------------------------------------------------------------
@@ -263,8 +342,9 @@ int max_rank(const DeviceModel& d) {
 void ensure_acts(Acts& a, const LlamaConfig& c, int64_t N, int B, int r) {
   const int64_t C = c.hidden_size, QD = (int64_t)c.num_heads * c.head_dim, KD = (int64_t)c.num_kv_heads * c.head_dim,
                 I = c.intermediate_size;
-  a.xn1.reserve(N * C); a.q.reserve(N * QD); a.k.reserve(N * KD); a.v.reserve(N * KD); a.att.reserve(N * QD);
-  a.xn2.reserve(N * C); a.gate.reserve(N * I); a.up.reserve(N * I); a.act.reserve(N * I);
+  // (xn1, xn2, act: room for the h' columns of group_forward — q/k/v's three ranks, gate/up's two, down's one)
+  a.xn1.reserve(N * (C + 3 * r)); a.q.reserve(N * QD); a.k.reserve(N * KD); a.v.reserve(N * KD); a.att.reserve(N * QD);
+  a.xn2.reserve(N * (C + 2 * r)); a.gate.reserve(N * I); a.up.reserve(N * I); a.act.reserve(N * (I + r));
   a.rstd1.reserve(N); a.rstd2.reserve(N); a.lse.reserve(N * c.num_heads); a.h.reserve(N * C);
   for (auto& b : a.lh) b.reserve(N * r);
   (void)B;
@@ -318,37 +398,75 @@ bool layer_dense_enabled() {
 void dequantize_layer(DeviceModel& d, int l, Workspace& w, LinCtx& lc) {
   const DLayer& L = d.layers[l];
   size_t total = 0;
-  for (const DLinear& p : L.proj)
-    if (p.is_nf4) total += (size_t)(p.M + (p.src ? p.r : 0)) * p.K;
+  for (int g = 0; g < kGroups; ++g) {  // (with room for a group_forward block's B columns)
+    int64_t R = 0, rows = 0;
+    for (int i = kGroupFirst[g]; i < kGroupFirst[g] + kGroupSize[g]; ++i) {
+      const DLinear& p = L.proj[i];
+      if (!p.is_nf4) continue;
+      rows += p.M + (p.src ? p.r : 0);
+      R += p.src ? p.r : 0;
+    }
+    if (rows) total += (size_t)rows * (L.proj[kGroupFirst[g]].K + R);
+  }
   if (!total) return;
   w.layer_w.reserve(total);
+  const cudaStream_t st = stream();
   size_t at = 0;
   for (int g = 0; g < kGroups; ++g) {
-    const int i0 = kGroupFirst[g], n = kGroupSize[g];
+    const int i0 = kGroupFirst[g], n = kGroupSize[g], K = L.proj[i0].K;
     const size_t g0 = at;
     bool all = true;
+    int64_t R = 0;
+    for (int i = i0; i < i0 + n; ++i) {
+      all = all && L.proj[i].is_nf4;
+      if (L.proj[i].src) R += L.proj[i].r;
+    }
+    // group_forward's block: rows K + R apart (q/k/v, gate/up, down; the strided dequantize needs K and
+    // K + R multiples of 8), else K
+    const bool fwd = all && g != kO && R > 0 && lc.dropout == 0.f && fwd_grouped_enabled() && nf4_dequant_fast_enabled() &&
+                     K % 8 == 0 && (K + R) % 8 == 0;
+    const int64_t ld = fwd ? K + R : K;
     int64_t rows = 0;
     for (int i = i0; i < i0 + n; ++i) {
       const DLinear& p = L.proj[i];
       lc.dense[i] = nullptr;
-      if (!p.is_nf4) { all = false; continue; }
-      nf4_dequantize(w.layer_w.p + at, p.nf4);
-      lc.dense[i] = w.layer_w.p + at;
-      at += (size_t)p.M * p.K;
+      if (!p.is_nf4) continue;
+      bf16* dst = w.layer_w.p + at;
+      if (!fwd) nf4_dequantize(dst, p.nf4);
+      else MIMIC_CHECK(nf4_dequantize_fast(dst, p.nf4, 0, nullptr, ld), "EINTERNAL", "layer ", l,
+                       ": the strided dequantize refused a projection of ", p.M, " x ", p.K);
+      lc.dense[i] = dst;
+      at += (size_t)p.M * ld;
       rows += p.M;
     }
     lc.group_w[g] = nullptr;
+    lc.group_fwd[g] = false;
     if (!all || !bwd_grouped_enabled()) continue;  // (off: the rows as before, no A copies)
-    for (int i = i0; i < i0 + n; ++i) {
+    if (fwd) {  // each member's extra columns: zeros, its B [M, r] in its own h' columns
+      const bf16* wrow = w.layer_w.p + g0;
+      int64_t off = 0;
+      for (int i = i0; i < i0 + n; ++i) {
+        const DLinear& p = L.proj[i];
+        const bool lora = p.src && p.r > 0;
+        ext_cols_kernel<<<ew_grid((int64_t)p.M * R), 256, 0, st>>>(const_cast<bf16*>(wrow), ld, K, (int)R, p.M,
+                                                                  lora ? lora_B(d, p) : nullptr, lora ? p.r : 0, (int)off);
+        MIMIC_CUDA_LAUNCHED();
+        if (lora) off += p.r;
+        wrow += (size_t)p.M * ld;
+      }
+    }
+    for (int i = i0; i < i0 + n; ++i) {  // the A rows (their first K columns; the rest is never read)
       const DLinear& p = L.proj[i];
       if (!p.src || p.r == 0) continue;
-      MIMIC_CUDA_CHECK(cudaMemcpyAsync(w.layer_w.p + at, lora_A(d, p), sizeof(bf16) * p.r * p.K, cudaMemcpyDeviceToDevice,
-                                       stream()));
-      at += (size_t)p.r * p.K;
+      MIMIC_CUDA_CHECK(cudaMemcpy2DAsync(w.layer_w.p + at, sizeof(bf16) * ld, lora_A(d, p), sizeof(bf16) * p.K,
+                                         sizeof(bf16) * p.K, p.r, cudaMemcpyDeviceToDevice, st));
+      at += (size_t)p.r * ld;
       rows += p.r;
     }
     lc.group_w[g] = w.layer_w.p + g0;
     lc.group_rows[g] = rows;
+    lc.group_ld[g] = ld;
+    lc.group_fwd[g] = fwd;
   }
   lc.layer = &L;
 }
@@ -390,10 +508,19 @@ void layer_forward(DeviceModel& d, int l, Acts& a, const float* x, float* out, c
   const int64_t N = (int64_t)run.B * run.T, C = c.hidden_size;
   const int Hq = c.num_heads, Hkv = c.num_kv_heads, D = c.head_dim;
   auto seed = [&](int i) { lc.seed = seed_base ^ ((uint64_t)(l * 7 + i + 1) * 0xA24BAED4963EE407ull); };
-  rmsnorm_forward(a.xn1.p, a.rstd1.p, x, L.in_norm.p, N, C, c.rms_norm_eps);
-  seed(0); lin_forward(lc, a.q.p, a.xn1.p, N, L.proj[0], a.lh[0].p);
-  seed(1); lin_forward(lc, a.k.p, a.xn1.p, N, L.proj[1], a.lh[1].p);
-  seed(2); lin_forward(lc, a.v.p, a.xn1.p, N, L.proj[2], a.lh[2].p);
+  for (int g = 0; g < kGroups; ++g) a.hx[g] = fgrouped(lc, g);
+  a.ld_xn1 = a.hx[kQKV] ? lc.group_ld[kQKV] : C;
+  a.ld_xn2 = a.hx[kGateUp] ? lc.group_ld[kGateUp] : C;
+  a.ld_act = a.hx[kDown] ? lc.group_ld[kDown] : c.intermediate_size;
+  rmsnorm_forward(a.xn1.p, a.rstd1.p, x, L.in_norm.p, N, C, c.rms_norm_eps, a.ld_xn1);
+  if (a.hx[kQKV]) {
+    bf16* const ys[3] = {a.q.p, a.k.p, a.v.p};
+    group_forward(lc, kQKV, ys, a.xn1.p, N, L);
+  } else {
+    seed(0); lin_forward(lc, a.q.p, a.xn1.p, N, L.proj[0], a.lh[0].p);
+    seed(1); lin_forward(lc, a.k.p, a.xn1.p, N, L.proj[1], a.lh[1].p);
+    seed(2); lin_forward(lc, a.v.p, a.xn1.p, N, L.proj[2], a.lh[2].p);
+  }
   rope_forward(a.q.p, w.pos.p, d.inv_freq.p, N, Hq, D);
   rope_forward(a.k.p, w.pos.p, d.inv_freq.p, N, Hkv, D);
   if (run.cache) {
@@ -410,11 +537,21 @@ void layer_forward(DeviceModel& d, int l, Acts& a, const float* x, float* out, c
   seed(3); lin_forward(lc, w.y16.p, a.att.p, N, L.proj[3], a.lh[3].p);
   residual_kernel<<<ew_grid(N * C), 256, 0, stream()>>>(a.h.p, x, w.y16.p, N * C);
   MIMIC_CUDA_LAUNCHED();
-  rmsnorm_forward(a.xn2.p, a.rstd2.p, a.h.p, L.post_norm.p, N, C, c.rms_norm_eps);
-  seed(4); lin_forward(lc, a.gate.p, a.xn2.p, N, L.proj[4], a.lh[4].p);
-  seed(5); lin_forward(lc, a.up.p, a.xn2.p, N, L.proj[5], a.lh[5].p);
-  swiglu_forward(a.act.p, a.gate.p, a.up.p, N, c.intermediate_size);
-  seed(6); lin_forward(lc, w.y16.p, a.act.p, N, L.proj[6], a.lh[6].p);
+  rmsnorm_forward(a.xn2.p, a.rstd2.p, a.h.p, L.post_norm.p, N, C, c.rms_norm_eps, a.ld_xn2);
+  if (a.hx[kGateUp]) {
+    bf16* const ys[2] = {a.gate.p, a.up.p};
+    group_forward(lc, kGateUp, ys, a.xn2.p, N, L);
+  } else {
+    seed(4); lin_forward(lc, a.gate.p, a.xn2.p, N, L.proj[4], a.lh[4].p);
+    seed(5); lin_forward(lc, a.up.p, a.xn2.p, N, L.proj[5], a.lh[5].p);
+  }
+  swiglu_forward(a.act.p, a.gate.p, a.up.p, N, c.intermediate_size, a.ld_act);
+  if (a.hx[kDown]) {
+    bf16* const ys[1] = {w.y16.p};
+    group_forward(lc, kDown, ys, a.act.p, N, L);
+  } else {
+    seed(6); lin_forward(lc, w.y16.p, a.act.p, N, L.proj[6], a.lh[6].p);
+  }
   residual_kernel<<<ew_grid(N * C), 256, 0, stream()>>>(out, a.h.p, w.y16.p, N * C);
   MIMIC_CUDA_LAUNCHED();
 }
@@ -430,6 +567,8 @@ void layer_backward(DeviceModel& d, int l, Acts& a, const float* x, const LayerR
   auto seed = [&](int i) { lc.seed = seed_base ^ ((uint64_t)(l * 7 + i + 1) * 0xA24BAED4963EE407ull); };
   const bf16* lh[7];
   for (int i = 0; i < 7; ++i) lh[i] = a.lh[i].p;
+  for (int g : {kQKV, kGateUp, kDown})  // (rows the forward left strided need group_backward)
+    MIMIC_CHECK(!a.hx[g] || grouped(lc, g), "EINTERNAL", "layer ", l, ": the forward's grouped rows without the grouped backward");
   int64_t cols = 0;  // the widest grouped block's [dy | dh] row
   for (int g = 0; g < kGroups; ++g)
     if (grouped(lc, g)) cols = std::max(cols, lc.group_rows[g]);
@@ -446,12 +585,12 @@ void layer_backward(DeviceModel& d, int l, Acts& a, const float* x, const LayerR
   };
   // MLP
   dy_of_dres(kDown);
-  if (grouped(lc, kDown)) group_backward<bf16>(lc, kDown, w.dact.p, 0.f, dyc, a.act.p, N, L, lh + 6);
+  if (grouped(lc, kDown)) group_backward<bf16>(lc, kDown, w.dact.p, 0.f, dyc, a.act.p, a.ld_act, a.hx[kDown], N, L, lh + 6);
   else { seed(6); lin_backward<bf16>(lc, w.dact.p, 0.f, w.dy16.p, a.act.p, N, L.proj[6], lh[6]); }
   if (grouped(lc, kGateUp)) {
     const int64_t ld = lc.group_rows[kGateUp];
     swiglu_backward(dyc, dyc + I, w.dact.p, a.gate.p, a.up.p, N, (int)I, /*accumulate=*/false, ld);
-    group_backward<float>(lc, kGateUp, w.dn.p, 0.f, dyc, a.xn2.p, N, L, lh + 4);
+    group_backward<float>(lc, kGateUp, w.dn.p, 0.f, dyc, a.xn2.p, a.ld_xn2, a.hx[kGateUp], N, L, lh + 4);
   } else {
     w.dgate.reserve(N * I); w.dup.reserve(N * I);
     swiglu_backward(w.dgate.p, w.dup.p, w.dact.p, a.gate.p, a.up.p, N, (int)I, /*accumulate=*/false);
@@ -461,7 +600,7 @@ void layer_backward(DeviceModel& d, int l, Acts& a, const float* x, const LayerR
   rmsnorm_backward(w.dres.p, w.dn.p, a.h.p, L.post_norm.p, a.rstd2.p, N, (int)C);
   // attention
   dy_of_dres(kO);
-  if (grouped(lc, kO)) group_backward<bf16>(lc, kO, w.datt.p, 0.f, dyc, a.att.p, N, L, lh + 3);
+  if (grouped(lc, kO)) group_backward<bf16>(lc, kO, w.datt.p, 0.f, dyc, a.att.p, (int64_t)Hq * D, false, N, L, lh + 3);
   else { seed(3); lin_backward<bf16>(lc, w.datt.p, 0.f, w.dy16.p, a.att.p, N, L.proj[3], lh[3]); }
   const int64_t QD = (int64_t)Hq * D, KD = (int64_t)Hkv * D;
   zero(w.dq.p, sizeof(bf16) * N * QD);
@@ -479,7 +618,7 @@ void layer_backward(DeviceModel& d, int l, Acts& a, const float* x, const LayerR
                                          cudaMemcpyDeviceToDevice, stream()));
       at += width;
     }
-    group_backward<float>(lc, kQKV, w.dn.p, 0.f, dyc, a.xn1.p, N, L, lh);
+    group_backward<float>(lc, kQKV, w.dn.p, 0.f, dyc, a.xn1.p, a.ld_xn1, a.hx[kQKV], N, L, lh);
   } else {
     seed(0); lin_backward<float>(lc, w.dn.p, 0.f, w.dq.p, a.xn1.p, N, L.proj[0], lh[0]);
     seed(1); lin_backward<float>(lc, w.dn.p, 1.f, w.dk.p, a.xn1.p, N, L.proj[1], lh[1]);
@@ -804,8 +943,14 @@ LossSum DeviceTrainer::run(const int32_t* ids, const int32_t* labels, int B, int
   LayerRun run{B, T, nullptr, 0};
   embedding_forward(w.xs[0].p, w.ids.p, d_.embed.p, N, (int)C);
   AheadScope ahead(d_, lc, N);  // (the recompute below dequantizes a layer at a time: dequantize_layer)
-  for (int l = 0; l < c.num_layers; ++l)
+  // MIMIC_FWD_GROUPED=1: the first forward dequantizes a layer at a time too (the same dequantize count as
+  // each product's own) so that its groups run as group_forward (not beside the dequantize-ahead stream)
+  const bool fwd_blocks = train && fwd_grouped_enabled() && !lc.ahead && layer_dense_enabled() && N > kNF4GemmSmallMaxS;
+  for (int l = 0; l < c.num_layers; ++l) {
+    if (fwd_blocks) dequantize_layer(d_, l, w, lc);
     layer_forward(d_, l, w.acts[n_acts == 1 ? 0 : l], w.xs[l].p, w.xs[l + 1].p, run, lc, seed_base);
+    lc.end_layer();
+  }
   ahead.end();
 
   // head: final norm, then lm_head + CE over the rows with a target, a chunk at a time

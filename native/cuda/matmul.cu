@@ -61,6 +61,11 @@ void matmul_backward_weight(float* dW, const bf16* dout, const bf16* x, int64_t 
   matmul_backward_weight_ld(dW, dout, M, x, K, N, K, M, alpha, beta);
 }
 template <class TO>
+void matmul_forward_ld(TO* out, int64_t ld_out, const bf16* x, int64_t ld_x, const bf16* W, int64_t ld_w, int64_t N, int K,
+                       int M, float alpha, float beta) {
+  gemm<TO>(CUBLAS_OP_T, CUBLAS_OP_N, M, N, K, alpha, W, ld_w, x, ld_x, beta, out, ld_out);
+}
+template <class TO>
 void matmul_backward_input_ld(TO* dx, int64_t ld_dx, const bf16* dout, int64_t ld_dout, const bf16* W, int64_t ld_w,
                               int64_t N, int K, int M, float alpha, float beta) {
   gemm<TO>(CUBLAS_OP_N, CUBLAS_OP_N, K, N, M, alpha, W, ld_w, dout, ld_dout, beta, dx, ld_dx);
@@ -74,6 +79,8 @@ template void matmul_forward<bf16>(bf16*, const bf16*, const bf16*, int64_t, int
 template void matmul_forward<float>(float*, const bf16*, const bf16*, int64_t, int, int, float, float);
 template void matmul_backward_input<bf16>(bf16*, const bf16*, const bf16*, int64_t, int, int, float, float);
 template void matmul_backward_input<float>(float*, const bf16*, const bf16*, int64_t, int, int, float, float);
+template void matmul_forward_ld<bf16>(bf16*, int64_t, const bf16*, int64_t, const bf16*, int64_t, int64_t, int, int, float,
+                                      float);
 template void matmul_backward_input_ld<bf16>(bf16*, int64_t, const bf16*, int64_t, const bf16*, int64_t, int64_t, int, int,
                                              float, float);
 template void matmul_backward_input_ld<float>(float*, int64_t, const bf16*, int64_t, const bf16*, int64_t, int64_t, int,

@@ -47,7 +47,7 @@ static_assert(kTileBlocks == kThreads, "one absmax per thread per tile");
 __global__ void __launch_bounds__(kThreads)
     dequant_fast_kernel(uint4* __restrict__ out, const uint32_t* __restrict__ packed, const float* __restrict__ absmax,
                         const uint8_t* __restrict__ am_u8, const float* __restrict__ absmax2,
-                        const float* __restrict__ code2, float offset, int64_t n_words, NF4Lut lut) {
+                        const float* __restrict__ code2, float offset, int64_t n_words, NF4Lut lut, int64_t wpr, int64_t ld16) {
   __shared__ float s_code2[256];
   __shared__ float s_lut[16];
   __shared__ float s_am[2][kTileBlocks];
@@ -92,7 +92,8 @@ __global__ void __launch_bounds__(kThreads)
           const uint32_t byte = (w[u] >> (8 * j)) & 0xffu;
           r[j] = bf2_bits(s_lut[byte >> 4] * a, s_lut[byte & 15u] * a);
         }
-        out[i] = make_uint4(r[0], r[1], r[2], r[3]);  // values 8i .. 8i + 7
+        // values 8i .. 8i + 7; rows of ld16 pieces where the caller asked for a row stride (wpr a row)
+        out[ld16 == wpr ? i : (i / wpr) * ld16 + i % wpr] = make_uint4(r[0], r[1], r[2], r[3]);
       }
     }
   }
@@ -120,9 +121,11 @@ bool nf4_dequant_fast_enabled() {
   return on;
 }
 
-bool nf4_dequantize_fast(bf16* out, const NF4Device& W, int max_blocks, cudaStream_t stream) {
+bool nf4_dequantize_fast(bf16* out, const NF4Device& W, int max_blocks, cudaStream_t stream, int64_t ld) {
   const int64_t n_bytes = (int64_t)W.M * W.K / 2;
   if (W.M <= 0 || W.K <= 0 || n_bytes % 32 != 0) return false;
+  if (ld == 0) ld = W.K;
+  if (ld != W.K && (ld < W.K || W.K % 8 != 0 || ld % 8 != 0)) return false;
   if (!out || !W.packed.p || !aligned16(out) || !aligned16(W.packed.p)) return false;
   if (W.double_quant ? !(W.absmax_u8.p && W.absmax2.p && W.code2.p) : !W.absmax.p) return false;
   const int64_t n_words = n_bytes / 4;
@@ -134,7 +137,7 @@ bool nf4_dequantize_fast(bf16* out, const NF4Device& W, int max_blocks, cudaStre
   std::memcpy(lut.v, mimic::NF4_CODE, sizeof lut.v);
   dequant_fast_kernel<<<(unsigned)grid, kThreads, 0, stream ? stream : Context::get().stream>>>(
       reinterpret_cast<uint4*>(out), reinterpret_cast<const uint32_t*>(W.packed.p),
-      W.double_quant ? nullptr : W.absmax.p, W.absmax_u8.p, W.absmax2.p, W.code2.p, W.offset, n_words, lut);
+      W.double_quant ? nullptr : W.absmax.p, W.absmax_u8.p, W.absmax2.p, W.code2.p, W.offset, n_words, lut, W.K / 8, ld / 8);
   MIMIC_CUDA_LAUNCHED();
   return true;
 }

@@ -16,8 +16,9 @@ bool nf4_dequant_fast_enabled();
 // the block statistics missing. max_blocks > 0 caps the grid (the checks use it to exercise
 // the grid-stride loop); 0 = SM count × resident blocks per SM; < 0 one block a tile of 8 KiB of
 // codes (blocks that live ~1 µs, so that a GEMM on another stream can take SMs as they retire:
-// dequant_ahead.cu). stream: null = Context::get().stream.
-bool nf4_dequantize_fast(bf16* out, const NF4Device& W, int max_blocks = 0, cudaStream_t stream = nullptr);
+// dequant_ahead.cu). stream: null = Context::get().stream. ld > 0: out's rows are ld values apart
+// (ld >= K, K and ld multiples of 8; else false) — the training forward's [W | B] rows (llama_cuda.cu).
+bool nf4_dequantize_fast(bf16* out, const NF4Device& W, int max_blocks = 0, cudaStream_t stream = nullptr, int64_t ld = 0);
 // The original kernel (8 bytes a thread), whatever the switch says — the checks' reference.
 void nf4_dequantize_legacy(bf16* out, const NF4Device& W);
 

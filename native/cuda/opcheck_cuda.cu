@@ -684,6 +684,70 @@ void check_nf4_dequant_fast(std::vector<OpCheckRow>& out, int M, int K, bool dq,
   out.push_back(u);
 }
 
+// Rows written ld apart (the training forward's [x | h'] rows and [W | B] blocks, the backward's
+// [dy | dh] rows: llama_cuda.cu's grouped passes) == the dense kernel's rows, bit for bit, and the
+// columns past each row untouched (a sentinel): the NF4 dequantize, rmsnorm's forward, swiglu's
+// forward and backward. Counts differing values + touched sentinels.
+void check_strided_rows(std::vector<OpCheckRow>& out, int64_t N, int C, int pad) {
+  const int64_t ld = C + pad;
+  const cudaStream_t st = Context::get().stream;
+  auto compare = [&](const std::string& what, const bf16* dense, const bf16* strided) {
+    Context::get().sync();
+    std::vector<bf16> a = download(dense, (size_t)(N * C)), b = download(strided, (size_t)(N * ld));
+    int64_t bad = 0;
+    for (int64_t n = 0; n < N; ++n) {
+      bad += bits_differ(a.data() + n * C, b.data() + n * ld, (size_t)C);
+      for (int64_t c = C; c < ld; ++c) {
+        uint16_t u;
+        std::memcpy(&u, &b[(size_t)(n * ld + c)], sizeof u);
+        bad += u != 0xffffu;
+      }
+    }
+    OpCheckRow r;
+    r.op = "strided rows";
+    r.check = what + " rows " + std::to_string(ld) + " apart == dense, bit for bit (differing + sentinels touched) N=" +
+              std::to_string(N) + " C=" + std::to_string(C);
+    r.max_rel_err = (double)bad;
+    r.tol = 0;
+    r.pass = bad == 0;
+    out.push_back(r);
+  };
+  auto sentinel = [&](DevBuf<bf16>& b) { MIMIC_CUDA_CHECK(cudaMemsetAsync(b.p, 0xff, b.bytes(), st)); };
+  if (C % 64 == 0) {  // NF4 → bf16, N rows of C (double-quant)
+    auto w = rnd(N * C, 61, 0.05f, false);
+    NF4Device d = nf4_upload(nf4_quantize(w.data(), (int)N, C, true));
+    DevBuf<bf16> dense((size_t)(N * C)), strided((size_t)(N * ld));
+    sentinel(strided);
+    nf4_dequantize_fast(dense.p, d);
+    const bool took = nf4_dequantize_fast(strided.p, d, 0, nullptr, ld);
+    if (took) compare("nf4 dequant fast", dense.p, strided.p);
+    else out.push_back(OpCheckRow{"strided rows", "nf4 dequant fast took the row stride", 1.0, 0.0, false});
+  }
+  {  // rmsnorm forward
+    auto x = rnd(N * C, 62, 2.f, false), w = rnd(C, 63, 1.f, false);
+    auto xd = upload(x), wd = upload(w);
+    DevBuf<float> rd(N);
+    DevBuf<bf16> dense((size_t)(N * C)), strided((size_t)(N * ld));
+    sentinel(strided);
+    rmsnorm_forward(dense.p, rd.p, xd.p, wd.p, N, C, 1e-5f);
+    rmsnorm_forward(strided.p, rd.p, xd.p, wd.p, N, C, 1e-5f, ld);
+    compare("rmsnorm fwd", dense.p, strided.p);
+  }
+  {  // swiglu forward (out) and backward (dgate, dup)
+    auto g = dev_bf16(rnd(N * C, 64, 3.f)), u = dev_bf16(rnd(N * C, 65)), dy = dev_bf16(rnd(N * C, 66));
+    DevBuf<bf16> dense((size_t)(N * C)), strided((size_t)(N * ld)), dg((size_t)(N * C)), du((size_t)(N * C)),
+        dgs((size_t)(N * ld)), dus((size_t)(N * ld));
+    sentinel(strided); sentinel(dgs); sentinel(dus);
+    swiglu_forward(dense.p, g.p, u.p, N, C);
+    swiglu_forward(strided.p, g.p, u.p, N, C, ld);
+    compare("swiglu fwd", dense.p, strided.p);
+    swiglu_backward(dg.p, du.p, dy.p, g.p, u.p, N, C, false);
+    swiglu_backward(dgs.p, dus.p, dy.p, g.p, u.p, N, C, false, ld);
+    compare("swiglu bwd dgate", dg.p, dgs.p);
+    compare("swiglu bwd dup", du.p, dus.p);
+  }
+}
+
 }  // namespace
 
 std::vector<OpCheckRow> cuda_op_checks() {
@@ -734,6 +798,9 @@ std::vector<OpCheckRow> cuda_op_checks() {
   check_rmsnorm(out, 33, 3072);
   check_rmsnorm(out, 1, 67);
   check_rmsnorm(out, 3, 5000);     // past 256 × 16 values a row: the two-pass kernel
+  check_strided_rows(out, 40, 3072, 48);   // the 3B's q/k/v group: 3 × r = 16 columns of h'
+  check_strided_rows(out, 9, 5000, 8);     // rmsnorm's two-pass kernel (no NF4 row: C % 64 != 0)
+  check_strided_rows(out, 7, 44, 4);       // C, ld not multiples of 8: the scalar swiglu kernels (no NF4 row)
   check_rope(out, 29, 3, 128);
   check_rope(out, 5, 2, 16);
   check_rope(out, 7, 24, 128);     // the 3B's q: 24 heads over 4 groups, four at a time

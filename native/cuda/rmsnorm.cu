@@ -3,7 +3,8 @@
 //   rstd[n]   = 1 / sqrt(mean_c x[n, c]² + eps)
 //   out[n, c] = bf16(w[c] · x[n, c] · rstd[n])             x, w fp32 (residual stream, norm weight)
 //   dx[n, c] += rstd · (g − x̂ · mean_c(g · x̂)),  g = dout · w,  x̂ = x · rstd      (dout, dx fp32)
-// One block per row; the weight is frozen so there is no dw.
+// One block per row; the weight is frozen so there is no dw. The forward's rows of `out` may be wider
+// than C (ld_out: the training forward's [xn | h] rows, llama_cuda.cu's grouped forward).
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
 
@@ -23,7 +24,7 @@ __device__ float block_sum(float v, float* sh) {
 }
 
 __global__ void rmsnorm_fwd_kernel(bf16* __restrict__ out, float* __restrict__ rstd, const float* __restrict__ x,
-                                   const float* __restrict__ w, int C, float eps) {
+                                   const float* __restrict__ w, int C, float eps, int64_t ldo) {
   __shared__ float sh[32];
   const int64_t n = blockIdx.x;
   const float* xr = x + n * C;
@@ -32,7 +33,7 @@ __global__ void rmsnorm_fwd_kernel(bf16* __restrict__ out, float* __restrict__ r
   ss = block_sum(ss, sh);
   const float r = rsqrtf(ss / C + eps);
   if (rstd && threadIdx.x == 0) rstd[n] = r;
-  for (int c = threadIdx.x; c < C; c += blockDim.x) out[n * C + c] = __float2bfloat16(w[c] * (xr[c] * r));
+  for (int c = threadIdx.x; c < C; c += blockDim.x) out[n * ldo + c] = __float2bfloat16(w[c] * (xr[c] * r));
 }
 
 // The same sums and products for rows of C <= 256·kPer (the 3B: 3,072): the thread's values
@@ -42,7 +43,7 @@ __global__ void rmsnorm_fwd_kernel(bf16* __restrict__ out, float* __restrict__ r
 constexpr int kNormThreads = 256, kNormPer = 16;
 __global__ void __launch_bounds__(kNormThreads)
     rmsnorm_fwd_reg_kernel(bf16* __restrict__ out, float* __restrict__ rstd, const float* __restrict__ x,
-                           const float* __restrict__ w, int C, float eps) {
+                           const float* __restrict__ w, int C, float eps, int64_t ldo) {
   __shared__ float sh[32];
   const int64_t n = blockIdx.x;
   const float* xr = x + n * C;
@@ -62,7 +63,7 @@ __global__ void __launch_bounds__(kNormThreads)
 #pragma unroll
   for (int k = 0; k < kNormPer; ++k) {
     const int c = threadIdx.x + k * kNormThreads;
-    if (c < C) out[n * C + c] = __float2bfloat16(w[c] * (v[k] * r));
+    if (c < C) out[n * ldo + c] = __float2bfloat16(w[c] * (v[k] * r));
   }
 }
 
@@ -80,10 +81,13 @@ __global__ void rmsnorm_bwd_kernel(float* __restrict__ dx, const float* __restri
 
 }  // namespace
 
-void rmsnorm_forward(bf16* out, float* rstd, const float* x, const float* w, int64_t N, int C, float eps) {
+void rmsnorm_forward(bf16* out, float* rstd, const float* x, const float* w, int64_t N, int C, float eps, int64_t ld_out) {
   if (N == 0) return;
-  if (C <= kNormThreads * kNormPer) rmsnorm_fwd_reg_kernel<<<(unsigned)N, kNormThreads, 0, Context::get().stream>>>(out, rstd, x, w, C, eps);
-  else rmsnorm_fwd_kernel<<<(unsigned)N, 256, 0, Context::get().stream>>>(out, rstd, x, w, C, eps);
+  if (ld_out == 0) ld_out = C;
+  MIMIC_CHECK(ld_out >= C, "EINVAL", "rmsnorm_forward: output row stride ", ld_out, " < ", C);
+  if (C <= kNormThreads * kNormPer)
+    rmsnorm_fwd_reg_kernel<<<(unsigned)N, kNormThreads, 0, Context::get().stream>>>(out, rstd, x, w, C, eps, ld_out);
+  else rmsnorm_fwd_kernel<<<(unsigned)N, 256, 0, Context::get().stream>>>(out, rstd, x, w, C, eps, ld_out);
   MIMIC_CUDA_LAUNCHED();
 }
 void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w, const float* rstd, int64_t N,

@@ -8,7 +8,7 @@
 // accumulating onto zeroed buffers. Where n % 8 == 0 and every pointer is 16-byte aligned (the layer's
 // [N, I] buffers) a thread takes 8 values through 16-byte loads and stores: the 3B training step's
 // swiglu ran at ~2 TB/s with one bf16 a thread (round 16 profile: 11 ms of a 176 ms step).
-// ld_d: the row stride of dgate/dup (0: C) — the layer backward writes them as column blocks of the
+// ld_out / ld_d: the row stride of the forward's out / of dgate, dup (0: C) — the layer backward writes them as column blocks of the
 // gate/up group's gradient buffer (llama_cuda.cu, one product for the group's input gradient).
 #include <cstdint>
 #include <initializer_list>
@@ -33,11 +33,11 @@ __device__ __forceinline__ void bwd_one(float g, float u, float d, bool acc, bf1
 }
 
 __global__ void swiglu_fwd_kernel(bf16* __restrict__ out, const bf16* __restrict__ gate, const bf16* __restrict__ up,
-                                  int64_t n) {
+                                  int64_t n, int64_t C, int64_t ld) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     const float g = __bfloat162float(gate[i]), u = __bfloat162float(up[i]);
     float s;
-    out[i] = __float2bfloat16(silu_sig(g, s) * u);
+    out[ld == C ? i : (i / C) * ld + i % C] = __float2bfloat16(silu_sig(g, s) * u);
   }
 }
 __global__ void swiglu_bwd_kernel(bf16* __restrict__ dgate, bf16* __restrict__ dup, const bf16* __restrict__ dout,
@@ -55,7 +55,7 @@ union Pack8 {
   bf16 h[8];
 };
 __global__ void swiglu_fwd8_kernel(uint4* __restrict__ out, const uint4* __restrict__ gate, const uint4* __restrict__ up,
-                                   int64_t n8) {
+                                   int64_t n8, int64_t c8, int64_t ld8) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
     Pack8 g, u, o;
     g.v = gate[i];
@@ -65,7 +65,7 @@ __global__ void swiglu_fwd8_kernel(uint4* __restrict__ out, const uint4* __restr
       float s;
       o.h[j] = __float2bfloat16(silu_sig(__bfloat162float(g.h[j]), s) * __bfloat162float(u.h[j]));
     }
-    out[i] = o.v;
+    out[ld8 == c8 ? i : (i / c8) * ld8 + i % c8] = o.v;
   }
 }
 // dgate/dup rows of ld8 pieces (c8 = C / 8 of them written a row; ld8 == c8: dense)
@@ -104,15 +104,17 @@ bool vec8(int64_t n, std::initializer_list<const void*> ps) {
 
 }  // namespace
 
-void swiglu_forward(bf16* out, const bf16* gate, const bf16* up, int64_t N, int C) {
+void swiglu_forward(bf16* out, const bf16* gate, const bf16* up, int64_t N, int C, int64_t ld_out) {
   const int64_t n = N * C;
   if (!n) return;
   cudaStream_t st = Context::get().stream;
-  if (vec8(n, {out, gate, up}))
+  if (ld_out == 0) ld_out = C;
+  MIMIC_CHECK(ld_out >= C, "EINVAL", "swiglu_forward: output row stride ", ld_out, " < ", C);
+  if (vec8(n, {out, gate, up}) && (ld_out == C || (C % 8 == 0 && ld_out % 8 == 0)))
     swiglu_fwd8_kernel<<<grid_for(n / 8), 256, 0, st>>>(reinterpret_cast<uint4*>(out), reinterpret_cast<const uint4*>(gate),
-                                                         reinterpret_cast<const uint4*>(up), n / 8);
+                                                         reinterpret_cast<const uint4*>(up), n / 8, C / 8, ld_out / 8);
   else
-    swiglu_fwd_kernel<<<grid_for(n), 256, 0, st>>>(out, gate, up, n);
+    swiglu_fwd_kernel<<<grid_for(n), 256, 0, st>>>(out, gate, up, n, C, ld_out);
   MIMIC_CUDA_LAUNCHED();
 }
 void swiglu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up, int64_t N, int C,

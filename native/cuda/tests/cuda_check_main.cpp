@@ -883,11 +883,14 @@ void batch_bench(const std::string& dir) {
         }
       }
       cuda::DeviceTrainer dt2(*gpu, tr2);
-      auto grads = [&](bool grouped_bwd) {
-        setenv("MIMIC_BWD_GROUPED", grouped_bwd ? "1" : "0", 1);
+      double loss[3] = {};
+      auto grads = [&](int mode) {  // 0: a product a projection, 1: grouped backward, 2: + grouped forward
+        setenv("MIMIC_BWD_GROUPED", mode ? "1" : "0", 1);
+        setenv("MIMIC_FWD_GROUPED", mode == 2 ? "1" : "0", 1);
         dt2.zero_grad();
-        dt2.accumulate(tids.data(), tlab.data(), TB, TT);
+        loss[mode] = dt2.accumulate(tids.data(), tlab.data(), TB, TT).loss_sum;
         unsetenv("MIMIC_BWD_GROUPED");
+        unsetenv("MIMIC_FWD_GROUPED");
         dt2.pull();
         std::vector<float> all, last;
         const std::string tail = ".layers." + std::to_string(cpu->cfg.num_layers - 1) + ".";
@@ -897,13 +900,24 @@ void batch_bench(const std::string& dir) {
         }
         return std::make_pair(all, last);
       };
-      const auto sep = grads(false), grp = grads(true);
+      const auto sep = grads(0), grp = grads(1), fwd = grads(2);
       const std::string tag = rc ? " (recompute)" : " (no recompute)";
-      std::printf("GROUPED train 3B%s: last layer %zu values rel %.3e, all %zu rel %.3e\n", tag.c_str(), grp.second.size(),
-                  rel(grp.second, sep.second), grp.first.size(), rel(grp.first, sep.first));
+      std::printf("GROUPED train 3B%s: backward: last layer %zu values rel %.3e, all %zu rel %.3e; + forward: %.3e, %.3e; "
+                  "losses %.9g / %.9g / %.9g\n", tag.c_str(), grp.second.size(), rel(grp.second, sep.second), grp.first.size(),
+                  rel(grp.first, sep.first), rel(fwd.second, sep.second), rel(fwd.first, sep.first), loss[0], loss[1], loss[2]);
       add("train 3B", "grouped backward vs a product a projection, last layer's LoRA grads (rel)" + tag,
           grp.second.empty() ? 1.0 : rel(grp.second, sep.second), 1e-2);
       add("train 3B", "grouped backward vs a product a projection, all LoRA grads (rel)" + tag, rel(grp.first, sep.first), 3e-2);
+      // the forward's LoRA B inside the base products (MIMIC_FWD_GROUPED=1: the first forward and the
+      // recompute): the loss (outputs rounded once instead of twice; relative) and the grads
+      add("train 3B", "grouped backward: loss == a product a projection's (the forward unchanged)" + tag,
+          loss[1] == loss[0] ? 0.0 : 1.0, 0.0);
+      add("train 3B", "grouped forward + backward vs a product a projection: loss (rel)" + tag,
+          std::fabs(loss[2] - loss[0]) / std::fabs(loss[0]), 5e-3);
+      add("train 3B", "grouped forward + backward vs a product a projection, last layer's LoRA grads (rel)" + tag,
+          fwd.second.empty() ? 1.0 : rel(fwd.second, sep.second), 1e-2);
+      add("train 3B", "grouped forward + backward vs a product a projection, all LoRA grads (rel)" + tag, rel(fwd.first, sep.first),
+          3e-2);
     }
     attach_lora(*cpu, *gpu, 0);  // (the trainer attached its adapter: the rows below run the base model)
   }
