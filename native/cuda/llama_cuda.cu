@@ -175,7 +175,11 @@ struct LinCtx {
 // NF4 GEMM), so the dense path gives the same bits as the per-call dequantize.
 // (Rows of a group_forward block are K + R apart: not this route's layout — those members take the
 // per-call dequantize if anything asks, which group_forward / group_backward never let happen.)
-int group_of(int i) { return i < 3 ? 0 : i == 3 ? 1 : i < 6 ? 2 : 3; }
+int group_of(int i) {
+  int g = kGroups - 1;
+  while (kGroupFirst[g] > i) --g;
+  return g;
+}
 const bf16* dense_of(const LinCtx& c, const DLinear& L, int64_t N) {
   if (!c.layer || N <= kNF4GemmSmallMaxS) return nullptr;
   const ptrdiff_t i = &L - &c.layer->proj[0];
@@ -184,6 +188,13 @@ const bf16* dense_of(const LinCtx& c, const DLinear& L, int64_t N) {
 }
 
 const bf16* lora_A(const DeviceModel& d, const DLinear& L) { return d.lb.p + L.offA; }
+// Σ r of group g's LoRA'd members: the h' columns of its group_forward rows, the A rows of its block
+int64_t group_rank(const DLayer& L, int g) {
+  int64_t R = 0;
+  for (int i = kGroupFirst[g]; i < kGroupFirst[g] + kGroupSize[g]; ++i)
+    if (L.proj[i].src) R += L.proj[i].r;
+  return R;
+}
 const bf16* lora_B(const DeviceModel& d, const DLinear& L) { return d.lb.p + L.offB; }
 
 // y[N, M] (bf16) = lin(x); h_out[N, r] keeps x_drop·Aᵀ for the backward.
@@ -262,16 +273,17 @@ void group_forward(LinCtx& c, int g, bf16* const* y, bf16* x, int64_t N, const D
   const int i0 = kGroupFirst[g], n = kGroupSize[g], K = L.proj[i0].K;
   const int64_t ld = c.group_ld[g];
   const bf16* blk = c.group_w[g];
-  int64_t rows = 0, R = 0;
-  bool one_s = true;
+  const int64_t R = group_rank(L, g);
+  int64_t rows = 0;
+  bool one_s = true, first = true;
   float s0 = 0.f;
   for (int i = i0; i < i0 + n; ++i) {
     const DLinear& P = L.proj[i];
     rows += P.M;
     if (!P.src || P.r == 0) continue;
-    if (R == 0) s0 = P.scale;
+    if (first) s0 = P.scale;
     one_s = one_s && P.scale == s0;
-    R += P.r;
+    first = false;
   }
   MIMIC_CHECK(ld == K + R, "EINTERNAL", "grouped forward: row stride ", ld, " for K ", K, " + R ", R);
   const bf16* arows = blk + rows * ld;
@@ -399,14 +411,10 @@ void dequantize_layer(DeviceModel& d, int l, Workspace& w, LinCtx& lc) {
   const DLayer& L = d.layers[l];
   size_t total = 0;
   for (int g = 0; g < kGroups; ++g) {  // (with room for a group_forward block's B columns)
-    int64_t R = 0, rows = 0;
-    for (int i = kGroupFirst[g]; i < kGroupFirst[g] + kGroupSize[g]; ++i) {
-      const DLinear& p = L.proj[i];
-      if (!p.is_nf4) continue;
-      rows += p.M + (p.src ? p.r : 0);
-      R += p.src ? p.r : 0;
-    }
-    if (rows) total += (size_t)rows * (L.proj[kGroupFirst[g]].K + R);
+    int64_t rows = 0;
+    for (int i = kGroupFirst[g]; i < kGroupFirst[g] + kGroupSize[g]; ++i)
+      if (L.proj[i].is_nf4) rows += L.proj[i].M + (L.proj[i].src ? L.proj[i].r : 0);
+    total += (size_t)rows * (L.proj[kGroupFirst[g]].K + group_rank(L, g));
   }
   if (!total) return;
   w.layer_w.reserve(total);
@@ -416,11 +424,8 @@ void dequantize_layer(DeviceModel& d, int l, Workspace& w, LinCtx& lc) {
     const int i0 = kGroupFirst[g], n = kGroupSize[g], K = L.proj[i0].K;
     const size_t g0 = at;
     bool all = true;
-    int64_t R = 0;
-    for (int i = i0; i < i0 + n; ++i) {
-      all = all && L.proj[i].is_nf4;
-      if (L.proj[i].src) R += L.proj[i].r;
-    }
+    for (int i = i0; i < i0 + n; ++i) all = all && L.proj[i].is_nf4;
+    const int64_t R = group_rank(L, g);
     // group_forward's block: rows K + R apart (q/k/v, gate/up, down; the strided dequantize needs K and
     // K + R multiples of 8), else K
     const bool fwd = all && g != kO && R > 0 && lc.dropout == 0.f && fwd_grouped_enabled() && nf4_dequant_fast_enabled() &&
