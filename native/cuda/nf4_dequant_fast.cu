@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(kThreads)
           r[j] = bf2_bits(s_lut[byte >> 4] * a, s_lut[byte & 15u] * a);
         }
         // values 8i .. 8i + 7; rows of ld16 pieces where the caller asked for a row stride (wpr a row)
-        out[ld16 == wpr ? i : (i / wpr) * ld16 + i % wpr] = make_uint4(r[0], r[1], r[2], r[3]);
+        out[row_strided(i, wpr, ld16)] = make_uint4(r[0], r[1], r[2], r[3]);
       }
     }
   }

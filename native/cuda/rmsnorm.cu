@@ -112,9 +112,9 @@ __global__ void __launch_bounds__(kNormThreads)
   }
 }
 
-}  // namespace
-
 bool rmsnorm_bwd_reg_enabled() { return env_is("MIMIC_RMSNORM_BWD_REG", "1"); }
+
+}  // namespace
 
 void rmsnorm_forward(bf16* out, float* rstd, const float* x, const float* w, int64_t N, int C, float eps, int64_t ld_out) {
   if (N == 0) return;

@@ -8,8 +8,8 @@
 // accumulating onto zeroed buffers. Where n % 8 == 0 and every pointer is 16-byte aligned (the layer's
 // [N, I] buffers) a thread takes 8 values through 16-byte loads and stores: the 3B training step's
 // swiglu ran at ~2 TB/s with one bf16 a thread (round 16 profile: 11 ms of a 176 ms step).
-// ld_out / ld_d: the row stride of the forward's out / of dgate, dup (0: C) — the layer backward writes them as column blocks of the
-// gate/up group's gradient buffer (llama_cuda.cu, one product for the group's input gradient).
+// ld_out / ld_d: the row stride of the forward's out / of dgate, dup (0: C) — the training's grouped
+// passes write them as column blocks of wider rows (llama_cuda.cu: group_forward, group_backward).
 #include <cstdint>
 #include <initializer_list>
 
@@ -37,14 +37,14 @@ __global__ void swiglu_fwd_kernel(bf16* __restrict__ out, const bf16* __restrict
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     const float g = __bfloat162float(gate[i]), u = __bfloat162float(up[i]);
     float s;
-    out[ld == C ? i : (i / C) * ld + i % C] = __float2bfloat16(silu_sig(g, s) * u);
+    out[row_strided(i, C, ld)] = __float2bfloat16(silu_sig(g, s) * u);
   }
 }
 __global__ void swiglu_bwd_kernel(bf16* __restrict__ dgate, bf16* __restrict__ dup, const bf16* __restrict__ dout,
                                   const bf16* __restrict__ gate, const bf16* __restrict__ up, int64_t n, bool acc, int64_t C,
                                   int64_t ld) {
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t o = ld == C ? i : (i / C) * ld + i % C;
+    const int64_t o = row_strided(i, C, ld);
     bwd_one(__bfloat162float(gate[i]), __bfloat162float(up[i]), __bfloat162float(dout[i]), acc, dgate[o], dup[o]);
   }
 }
@@ -65,7 +65,7 @@ __global__ void swiglu_fwd8_kernel(uint4* __restrict__ out, const uint4* __restr
       float s;
       o.h[j] = __float2bfloat16(silu_sig(__bfloat162float(g.h[j]), s) * __bfloat162float(u.h[j]));
     }
-    out[ld8 == c8 ? i : (i / c8) * ld8 + i % c8] = o.v;
+    out[row_strided(i, c8, ld8)] = o.v;
   }
 }
 // dgate/dup rows of ld8 pieces (c8 = C / 8 of them written a row; ld8 == c8: dense)
@@ -77,7 +77,7 @@ __global__ void swiglu_bwd8_kernel(uint4* __restrict__ dgate, uint4* __restrict_
     g.v = gate[i];
     u.v = up[i];
     d.v = dout[i];
-    const int64_t o = ld8 == c8 ? i : (i / c8) * ld8 + i % c8;
+    const int64_t o = row_strided(i, c8, ld8);
     if (acc) {
       dg.v = dgate[o];
       du.v = dup[o];
@@ -102,15 +102,22 @@ bool vec8(int64_t n, std::initializer_list<const void*> ps) {
   return true;
 }
 
+// A row stride asked of the kernels (0: C), and whether the 8-wide kernels can write rows that far apart
+int64_t row_stride(int64_t ld, int C, const char* what) {
+  if (ld == 0) ld = C;
+  MIMIC_CHECK(ld >= C, "EINVAL", what, ": row stride ", ld, " < ", C);
+  return ld;
+}
+bool vec8_rows(int C, int64_t ld) { return ld == C || (C % 8 == 0 && ld % 8 == 0); }
+
 }  // namespace
 
 void swiglu_forward(bf16* out, const bf16* gate, const bf16* up, int64_t N, int C, int64_t ld_out) {
   const int64_t n = N * C;
   if (!n) return;
   cudaStream_t st = Context::get().stream;
-  if (ld_out == 0) ld_out = C;
-  MIMIC_CHECK(ld_out >= C, "EINVAL", "swiglu_forward: output row stride ", ld_out, " < ", C);
-  if (vec8(n, {out, gate, up}) && (ld_out == C || (C % 8 == 0 && ld_out % 8 == 0)))
+  ld_out = row_stride(ld_out, C, "swiglu_forward: output");
+  if (vec8(n, {out, gate, up}) && vec8_rows(C, ld_out))
     swiglu_fwd8_kernel<<<grid_for(n / 8), 256, 0, st>>>(reinterpret_cast<uint4*>(out), reinterpret_cast<const uint4*>(gate),
                                                          reinterpret_cast<const uint4*>(up), n / 8, C / 8, ld_out / 8);
   else
@@ -122,9 +129,8 @@ void swiglu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate,
   const int64_t n = N * C;
   if (!n) return;
   cudaStream_t st = Context::get().stream;
-  if (ld_d == 0) ld_d = C;
-  MIMIC_CHECK(ld_d >= C, "EINVAL", "swiglu_backward: gradient row stride ", ld_d, " < ", C);
-  if (vec8(n, {dgate, dup, dout, gate, up}) && (ld_d == C || (C % 8 == 0 && ld_d % 8 == 0)))
+  ld_d = row_stride(ld_d, C, "swiglu_backward: gradient");
+  if (vec8(n, {dgate, dup, dout, gate, up}) && vec8_rows(C, ld_d))
     swiglu_bwd8_kernel<<<grid_for(n / 8), 256, 0, st>>>(reinterpret_cast<uint4*>(dgate), reinterpret_cast<uint4*>(dup),
                                                          reinterpret_cast<const uint4*>(dout), reinterpret_cast<const uint4*>(gate),
                                                          reinterpret_cast<const uint4*>(up), n / 8, accumulate, C / 8, ld_d / 8);
