@@ -197,6 +197,17 @@ int64_t group_rank(const DLayer& L, int g) {
 }
 const bf16* lora_B(const DeviceModel& d, const DLinear& L) { return d.lb.p + L.offB; }
 
+// h_out[N, r] = x_drop·Aᵀ: the LoRA half's first product, kept for the backward (dB = s·dyᵀ·h).
+void lin_forward_h(LinCtx& c, const bf16* x, int64_t N, const DLinear& L, bf16* h_out) {
+  const bf16* xin = x;
+  if (c.dropout > 0.f) {
+    dropout_kernel<bf16><<<ew_grid(N * L.K), 256, 0, stream()>>>(c.ws.drop.p, x, N * L.K, c.dropout, c.seed, false);
+    MIMIC_CUDA_LAUNCHED();
+    xin = c.ws.drop.p;
+  }
+  matmul_forward<bf16>(h_out, xin, lora_A(c.d, L), N, L.K, L.r, 1.f, 0.f);
+}
+
 // y[N, M] (bf16) = lin(x); h_out[N, r] keeps x_drop·Aᵀ for the backward.
 void lin_forward(LinCtx& c, bf16* y, const bf16* x, int64_t N, const DLinear& L, bf16* h_out) {
   const bf16* ahead = L.is_nf4 && c.ahead ? c.ahead->take(L.nf4) : nullptr;  // (AheadScope: N > kNF4GemmSmallMaxS)
@@ -207,13 +218,7 @@ void lin_forward(LinCtx& c, bf16* y, const bf16* x, int64_t N, const DLinear& L,
   else if (L.is_nf4) nf4_matmul_forward<bf16>(y, x, L.nf4, N, c.ws.scratch.p, 1.f, 0.f);
   else matmul_forward<bf16>(y, x, L.W.p, N, L.K, L.M, 1.f, 0.f);
   if (!L.src || L.r == 0) return;
-  const bf16* xin = x;
-  if (c.dropout > 0.f) {
-    dropout_kernel<bf16><<<ew_grid(N * L.K), 256, 0, stream()>>>(c.ws.drop.p, x, N * L.K, c.dropout, c.seed, false);
-    MIMIC_CUDA_LAUNCHED();
-    xin = c.ws.drop.p;
-  }
-  matmul_forward<bf16>(h_out, xin, lora_A(c.d, L), N, L.K, L.r, 1.f, 0.f);
+  lin_forward_h(c, x, N, L, h_out);
   matmul_forward<bf16>(y, h_out, lora_B(c.d, L), N, L.r, L.M, L.scale, 1.f);
 }
 
@@ -269,7 +274,7 @@ bool fgrouped(const LinCtx& c, int g) { return grouped(c, g) && c.group_fwd[g]; 
 // layer's seven outputs are ~450 MB a pass). h' stays in x's row for the backward (Acts::hx): dB_i =
 // dy_iᵀ·h'_i. Numerics: y rounded to bf16 once instead of twice; h' = bf16(s·x·Aᵀ) (with s a power of
 // two, as PEFT's α = 2r, exactly s·bf16(x·Aᵀ)).
-void group_forward(LinCtx& c, int g, bf16* const* y, bf16* x, int64_t N, const DLayer& L) {
+void group_forward(LinCtx& c, int g, bf16* const* y, bf16* x, int64_t N, const DLayer& L, bool h_only = false) {
   const int i0 = kGroupFirst[g], n = kGroupSize[g], K = L.proj[i0].K;
   const int64_t ld = c.group_ld[g];
   const bf16* blk = c.group_w[g];
@@ -298,6 +303,7 @@ void group_forward(LinCtx& c, int g, bf16* const* y, bf16* x, int64_t N, const D
       off += P.r;
     }
   }
+  if (h_only) return;  // (a recompute's down: the backward reads h', never y)
   int64_t row = 0;
   for (int i = i0; i < i0 + n; ++i) {
     const DLinear& P = L.proj[i];
@@ -505,8 +511,13 @@ class AheadScope {
   LinCtx& lc_;
 };
 
+// recompute: the pass before this layer's backward, which reads everything the forward keeps in a but
+// not its output (xs[l + 1] already holds it, consumed by the layer above): the down projection's base
+// product, its LoRA B product and the closing residual are skipped — only down's h = act·Aᵀ (dB's
+// input) is made. MIMIC_RECOMPUTE_FULL=1 runs the whole layer (the A/B leg; same bits either way).
+bool recompute_full() { return env_is("MIMIC_RECOMPUTE_FULL", "1"); }
 void layer_forward(DeviceModel& d, int l, Acts& a, const float* x, float* out, const LayerRun& run, LinCtx& lc,
-                   uint64_t seed_base) {
+                   uint64_t seed_base, bool recompute = false) {
   const LlamaConfig& c = d.cfg;
   const DLayer& L = d.layers[l];
   Workspace& w = *d.ws;
@@ -551,6 +562,14 @@ void layer_forward(DeviceModel& d, int l, Acts& a, const float* x, float* out, c
     seed(5); lin_forward(lc, a.up.p, a.xn2.p, N, L.proj[5], a.lh[5].p);
   }
   swiglu_forward(a.act.p, a.gate.p, a.up.p, N, c.intermediate_size, a.ld_act);
+  if (recompute && !recompute_full()) {
+    if (a.hx[kDown]) {
+      group_forward(lc, kDown, nullptr, a.act.p, N, L, /*h_only=*/true);
+    } else if (L.proj[6].src && L.proj[6].r > 0) {
+      seed(6); lin_forward_h(lc, a.act.p, N, L.proj[6], a.lh[6].p);
+    }
+    return;
+  }
   if (a.hx[kDown]) {
     bf16* const ys[1] = {w.y16.p};
     group_forward(lc, kDown, ys, a.act.p, N, L);
@@ -996,10 +1015,10 @@ LossSum DeviceTrainer::run(const int32_t* ids, const int32_t* labels, int B, int
       if (layer_dense_enabled() && N > kNF4GemmSmallMaxS && (n_acts == 1 || bwd_grouped_enabled()))
         dequantize_layer(d_, l, w, lc);
       if (n_acts == 1) {
-        // recompute this layer's activations from its saved input (its output goes to scratch:
-        // xs[l + 1] must keep the value the next layer's backward already consumed — unchanged)
+        // recompute this layer's activations from its saved input (all but its output: xs[l + 1] keeps
+        // the value the layer above's backward already consumed)
         w.dn.reserve((size_t)N * C);
-        layer_forward(d_, l, a, w.xs[l].p, w.xs[l + 1].p, run, lc, seed_base);
+        layer_forward(d_, l, a, w.xs[l].p, w.xs[l + 1].p, run, lc, seed_base, /*recompute=*/true);
       }
       layer_backward(d_, l, a, w.xs[l].p, run, lc, seed_base);
       lc.end_layer();

@@ -263,6 +263,12 @@ void Trainer::layer_forward(int l, LayerActs& a, float* out, int B, int T, bool 
   if (!save) {
     release(a.xn2); release(a.gate); release(a.up);
   }
+  if (!out) {  // a recompute: the layer's output is not needed again (its backward reads act, not down(act))
+    LinearCache& dc = a.cache[6];  // so no down product: its backward rebuilds h = dropout(act)·Aᵀ itself
+    dc.h.clear(); dc.x_drop.clear();
+    dc.dropout = p; dc.dropout_seed = a.seeds[6];
+    return;
+  }
   linear_forward(out, a.act.data(), N, L.down, cache(6), p, a.seeds[6]);
   add_into(out, a.h.data(), NC);  // x' = h + down(act)
   if (!save) a.release_all_but_input();
@@ -418,8 +424,7 @@ double Trainer::forward_backward(const int32_t* ids, const int32_t* target, int 
   release(xL);
   for (int l = nl - 1; l >= 0; --l) {
     if (opt_.recompute) {  // gradient checkpointing: rebuild this layer's activations from its input
-      std::vector<float> y((size_t)NC);
-      layer_forward(l, acts[l], y.data(), B, T, /*save=*/true, /*train=*/true);
+      layer_forward(l, acts[l], /*out=*/nullptr, B, T, /*save=*/true, /*train=*/true);
     }
     if (l > 0) dx_below.assign((size_t)NC, 0.f);
     layer_backward(l, acts[l], dx.data(), l > 0 ? dx_below.data() : nullptr, B, T);

@@ -138,7 +138,8 @@ class Trainer {
   // embed → layers (saving or checkpointing) → head → layers backward; returns lossSum.
   double forward_backward(const int32_t* ids, const int32_t* target, int B, int T, const MicroBatchKey* key);
   // Runs layer ℓ on acts.x (input) producing out; with `save` every activation and linear cache
-  // stays in acts, else scratch is released as soon as it is dead.
+  // stays in acts, else scratch is released as soon as it is dead. out null (a recompute before the
+  // layer's backward): everything but the output — no down product, the backward rebuilds its h.
   void layer_forward(int l, LayerActs& acts, float* out, int B, int T, bool save, bool train);
   // dx_out → dx_in (dx_in may be null: the first layer's input needs no gradient).
   void layer_backward(int l, LayerActs& acts, const float* dx_out, float* dx_in, int B, int T);
