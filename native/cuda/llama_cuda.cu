@@ -33,6 +33,13 @@ struct Acts {
   bool hx[4] = {};
 };
 
+// One layer's attention activations kept from the first forward for its backward (recompute with
+// MIMIC_RECOMPUTE_KEEP_ATTN=1): moved in and out of Acts by swapping buffers, never copied.
+struct AttnKept {
+  DevBuf<bf16> q, k, v, att;
+  DevBuf<float> lse;
+};
+
 struct Workspace {
   DevBuf<int32_t> ids, pos, tgt, rows;
   std::vector<DevBuf<float>> xs;
@@ -43,6 +50,7 @@ struct Workspace {
   DequantAhead ahead;    // a prompt's forward: the next projection dequantized while this one multiplies
   DevBuf<float> dres, dn, rstdf, dg, dxnf, logits32;
   DevBuf<double> loss;
+  std::vector<AttnKept> kept;  // a layer each (MIMIC_RECOMPUTE_KEEP_ATTN=1), else empty
 };
 
 namespace {
@@ -395,6 +403,22 @@ void ensure_ws(DeviceModel& d, int64_t N, int B, int n_acts, bool backward) {
   }
 }
 
+// MIMIC_RECOMPUTE_KEEP_ATTN=1 (experimental, with recompute): each layer's q, k, v, attention output
+// and lse stay from the first forward to its backward (3B at 8×512: 67.5 MB a layer, 1.76 GiB in all),
+// and the recompute skips what made them. Read at each step (the A/B rows of one process).
+bool recompute_keep_attn() { return env_is("MIMIC_RECOMPUTE_KEEP_ATTN", "1"); }
+void ensure_kept(Workspace& w, const LlamaConfig& c, int64_t N, int layers) {
+  const int64_t QD = (int64_t)c.num_heads * c.head_dim, KD = (int64_t)c.num_kv_heads * c.head_dim;
+  if ((int)w.kept.size() < layers) w.kept.resize(layers);
+  for (auto& k : w.kept) {
+    k.q.reserve(N * QD); k.k.reserve(N * KD); k.v.reserve(N * KD); k.att.reserve(N * QD); k.lse.reserve(N * c.num_heads);
+  }
+}
+// (every layer's buffers of a field have one size: swapping moves pointers, no bytes)
+void swap_attn(Acts& a, AttnKept& k) {
+  std::swap(a.q, k.q); std::swap(a.k, k.k); std::swap(a.v, k.v); std::swap(a.att, k.att); std::swap(a.lse, k.lse);
+}
+
 // ---- one decoder layer -----------------------------------------------------------------------
 struct LayerRun {
   int B, T;            // training shapes (B sequences of T); inference: B = 1
@@ -515,9 +539,12 @@ class AheadScope {
 // not its output (xs[l + 1] already holds it, consumed by the layer above): the down projection's base
 // product, its LoRA B product and the closing residual are skipped — only down's h = act·Aᵀ (dB's
 // input) is made. MIMIC_RECOMPUTE_FULL=1 runs the whole layer (the A/B leg; same bits either way).
+// attn_kept (with recompute, MIMIC_RECOMPUTE_KEEP_ATTN=1): a's q, k, v (roped), att and lse are this
+// layer's from the first forward (swap_attn), so the q/k/v products, RoPE and the attention are
+// skipped too — only q/k/v's LoRA h (dB's input) is made from the renormed x.
 bool recompute_full() { return env_is("MIMIC_RECOMPUTE_FULL", "1"); }
 void layer_forward(DeviceModel& d, int l, Acts& a, const float* x, float* out, const LayerRun& run, LinCtx& lc,
-                   uint64_t seed_base, bool recompute = false) {
+                   uint64_t seed_base, bool recompute = false, bool attn_kept = false) {
   const LlamaConfig& c = d.cfg;
   const DLayer& L = d.layers[l];
   Workspace& w = *d.ws;
@@ -529,7 +556,12 @@ void layer_forward(DeviceModel& d, int l, Acts& a, const float* x, float* out, c
   a.ld_xn2 = a.hx[kGateUp] ? lc.group_ld[kGateUp] : C;
   a.ld_act = a.hx[kDown] ? lc.group_ld[kDown] : c.intermediate_size;
   rmsnorm_forward(a.xn1.p, a.rstd1.p, x, L.in_norm.p, N, C, c.rms_norm_eps, a.ld_xn1);
-  if (a.hx[kQKV]) {
+  if (attn_kept) {
+    if (a.hx[kQKV]) group_forward(lc, kQKV, nullptr, a.xn1.p, N, L, /*h_only=*/true);
+    else
+      for (int i = 0; i < 3; ++i)
+        if (L.proj[i].src && L.proj[i].r > 0) { seed(i); lin_forward_h(lc, a.xn1.p, N, L.proj[i], a.lh[i].p); }
+  } else if (a.hx[kQKV]) {
     bf16* const ys[3] = {a.q.p, a.k.p, a.v.p};
     group_forward(lc, kQKV, ys, a.xn1.p, N, L);
   } else {
@@ -537,18 +569,20 @@ void layer_forward(DeviceModel& d, int l, Acts& a, const float* x, float* out, c
     seed(1); lin_forward(lc, a.k.p, a.xn1.p, N, L.proj[1], a.lh[1].p);
     seed(2); lin_forward(lc, a.v.p, a.xn1.p, N, L.proj[2], a.lh[2].p);
   }
-  rope_forward(a.q.p, w.pos.p, d.inv_freq.p, N, Hq, D);
-  rope_forward(a.k.p, w.pos.p, d.inv_freq.p, N, Hkv, D);
-  if (run.cache) {
-    DeviceKV& kv = *run.cache;
-    const size_t row = (size_t)Hkv * D;
-    MIMIC_CUDA_CHECK(cudaMemcpyAsync(kv.k[l].p + (size_t)kv.len * row, a.k.p, sizeof(bf16) * row * N,
-                                     cudaMemcpyDeviceToDevice, stream()));
-    MIMIC_CUDA_CHECK(cudaMemcpyAsync(kv.v[l].p + (size_t)kv.len * row, a.v.p, sizeof(bf16) * row * N,
-                                     cudaMemcpyDeviceToDevice, stream()));
-    attention_forward(a.att.p, nullptr, a.q.p, kv.k[l].p, kv.v[l].p, 1, run.T, kv.len + run.T, kv.len, Hq, Hkv, D);
-  } else {
-    attention_forward(a.att.p, a.lse.p, a.q.p, a.k.p, a.v.p, run.B, run.T, run.T, 0, Hq, Hkv, D);
+  if (!attn_kept) {
+    rope_forward(a.q.p, w.pos.p, d.inv_freq.p, N, Hq, D);
+    rope_forward(a.k.p, w.pos.p, d.inv_freq.p, N, Hkv, D);
+    if (run.cache) {
+      DeviceKV& kv = *run.cache;
+      const size_t row = (size_t)Hkv * D;
+      MIMIC_CUDA_CHECK(cudaMemcpyAsync(kv.k[l].p + (size_t)kv.len * row, a.k.p, sizeof(bf16) * row * N,
+                                       cudaMemcpyDeviceToDevice, stream()));
+      MIMIC_CUDA_CHECK(cudaMemcpyAsync(kv.v[l].p + (size_t)kv.len * row, a.v.p, sizeof(bf16) * row * N,
+                                       cudaMemcpyDeviceToDevice, stream()));
+      attention_forward(a.att.p, nullptr, a.q.p, kv.k[l].p, kv.v[l].p, 1, run.T, kv.len + run.T, kv.len, Hq, Hkv, D);
+    } else {
+      attention_forward(a.att.p, a.lse.p, a.q.p, a.k.p, a.v.p, run.B, run.T, run.T, 0, Hq, Hkv, D);
+    }
   }
   seed(3); lin_forward(lc, w.y16.p, a.att.p, N, L.proj[3], a.lh[3].p);
   residual_kernel<<<ew_grid(N * C), 256, 0, stream()>>>(a.h.p, x, w.y16.p, N * C);
@@ -952,6 +986,8 @@ LossSum DeviceTrainer::run(const int32_t* ids, const int32_t* labels, int B, int
   const int n_acts = (train && !recompute) ? c.num_layers : 1;
   ensure_ws(d_, N, B, n_acts, train);
   Workspace& w = *d_.ws;
+  const bool keep_attn = train && recompute && recompute_keep_attn();
+  if (keep_attn) ensure_kept(w, c, N, c.num_layers);
   if ((int)w.xs.size() < c.num_layers + 1) w.xs.resize(c.num_layers + 1);
   for (auto& x : w.xs) x.reserve((size_t)N * C);
   cudaStream_t st = stream();
@@ -973,6 +1009,7 @@ LossSum DeviceTrainer::run(const int32_t* ids, const int32_t* labels, int B, int
   for (int l = 0; l < c.num_layers; ++l) {
     if (fwd_blocks) dequantize_layer(d_, l, w, lc);
     layer_forward(d_, l, w.acts[n_acts == 1 ? 0 : l], w.xs[l].p, w.xs[l + 1].p, run, lc, seed_base);
+    if (keep_attn) swap_attn(w.acts[0], w.kept[l]);
     lc.end_layer();
   }
   ahead.end();
@@ -1018,7 +1055,8 @@ LossSum DeviceTrainer::run(const int32_t* ids, const int32_t* labels, int B, int
         // recompute this layer's activations from its saved input (all but its output: xs[l + 1] keeps
         // the value the layer above's backward already consumed)
         w.dn.reserve((size_t)N * C);
-        layer_forward(d_, l, a, w.xs[l].p, w.xs[l + 1].p, run, lc, seed_base, /*recompute=*/true);
+        if (keep_attn) swap_attn(a, w.kept[l]);
+        layer_forward(d_, l, a, w.xs[l].p, w.xs[l + 1].p, run, lc, seed_base, /*recompute=*/true, keep_attn);
       }
       layer_backward(d_, l, a, w.xs[l].p, run, lc, seed_base);
       lc.end_layer();

@@ -78,6 +78,16 @@ double rel(const std::vector<float>& got, const std::vector<float>& want) {
   for (float g : got) if (!std::isfinite(g)) return 1e30;
   return max_rel_err(got.data(), want.data(), (int64_t)got.size());
 }
+// max |got − want| (NaN / a size mismatch count as a difference: bit-for-bit rows test == 0)
+double max_abs(const std::vector<float>& got, const std::vector<float>& want) {
+  if (got.size() != want.size()) return 1e30;
+  double m = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double d = std::fabs((double)got[i] - (double)want[i]);
+    if (!(d <= m)) m = std::isnan(d) ? 1e30 : d;
+  }
+  return m;
+}
 int print_rows() {
   int fails = 0;
   std::printf("ROW %-22s | %-62s | %-10s | %-7s | %s\n", "op", "check", "max_rel", "tol", "pass");
@@ -745,7 +755,9 @@ void profile_phase(const std::string& dir, const std::string& phase) {
     best = std::min(best, now() - a);
     sum += now() - a;
   }
-  std::printf("PROF %s eager pass %.3f ms (best of 5, mean %.3f; outside the profiler)\n", phase.c_str(), best * 1e3, sum / 5 * 1e3);
+  std::printf("PROF %s eager pass %.3f ms (best of 5, mean %.3f; outside the profiler)", phase.c_str(), best * 1e3, sum / 5 * 1e3);
+  if (dt) std::printf(" peak %.2f GiB", dt->peak_bytes() / 1073741824.0);  // (training: the card's memory in use)
+  std::printf("\n");
   cudaProfilerStart();
   once();
   ctx.sync();
@@ -884,13 +896,16 @@ void batch_bench(const std::string& dir) {
       }
       cuda::DeviceTrainer dt2(*gpu, tr2);
       double loss[3] = {};
-      auto grads = [&](int mode) {  // 0: a product a projection, 1: grouped backward, 2: + grouped forward
+      // mode 0: a product a projection, 1: grouped backward, 2: + grouped forward; env: one more switch
+      auto grads = [&](int mode, const char* env = nullptr, double* loss_out = nullptr) {
         setenv("MIMIC_BWD_GROUPED", mode ? "1" : "0", 1);
         setenv("MIMIC_FWD_GROUPED", mode == 2 ? "1" : "0", 1);
+        if (env) setenv(env, "1", 1);
         dt2.zero_grad();
-        loss[mode] = dt2.accumulate(tids.data(), tlab.data(), TB, TT).loss_sum;
+        (loss_out ? *loss_out : loss[mode]) = dt2.accumulate(tids.data(), tlab.data(), TB, TT).loss_sum;
         unsetenv("MIMIC_BWD_GROUPED");
         unsetenv("MIMIC_FWD_GROUPED");
+        if (env) unsetenv(env);
         dt2.pull();
         std::vector<float> all, last;
         const std::string tail = ".layers." + std::to_string(cpu->cfg.num_layers - 1) + ".";
@@ -918,6 +933,23 @@ void batch_bench(const std::string& dir) {
           fwd.second.empty() ? 1.0 : rel(fwd.second, sep.second), 1e-2);
       add("train 3B", "grouped forward + backward vs a product a projection, all LoRA grads (rel)" + tag, rel(fwd.first, sep.first),
           3e-2);
+      if (!rc) continue;
+      // what the recompute may skip (round 22): the down product and the closing residual (default;
+      // MIMIC_RECOMPUTE_FULL=1 runs them), and with MIMIC_RECOMPUTE_KEEP_ATTN=1 the q/k/v products,
+      // RoPE and the attention (their outputs kept from the first forward) — every gradient bit for
+      // bit the full recompute's, per projection and with both grouped passes
+      for (int mode : {0, 2}) {
+        double lf = 0, lk = 0;
+        const auto full = grads(mode, "MIMIC_RECOMPUTE_FULL", &lf), kept = grads(mode, "MIMIC_RECOMPUTE_KEEP_ATTN", &lk);
+        const auto& dflt = mode ? fwd : sep;
+        const std::string m = mode ? " (grouped forward + backward)" : " (a product a projection)";
+        std::printf("RECOMPUTE train 3B%s: full vs skipped down %.3g, kept attention %.3g; losses %.17g %.17g %.17g\n", m.c_str(),
+                    max_abs(full.first, dflt.first), max_abs(full.first, kept.first), lf, loss[mode], lk);
+        add("train 3B", "recompute without the down product == the whole layer: LoRA grads and loss, bit for bit" + m,
+            (max_abs(full.first, dflt.first) == 0 && lf == loss[mode]) ? 0.0 : 1.0, 0.0);
+        add("train 3B", "recompute with the attention kept == the whole layer: LoRA grads and loss, bit for bit" + m,
+            (max_abs(full.first, kept.first) == 0 && lf == lk) ? 0.0 : 1.0, 0.0);
+      }
     }
     attach_lora(*cpu, *gpu, 0);  // (the trainer attached its adapter: the rows below run the base model)
   }
