@@ -897,10 +897,10 @@ void batch_bench(const std::string& dir) {
       cuda::DeviceTrainer dt2(*gpu, tr2);
       double loss[3] = {};
       // mode 0: a product a projection, 1: grouped backward, 2: + grouped forward; env: one more switch
-      auto grads = [&](int mode, const char* env = nullptr, double* loss_out = nullptr) {
+      auto grads = [&](int mode, const char* env = nullptr, double* loss_out = nullptr, const char* value = "1") {
         setenv("MIMIC_BWD_GROUPED", mode ? "1" : "0", 1);
         setenv("MIMIC_FWD_GROUPED", mode == 2 ? "1" : "0", 1);
-        if (env) setenv(env, "1", 1);
+        if (env) setenv(env, value, 1);
         dt2.zero_grad();
         (loss_out ? *loss_out : loss[mode]) = dt2.accumulate(tids.data(), tlab.data(), TB, TT).loss_sum;
         unsetenv("MIMIC_BWD_GROUPED");
@@ -934,19 +934,20 @@ void batch_bench(const std::string& dir) {
       add("train 3B", "grouped forward + backward vs a product a projection, all LoRA grads (rel)" + tag, rel(fwd.first, sep.first),
           3e-2);
       if (!rc) continue;
-      // what the recompute may skip (round 22): the down product and the closing residual (default;
-      // MIMIC_RECOMPUTE_FULL=1 runs them), and with MIMIC_RECOMPUTE_KEEP_ATTN=1 the q/k/v products,
-      // RoPE and the attention (their outputs kept from the first forward) — every gradient bit for
-      // bit the full recompute's, per projection and with both grouped passes
+      // what the recompute may skip (round 22): the down product and the closing residual (MIMIC_RECOMPUTE_FULL=1
+      // runs them), and where the card has room (the default here) the q/k/v products, RoPE and the
+      // attention, their outputs kept from the first forward (MIMIC_RECOMPUTE_KEEP_ATTN=0: made again) —
+      // every gradient bit for bit the full recompute's, per projection and with both grouped passes
       for (int mode : {0, 2}) {
-        double lf = 0, lk = 0;
-        const auto full = grads(mode, "MIMIC_RECOMPUTE_FULL", &lf), kept = grads(mode, "MIMIC_RECOMPUTE_KEEP_ATTN", &lk);
-        const auto& dflt = mode ? fwd : sep;
+        double lf = 0, ld = 0;
+        const auto full = grads(mode, "MIMIC_RECOMPUTE_FULL", &lf), down = grads(mode, "MIMIC_RECOMPUTE_KEEP_ATTN", &ld, "0");
+        const auto& kept = mode ? fwd : sep;
+        const double lk = loss[mode];
         const std::string m = mode ? " (grouped forward + backward)" : " (a product a projection)";
-        std::printf("RECOMPUTE train 3B%s: full vs skipped down %.3g, kept attention %.3g; losses %.17g %.17g %.17g\n", m.c_str(),
-                    max_abs(full.first, dflt.first), max_abs(full.first, kept.first), lf, loss[mode], lk);
+        std::printf("RECOMPUTE train 3B%s: full vs skipped down %.3g, + kept attention %.3g; losses %.17g %.17g %.17g\n", m.c_str(),
+                    max_abs(full.first, down.first), max_abs(full.first, kept.first), lf, ld, lk);
         add("train 3B", "recompute without the down product == the whole layer: LoRA grads and loss, bit for bit" + m,
-            (max_abs(full.first, dflt.first) == 0 && lf == loss[mode]) ? 0.0 : 1.0, 0.0);
+            (max_abs(full.first, down.first) == 0 && lf == ld) ? 0.0 : 1.0, 0.0);
         add("train 3B", "recompute with the attention kept == the whole layer: LoRA grads and loss, bit for bit" + m,
             (max_abs(full.first, kept.first) == 0 && lf == lk) ? 0.0 : 1.0, 0.0);
       }
