@@ -5,7 +5,6 @@
 //   dx[n, c] += rstd · (g − x̂ · mean_c(g · x̂)),  g = dout · w,  x̂ = x · rstd      (dout, dx fp32)
 // One block per row; the weight is frozen so there is no dw. The forward's rows of `out` may be wider
 // than C (ld_out: the training forward's [xn | h] rows, llama_cuda.cu's grouped forward).
-#include "core/env.h"
 #include "cuda/common.cuh"
 #include "cuda/cuda_ops.h"
 
@@ -80,40 +79,6 @@ __global__ void rmsnorm_bwd_kernel(float* __restrict__ dx, const float* __restri
   for (int c = threadIdx.x; c < C; c += blockDim.x) dx[n * C + c] += r * (gr[c] * w[c] - xr[c] * r * dot);
 }
 
-// The same sums and products for rows of C <= 256·kNormPer with the row's x and dout held in
-// registers: one read of each instead of two passes (the kernel above reads both for the dot, then
-// again for dx; at 8×512 on the 3B each call moves ~300 MB, this one ~200 MB). The same order of
-// every sum and product: the same bits. MIMIC_RMSNORM_BWD_REG=1 (round 21, not yet run on a GPU).
-__global__ void __launch_bounds__(kNormThreads)
-    rmsnorm_bwd_reg_kernel(float* __restrict__ dx, const float* __restrict__ dout, const float* __restrict__ x,
-                           const float* __restrict__ w, const float* __restrict__ rstd, int C) {
-  __shared__ float sh[32];
-  const int64_t n = blockIdx.x;
-  const float r = rstd[n];
-  const float *xr = x + n * C, *gr = dout + n * C;
-  float xv[kNormPer], gv[kNormPer];
-#pragma unroll
-  for (int k = 0; k < kNormPer; ++k) {
-    const int c = threadIdx.x + k * kNormThreads;
-    xv[k] = c < C ? xr[c] : 0.f;
-    gv[k] = c < C ? gr[c] : 0.f;
-  }
-  float dot = 0.f;
-#pragma unroll
-  for (int k = 0; k < kNormPer; ++k) {
-    const int c = threadIdx.x + k * kNormThreads;
-    if (c < C) dot += gv[k] * w[c] * xv[k] * r;
-  }
-  dot = block_sum(dot, sh) / C;
-#pragma unroll
-  for (int k = 0; k < kNormPer; ++k) {
-    const int c = threadIdx.x + k * kNormThreads;
-    if (c < C) dx[n * C + c] += r * (gv[k] * w[c] - xv[k] * r * dot);
-  }
-}
-
-bool rmsnorm_bwd_reg_enabled() { return env_is("MIMIC_RMSNORM_BWD_REG", "1"); }
-
 }  // namespace
 
 void rmsnorm_forward(bf16* out, float* rstd, const float* x, const float* w, int64_t N, int C, float eps, int64_t ld_out) {
@@ -128,9 +93,8 @@ void rmsnorm_forward(bf16* out, float* rstd, const float* x, const float* w, int
 void rmsnorm_backward(float* dx, const float* dout, const float* x, const float* w, const float* rstd, int64_t N,
                       int C) {
   if (N == 0) return;
-  if (C <= kNormThreads * kNormPer && rmsnorm_bwd_reg_enabled())
-    rmsnorm_bwd_reg_kernel<<<(unsigned)N, kNormThreads, 0, Context::get().stream>>>(dx, dout, x, w, rstd, C);
-  else rmsnorm_bwd_kernel<<<(unsigned)N, 256, 0, Context::get().stream>>>(dx, dout, x, w, rstd, C);
+  // (the row in registers, as the forward, measured no faster here — round 22, H100: −0.2 % a step)
+  rmsnorm_bwd_kernel<<<(unsigned)N, 256, 0, Context::get().stream>>>(dx, dout, x, w, rstd, C);
   MIMIC_CUDA_LAUNCHED();
 }
 }  // namespace mimic::cuda
