@@ -78,6 +78,16 @@ double rel(const std::vector<float>& got, const std::vector<float>& want) {
   for (float g : got) if (!std::isfinite(g)) return 1e30;
   return max_rel_err(got.data(), want.data(), (int64_t)got.size());
 }
+// A trainer's LoRA gradients (after DeviceTrainer::pull): all of them, and the last layer's alone.
+std::pair<std::vector<float>, std::vector<float>> lora_grads(Trainer& tr, int num_layers) {
+  std::vector<float> all, last;
+  const std::string tail = ".layers." + std::to_string(num_layers - 1) + ".";
+  for (auto& p : tr.params()) {
+    all.insert(all.end(), p.g->begin(), p.g->end());
+    if (p.name.find(tail) != std::string::npos) last.insert(last.end(), p.g->begin(), p.g->end());
+  }
+  return {all, last};
+}
 // max |got − want| (NaN / a size mismatch count as a difference: bit-for-bit rows test == 0)
 double max_abs(const std::vector<float>& got, const std::vector<float>& want) {
   if (got.size() != want.size()) return 1e30;
@@ -907,13 +917,7 @@ void batch_bench(const std::string& dir) {
         unsetenv("MIMIC_FWD_GROUPED");
         if (env) unsetenv(env);
         dt2.pull();
-        std::vector<float> all, last;
-        const std::string tail = ".layers." + std::to_string(cpu->cfg.num_layers - 1) + ".";
-        for (auto& p : tr2.params()) {
-          all.insert(all.end(), p.g->begin(), p.g->end());
-          if (p.name.find(tail) != std::string::npos) last.insert(last.end(), p.g->begin(), p.g->end());
-        }
-        return std::make_pair(all, last);
+        return lora_grads(tr2, cpu->cfg.num_layers);
       };
       const auto sep = grads(0), grp = grads(1), fwd = grads(2);
       const std::string tag = rc ? " (recompute)" : " (no recompute)";
@@ -968,13 +972,7 @@ void batch_bench(const std::string& dir) {
         *loss_out = dt3.accumulate(tids.data(), tlab.data(), TB, TT).loss_sum;
         unsetenv("MIMIC_FWD_GROUPED");
         dt3.pull();
-        std::vector<float> all, last;
-        const std::string tail = ".layers." + std::to_string(cpu->cfg.num_layers - 1) + ".";
-        for (auto& p : tr3.params()) {
-          all.insert(all.end(), p.g->begin(), p.g->end());
-          if (p.name.find(tail) != std::string::npos) last.insert(last.end(), p.g->begin(), p.g->end());
-        }
-        return std::make_pair(all, last);
+        return lora_grads(tr3, cpu->cfg.num_layers);
       };
       double l0 = 0, l1 = 0;
       const auto b0 = grads3(false, &l0), b1 = grads3(true, &l1);
