@@ -1001,10 +1001,10 @@ LossSum DeviceTrainer::run(const int32_t* ids, const int32_t* labels, int B, int
   const int n_acts = (train && !recompute) ? c.num_layers : 1;
   ensure_ws(d_, N, B, n_acts, train);
   Workspace& w = *d_.ws;
-  const bool keep_attn = train && recompute && recompute_keep_attn(w, c, N);
-  if (keep_attn) ensure_kept(w, c, N, c.num_layers);
   if ((int)w.xs.size() < c.num_layers + 1) w.xs.resize(c.num_layers + 1);
   for (auto& x : w.xs) x.reserve((size_t)N * C);
+  const bool keep_attn = train && recompute && recompute_keep_attn(w, c, N);  // (the room after all else)
+  if (keep_attn) ensure_kept(w, c, N, c.num_layers);
   cudaStream_t st = stream();
   MIMIC_CUDA_CHECK(cudaMemcpyAsync(w.ids.p, ids, sizeof(int32_t) * N, cudaMemcpyHostToDevice, st));
   MIMIC_CUDA_CHECK(cudaMemcpyAsync(w.pos.p, pos.data(), sizeof(int32_t) * N, cudaMemcpyHostToDevice, st));
