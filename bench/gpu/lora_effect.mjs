@@ -1,0 +1,53 @@
+// mimic's side of bench/gpu/lora_effect.py: the summed loss of DIR's 2 × 128 tokens with the LoRA of
+// B = ±0.05 and with B = 0, on the CPU (fp32) and, where the addon has CUDA, on the GPU with bf16 and
+// NF4 weights — one JSON line a leg, then the LoRA's effect (B − B0) of each against the CPU's.
+//   node bench/gpu/lora_effect.mjs DIR      (after python3 bench/gpu/lora_effect.py DIR)
+import fs from 'node:fs';
+import path from 'node:path';
+import { native } from '../../dist/native.js';
+
+const dir = process.argv[2] ?? '/tmp/lora-effect';
+function readSafetensors(p) {
+  const buf = fs.readFileSync(p);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString());
+  const out = {};
+  for (const [k, v] of Object.entries(header)) {
+    if (k === '__metadata__') continue;
+    const [a, b] = v.data_offsets;
+    out[k] = new Float32Array(buf.buffer.slice(buf.byteOffset + 8 + n + a, buf.byteOffset + 8 + n + b));
+  }
+  return out;
+}
+function readNpyInt32(p) {
+  const b = fs.readFileSync(p);
+  const headerLen = b.readUInt16LE(8);
+  return new Int32Array(b.buffer.slice(b.byteOffset + 10 + headerLen, b.byteOffset + b.length));
+}
+const ids = readNpyInt32(path.join(dir, 'ids.npy')), labels = readNpyInt32(path.join(dir, 'labels.npy'));
+const targets = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
+const legs = [{ device: 'cpu', quant: 'none' }];
+if (native().cudaAvailable()) legs.push({ device: 'cuda', quant: 'none' }, { device: 'cuda', quant: 'nf4' });
+const effect = {};
+for (const leg of legs) {
+  const model = await native().loadModel(dir, leg);
+  const loss = {};
+  for (const tag of ['b', '0']) {
+    for (const recompute of [false, true]) {
+      const tr = model.createTrainer({ lora: { r: 16, alpha: 32, dropout: 0, targets }, seed: 1, recompute,
+        init: readSafetensors(path.join(dir, `lora_${tag}.safetensors`)) });
+      loss[`${tag}${recompute ? '_recompute' : ''}`] = {
+        evaluate: (await tr.evaluate(ids, labels, 2, 128)).lossSum,
+        accumulate: (await tr.accumulate(ids, labels, 2, 128)).lossSum,
+      };
+      tr.dispose();
+    }
+  }
+  model.dispose?.();
+  const name = `${leg.device}/${leg.quant}`;
+  effect[name] = loss.b.evaluate - loss['0'].evaluate;
+  console.log(JSON.stringify({ leg: name, loss, lora_effect: effect[name] }));
+}
+const cpu = effect['cpu/none'];
+for (const [name, e] of Object.entries(effect))
+  console.log(`LORA EFFECT ${name}: ${e.toFixed(4)} (cpu ${cpu.toFixed(4)}, ratio ${(e / cpu).toFixed(3)})`);
