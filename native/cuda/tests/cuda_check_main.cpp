@@ -514,6 +514,47 @@ void model_checks(const std::string& ref) {
       }
     }
   }
+  // The training path of real batches — N > 64 rows: dense weights, one dequantize a layer, the grouped
+  // backward, the recompute's kept attention and its skipped down product — against the CPU trainer on
+  // the same model and adapter (the fixture's own batch, 24 rows, takes the GEMV / small-GEMM routes
+  // instead). 4 × 40 tokens, the first 10 of each sequence masked; the fixture's PEFT adapter (nonzero B).
+  {
+    auto ad = read_safetensors(dir + "/lora/adapter_model.safetensors");
+    json::Value acfg = json::parse_file(dir + "/lora/adapter_config.json");
+    std::map<std::string, std::vector<float>> init;
+    for (auto& [k, t] : ad) init[k] = as<float>(t);
+    TrainerOptions to;
+    to.r = (int)acfg.find("r")->num;
+    to.alpha = (float)acfg.find("lora_alpha")->num;
+    to.dropout = 0.f;
+    to.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+    const int TB = 4, TT = 40;
+    for (int quant = 0; quant < 2; ++quant)
+      for (int recompute = 0; recompute < 2; ++recompute) {
+        to.recompute = recompute;
+        auto cpu1 = load_llama(dir, quant == 1), cpu2 = load_llama(dir, quant == 1);
+        const int V = cpu1->cfg.vocab_size;
+        std::vector<int32_t> tids(TB * TT), tlab(TB * TT);
+        for (int i = 0; i < TB * TT; ++i) {
+          tids[i] = (i * 37 + 11) % V;
+          tlab[i] = i % TT < 10 ? -100 : tids[i];
+        }
+        Trainer tc(*cpu1, to, &init);
+        const LossSum lc = tc.accumulate(tids.data(), tlab.data(), TB, TT);
+        auto gpu2 = cuda::upload_model(*cpu2);
+        Trainer tg(*cpu2, to, &init);
+        cuda::DeviceTrainer dg(*gpu2, tg);
+        const LossSum lg = dg.accumulate(tids.data(), tlab.data(), TB, TT);
+        dg.pull();
+        std::vector<float> gc, gg;
+        for (auto& p : tc.params()) gc.insert(gc.end(), p.g->begin(), p.g->end());
+        for (auto& p : tg.params()) gg.insert(gg.end(), p.g->begin(), p.g->end());
+        const std::string tag = std::string(quant ? " (NF4" : " (fp32") + (recompute ? ", recompute)" : ")");
+        add("train N>64", "loss, GPU vs the CPU trainer, 4x40 tokens (rel)" + tag,
+            std::fabs(lg.loss_sum - lc.loss_sum) / std::fabs(lc.loss_sum), 1e-2);
+        add("train N>64", "all LoRA grads, GPU vs the CPU trainer (rel)" + tag, rel(gg, gc), 2e-2);
+      }
+  }
 }
 
 // ---- the 3B shape ---------------------------------------------------------------------------
