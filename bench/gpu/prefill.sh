@@ -7,12 +7,17 @@
 # prefill512; train2 = one 2×512 training step), the legs alternated twice;
 # NSYS_ENV: the nsys pass's assignments (commas); TABLES=1 / BATCH=1: the op ‖ model tables and the
 # batch rows first; CPPBENCH=1: then the C++ bench; PEER=1: the PyTorch peer after the legs;
-# NO_PROFILE=1: no nsys / ncu.
+# NO_PROFILE=1: no nsys / ncu; LORA_EFFECT=1: after the tables, bench/gpu/lora_effect.py / .mjs (the LoRA's
+# effect on a 3B-width 2-layer model's loss: numpy, mimic CPU, CUDA bf16 and NF4).
 #   device: run(command="TABLES=1 bash bench/gpu/prefill.sh", carry=[".device-node", "dist", ".gpu-carry"])
 source bench/gpu/lib.sh
 gpu_round prefill 540  # (DEADLINE_S overrides)
 gpu_build
 [ -n "$TABLES" ] && gpu_tables
+if [ -n "$LORA_EFFECT" ] && can 120 lora-effect; then  # LORA_EFFECT=1: the 3B-width 2-layer model's LoRA effect, numpy vs mimic CPU / CUDA
+  timeout $(left 60) python3 bench/gpu/lora_effect.py /tmp/lora-effect 2>&1 | tee "$L/lora-effect.log" | tail -1
+  timeout $(left 150) node bench/gpu/lora_effect.mjs /tmp/lora-effect 2>&1 | tee -a "$L/lora-effect.log" | grep '^LORA\|Error'
+fi
 gpu_checkpoint
 [ -n "$BATCH" ] && gpu_batch 0
 if [ -n "$CPPBENCH" ] && can 120 cpp-bench; then  # CPPBENCH=1: the C++ bench's figures (decode, prefill, TTFT, training), printed as they come
