@@ -286,6 +286,18 @@ void batch_rows(cuda::DeviceModel& gpu, const LlamaConfig& c, const std::string&
 }
 
 // ---- model level ----------------------------------------------------------------------------
+// The fixture's PEFT adapter (its tensors into init) and its options: r, alpha, all seven, no dropout.
+TrainerOptions fixture_lora(const std::string& dir, std::map<std::string, std::vector<float>>& init) {
+  auto ad = read_safetensors(dir + "/lora/adapter_model.safetensors");
+  json::Value acfg = json::parse_file(dir + "/lora/adapter_config.json");
+  for (auto& [k, t] : ad) init[k] = as<float>(t);
+  TrainerOptions to;
+  to.r = (int)acfg.find("r")->num;
+  to.alpha = (float)acfg.find("lora_alpha")->num;
+  to.dropout = 0.f;
+  to.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  return to;
+}
 void model_checks(const std::string& ref) {
   auto exp = read_safetensors(ref + "/expected.safetensors");
   json::Value meta = json::parse_file(ref + "/expected.json");
@@ -446,15 +458,8 @@ void model_checks(const std::string& ref) {
     }
     // LoRA: loss, grads, one AdamW step (fp32 base only: the fixture's LoRA run is fp32)
     if (!quant) {
-      auto ad = read_safetensors(dir + "/lora/adapter_model.safetensors");
-      json::Value acfg = json::parse_file(dir + "/lora/adapter_config.json");
       std::map<std::string, std::vector<float>> init;
-      for (auto& [k, t] : ad) init[k] = as<float>(t);
-      TrainerOptions to;
-      to.r = (int)acfg.find("r")->num;
-      to.alpha = (float)acfg.find("lora_alpha")->num;
-      to.dropout = 0.f;
-      to.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+      TrainerOptions to = fixture_lora(dir, init);
       for (int recompute = 0; recompute < 2; ++recompute) {
         to.recompute = recompute;
         auto cpu2 = load_llama(dir, false);
@@ -519,15 +524,8 @@ void model_checks(const std::string& ref) {
   // the same model and adapter (the fixture's own batch, 24 rows, takes the GEMV / small-GEMM routes
   // instead). 4 × 40 tokens, the first 10 of each sequence masked; the fixture's PEFT adapter (nonzero B).
   {
-    auto ad = read_safetensors(dir + "/lora/adapter_model.safetensors");
-    json::Value acfg = json::parse_file(dir + "/lora/adapter_config.json");
     std::map<std::string, std::vector<float>> init;
-    for (auto& [k, t] : ad) init[k] = as<float>(t);
-    TrainerOptions to;
-    to.r = (int)acfg.find("r")->num;
-    to.alpha = (float)acfg.find("lora_alpha")->num;
-    to.dropout = 0.f;
-    to.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+    TrainerOptions to = fixture_lora(dir, init);
     const int TB = 4, TT = 40;
     for (int quant = 0; quant < 2; ++quant)
       for (int recompute = 0; recompute < 2; ++recompute) {
