@@ -1,6 +1,7 @@
 // mimic's side of bench/gpu/lora_effect.py: the summed loss of DIR's 2 × 128 tokens with the LoRA of
 // B = ±0.05 and with B = 0, on the CPU (fp32) and, where the addon has CUDA, on the GPU with bf16 and
-// NF4 weights — one JSON line a leg, then the LoRA's effect (B − B0) of each against the CPU's.
+// NF4 weights and NF4 with MIMIC_FWD_GROUPED=1 — one JSON line a leg, then the LoRA's effect (B − B0)
+// of each against the CPU's.
 //   node bench/gpu/lora_effect.mjs DIR      (after python3 bench/gpu/lora_effect.py DIR)
 import fs from 'node:fs';
 import path from 'node:path';
@@ -27,10 +28,12 @@ function readNpyInt32(p) {
 const ids = readNpyInt32(path.join(dir, 'ids.npy')), labels = readNpyInt32(path.join(dir, 'labels.npy'));
 const targets = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
 const legs = [{ device: 'cpu', quant: 'none' }];
-if (native().cudaAvailable()) legs.push({ device: 'cuda', quant: 'none' }, { device: 'cuda', quant: 'nf4' });
-const effect = {};
+if (native().cudaAvailable())
+  legs.push({ device: 'cuda', quant: 'none' }, { device: 'cuda', quant: 'nf4' }, { device: 'cuda', quant: 'nf4', env: 'MIMIC_FWD_GROUPED' });
+const effect = {}, evals = {};
 for (const leg of legs) {
-  const model = await native().loadModel(dir, leg);
+  if (leg.env) process.env[leg.env] = '1';  // (read by the native code at each layer)
+  const model = await native().loadModel(dir, { device: leg.device, quant: leg.quant });
   const loss = {};
   for (const tag of ['b', '0']) {
     for (const recompute of [false, true]) {
@@ -44,10 +47,13 @@ for (const leg of legs) {
     }
   }
   model.dispose?.();
-  const name = `${leg.device}/${leg.quant}`;
+  if (leg.env) delete process.env[leg.env];
+  const name = `${leg.device}/${leg.quant}${leg.env ? ` ${leg.env}=1` : ''}`;
+  evals[name] = loss.b.evaluate;
   effect[name] = loss.b.evaluate - loss['0'].evaluate;
   console.log(JSON.stringify({ leg: name, loss, lora_effect: effect[name] }));
 }
 const cpu = effect['cpu/none'];
 for (const [name, e] of Object.entries(effect))
-  console.log(`LORA EFFECT ${name}: ${e.toFixed(4)} (cpu ${cpu.toFixed(4)}, ratio ${(e / cpu).toFixed(3)})`);
+  console.log(`LORA EFFECT ${name}: ${e.toFixed(4)} (cpu ${cpu.toFixed(4)}, ratio ${(e / cpu).toFixed(3)}); loss with B ${evals[name].toFixed(4)}`);
+// (the grouped forward's gap against the NF4 leg: compare with lora_effect.py's numpy_bf16 pair)

@@ -9,8 +9,9 @@ Why: round 22's 3B batch rows saw the LoRA (r 16 on all seven, B = ±0.05) move 
 moves it by 21.4 — and no check compares the GPU's training path at N > 64 rows (dense weights, the
 grouped passes) with the CPU: the fixture's batches are 24 and 51 rows. This model is the 3B's width
 with 2 layers (vocab 32,000), random like make_3b (std 0.02); A Kaiming-uniform, B = ±0.05; 2 × 128
-tokens, the second half of each sequence a target (N = 256). On a 2-core CPU: ~20 s here, ~10 s the
-mimic CPU leg (which agrees with numpy to 1e-7: 1424.7125 / 1417.1991).
+tokens, the second half of each sequence a target (N = 256). On a 2-core CPU: ~30 s here, ~70 s the
+mimic CPU leg (which agrees with numpy to 1e-7: 1424.7125 / 1417.1991). Also numpy's losses with the
+CUDA path's bf16 roundings, per projection and grouped: the gap MIMIC_FWD_GROUPED=1 should show.
 """
 import json, os, struct, sys, numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -47,13 +48,14 @@ json.dump({"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden
            "torch_dtype": "float32"}, open(os.path.join(OUT, 'config.json'), 'w'))
 # numpy fp32 forward (the sensitivity script's maths, rounding off)
 import grouped_forward_sensitivity as g
+bf16 = g.bf16
 g.bf16 = lambda a: np.asarray(a, np.float32)
 g.TB, g.TT, g.HQ, g.HKV, g.D = TB, TT, HQ, HKV, D
 n = TB * TT
 ids = np.array([(i * 37 + 5) % V for i in range(n)]); labels = np.array([-100 if i % TT < TT // 2 else ids[i] for i in range(n)])
 tgt = np.array([labels[i + 1] if (i % TT) + 1 < TT else -100 for i in range(n)]); pos = np.array([i % TT for i in range(n)])
 np.save(os.path.join(OUT, 'ids.npy'), ids.astype(np.int32)); np.save(os.path.join(OUT, 'labels.npy'), labels.astype(np.int32))
-def loss(withB):
+def loss(withB, grouped=False):
     x = W['model.embed_tokens.weight'][ids].astype(np.float32)
     for l in range(L):
         P = []
@@ -61,12 +63,17 @@ def loss(withB):
             a = A[f'base_model.model.model.layers.{l}.{blk}.{p}.lora_A.weight']; b = B[f'base_model.model.model.layers.{l}.{blk}.{p}.lora_B.weight']
             P.append((W[f'model.layers.{l}.{blk}.{p}.weight'], a, b if withB else np.zeros_like(b)))
         xn = g.rmsnorm(x)
-        q = g.rope(g.lin(xn, *P[0], False), pos, HQ); k = g.rope(g.lin(xn, *P[1], False), pos, HKV); v = g.lin(xn, *P[2], False)
-        h = x + g.lin(g.attention(q, k, v), *P[3], False)
-        xn2 = g.rmsnorm(h); gg, u = g.lin(xn2, *P[4], False), g.lin(xn2, *P[5], False)
-        x = h + g.lin(gg / (1 + np.exp(-gg)) * u, *P[6], False)
+        q = g.rope(g.lin(xn, *P[0], grouped), pos, HQ); k = g.rope(g.lin(xn, *P[1], grouped), pos, HKV); v = g.lin(xn, *P[2], grouped)
+        h = x + g.lin(g.attention(q, k, v), *P[3], False)  # (o is never forward-grouped)
+        xn2 = g.rmsnorm(h); gg, u = g.lin(xn2, *P[4], grouped), g.lin(xn2, *P[5], grouped)
+        x = h + g.lin(g.bf16(gg / (1 + np.exp(-gg)) * u), *P[6], grouped)
     rows = tgt >= 0
     lg = (g.rmsnorm(x)[rows] @ W['model.embed_tokens.weight'].T).astype(np.float64)
     m = lg.max(-1, keepdims=True); lse = m[:, 0] + np.log(np.exp(lg - m).sum(-1))
     return float((lse - lg[np.arange(rows.sum()), tgt[rows]]).sum())
-print(json.dumps({"numpy_loss_B": loss(True), "numpy_loss_B0": loss(False)}))
+out = {"numpy_loss_B": loss(True), "numpy_loss_B0": loss(False)}
+# and with the CUDA path's bf16 roundings: a product a projection vs MIMIC_FWD_GROUPED=1's one rounding
+# less (what the grouped forward may move the loss by on this model; lora_effect.mjs's cuda/nf4 legs)
+g.bf16 = bf16
+out["numpy_bf16_loss_B"], out["numpy_bf16_loss_B_grouped"] = loss(True), loss(True, grouped=True)
+print(json.dumps(out))

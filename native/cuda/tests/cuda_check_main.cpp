@@ -995,43 +995,6 @@ void batch_bench(const std::string& dir) {
             (max_abs(full.first, kept.first) == 0 && lf == lk) ? 0.0 : 1.0, 0.0);
       }
     }
-    {
-      // the grouped forward's layout apart from its roundings (round 22: its grads 7.6e-2 from the
-      // per-projection route's with B = ±0.05 everywhere). With B = 0 both forwards make the same sums
-      // (y = x·Wᵀ; h' = s·h exactly, s a power of two) but for the order of the fp32 accumulation (inner
-      // size K + R instead of K: cuBLAS may tile it otherwise), so the grads must agree to well within
-      // 1e-2 — and how far they move shows what 28 random layers make of differences that small; with
-      // B = ±0.05 in the last layer only, one rounding less in that layer's outputs is all that differs
-      TrainerOptions to3 = to;
-      Trainer tr3(*cpu, to3);  // (a fresh adapter: PEFT's B = 0)
-      cuda::DeviceTrainer dt3(*gpu, tr3);
-      auto grads3 = [&](bool fwd, double* loss_out) {
-        setenv("MIMIC_FWD_GROUPED", fwd ? "1" : "0", 1);
-        dt3.zero_grad();
-        *loss_out = dt3.accumulate(tids.data(), tlab.data(), TB, TT).loss_sum;
-        unsetenv("MIMIC_FWD_GROUPED");
-        dt3.pull();
-        return lora_grads(tr3, cpu->cfg.num_layers);
-      };
-      double l0 = 0, l1 = 0;
-      const auto b0 = grads3(false, &l0), b1 = grads3(true, &l1);
-      add("train 3B", "grouped forward, LoRA B = 0: all LoRA grads vs the grouped backward alone's (rel)",
-          rel(b1.first, b0.first), 1e-2);
-      LlamaLayer& Ly = cpu->layers[cpu->cfg.num_layers - 1];
-      Linear* ps[7] = {&Ly.q, &Ly.k, &Ly.v, &Ly.o, &Ly.gate, &Ly.up, &Ly.down};
-      for (int i = 0; i < 7; ++i) {
-        uint64_t z = 9000 + i;
-        for (auto& b : ps[i]->lora->B) { z = z * 6364136223846793005ull + 1; b = ((int)((z >> 40) % 2001) - 1000) * 5e-5f; }
-      }
-      dt3.push();
-      double l2 = 0, l3 = 0;
-      const auto c0 = grads3(false, &l2), c1 = grads3(true, &l3);
-      std::printf("GROUPED FWD train 3B: B = 0: last layer rel %.3e, all %.3e (max |diff| %.3g), losses %.17g %.17g; B in the last "
-                  "layer only: last layer rel %.3e, all %.3e, losses %.17g %.17g\n", rel(b1.second, b0.second), rel(b1.first, b0.first),
-                  max_abs(b0.first, b1.first), l0, l1, rel(c1.second, c0.second), rel(c1.first, c0.first), l2, l3);
-      add("train 3B", "grouped forward, LoRA B = ±0.05 in the last layer only: its LoRA grads (rel)",
-          c1.second.empty() ? 1.0 : rel(c1.second, c0.second), 1e-2);
-    }
     attach_lora(*cpu, *gpu, 0);  // (the trainer attached its adapter: the rows below run the base model)
   }
   // step rate by batch size: caches at 128 tokens, 24 timed steps each (greedy sampling included
