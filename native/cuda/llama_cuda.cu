@@ -195,6 +195,7 @@ const bf16* dense_of(const LinCtx& c, const DLinear& L, int64_t N) {
   return c.dense[i];
 }
 
+bool has_lora(const DLinear& L) { return L.src && L.r > 0; }
 const bf16* lora_A(const DeviceModel& d, const DLinear& L) { return d.lb.p + L.offA; }
 // Σ r of group g's LoRA'd members: the h' columns of its group_forward rows, the A rows of its block
 int64_t group_rank(const DLayer& L, int g) {
@@ -205,8 +206,10 @@ int64_t group_rank(const DLayer& L, int g) {
 }
 const bf16* lora_B(const DeviceModel& d, const DLinear& L) { return d.lb.p + L.offB; }
 
-// h_out[N, r] = x_drop·Aᵀ: the LoRA half's first product, kept for the backward (dB = s·dyᵀ·h).
+// h_out[N, r] = x_drop·Aᵀ: the LoRA half's first product, kept for the backward (dB = s·dyᵀ·h); nothing
+// for a projection without LoRA.
 void lin_forward_h(LinCtx& c, const bf16* x, int64_t N, const DLinear& L, bf16* h_out) {
+  if (!has_lora(L)) return;
   const bf16* xin = x;
   if (c.dropout > 0.f) {
     dropout_kernel<bf16><<<ew_grid(N * L.K), 256, 0, stream()>>>(c.ws.drop.p, x, N * L.K, c.dropout, c.seed, false);
@@ -225,7 +228,7 @@ void lin_forward(LinCtx& c, bf16* y, const bf16* x, int64_t N, const DLinear& L,
   } else if (const bf16* W = L.is_nf4 ? dense_of(c, L, N) : nullptr) matmul_forward<bf16>(y, x, W, N, L.K, L.M, 1.f, 0.f);
   else if (L.is_nf4) nf4_matmul_forward<bf16>(y, x, L.nf4, N, c.ws.scratch.p, 1.f, 0.f);
   else matmul_forward<bf16>(y, x, L.W.p, N, L.K, L.M, 1.f, 0.f);
-  if (!L.src || L.r == 0) return;
+  if (!has_lora(L)) return;
   lin_forward_h(c, x, N, L, h_out);
   matmul_forward<bf16>(y, h_out, lora_B(c.d, L), N, L.r, L.M, L.scale, 1.f);
 }
@@ -237,7 +240,7 @@ void lin_backward(LinCtx& c, TO* dx, float beta, const bf16* dy, const bf16* x, 
   if (const bf16* W = L.is_nf4 ? dense_of(c, L, N) : nullptr) matmul_backward_input<TO>(dx, dy, W, N, L.K, L.M, 1.f, beta);
   else if (L.is_nf4) nf4_matmul_backward_input<TO>(dx, dy, L.nf4, N, c.ws.scratch.p, 1.f, beta);
   else matmul_backward_input<TO>(dx, dy, L.W.p, N, L.K, L.M, 1.f, beta);
-  if (!L.src || L.r == 0) return;
+  if (!has_lora(L)) return;
   DeviceModel& d = c.d;
   matmul_backward_weight(d.lg.p + L.offB, dy, h, N, L.r, L.M, L.scale, 1.f);               // dB += s·dyᵀh
   matmul_backward_input<bf16>(c.ws.dh.p, dy, lora_B(d, L), N, L.r, L.M, L.scale, 0.f);     // dh = s·dy·B
@@ -294,7 +297,7 @@ void group_forward(LinCtx& c, int g, bf16* const* y, bf16* x, int64_t N, const D
   for (int i = i0; i < i0 + n; ++i) {
     const DLinear& P = L.proj[i];
     rows += P.M;
-    if (!P.src || P.r == 0) continue;
+    if (!has_lora(P)) continue;
     if (first) s0 = P.scale;
     one_s = one_s && P.scale == s0;
     first = false;
@@ -307,7 +310,7 @@ void group_forward(LinCtx& c, int g, bf16* const* y, bf16* x, int64_t N, const D
     int64_t off = 0;
     for (int i = i0; i < i0 + n; ++i) {
       const DLinear& P = L.proj[i];
-      if (!P.src || P.r == 0) continue;
+      if (!has_lora(P)) continue;
       matmul_forward_ld<bf16>(x + K + off, ld, x, ld, arows + off * ld, ld, N, K, P.r, P.scale, 0.f);
       off += P.r;
     }
@@ -345,7 +348,7 @@ void group_backward(LinCtx& c, int g, TO* dx, float beta, bf16* dycat, const bf1
     const DLinear& P = L.proj[i];
     const bf16* dy = dycat + at;
     at += P.M;
-    if (!P.src || P.r == 0) continue;
+    if (!has_lora(P)) continue;
     bf16* dh = dycat + col;
     if (hx) matmul_backward_weight_ld(d.lg.p + P.offB, dy, ld, x + hoff, ldx, N, P.r, P.M, 1.f, 1.f);  // dB += dyᵀh'
     else matmul_backward_weight_ld(d.lg.p + P.offB, dy, ld, h[i - i0], P.r, N, P.r, P.M, P.scale, 1.f);  // dB += s·dyᵀh
@@ -498,7 +501,7 @@ void dequantize_layer(DeviceModel& d, int l, Workspace& w, LinCtx& lc) {
       int64_t off = 0;
       for (int i = i0; i < i0 + n; ++i) {
         const DLinear& p = L.proj[i];
-        const bool lora = p.src && p.r > 0;
+        const bool lora = has_lora(p);
         ext_cols_kernel<<<ew_grid((int64_t)p.M * R), 256, 0, st>>>(const_cast<bf16*>(wrow), ld, K, (int)R, p.M,
                                                                   lora ? lora_B(d, p) : nullptr, lora ? p.r : 0, (int)off);
         MIMIC_CUDA_LAUNCHED();
@@ -508,7 +511,7 @@ void dequantize_layer(DeviceModel& d, int l, Workspace& w, LinCtx& lc) {
     }
     for (int i = i0; i < i0 + n; ++i) {  // the A rows (their first K columns; the rest is never read)
       const DLinear& p = L.proj[i];
-      if (!p.src || p.r == 0) continue;
+      if (!has_lora(p)) continue;
       MIMIC_CUDA_CHECK(cudaMemcpy2DAsync(w.layer_w.p + at, sizeof(bf16) * ld, lora_A(d, p), sizeof(bf16) * p.K,
                                          sizeof(bf16) * p.K, p.r, cudaMemcpyDeviceToDevice, st));
       at += (size_t)p.r * ld;
@@ -574,8 +577,10 @@ void layer_forward(DeviceModel& d, int l, Acts& a, const float* x, float* out, c
   if (attn_kept) {
     if (a.hx[kQKV]) group_forward(lc, kQKV, nullptr, a.xn1.p, N, L, /*h_only=*/true);
     else
-      for (int i = 0; i < 3; ++i)
-        if (L.proj[i].src && L.proj[i].r > 0) { seed(i); lin_forward_h(lc, a.xn1.p, N, L.proj[i], a.lh[i].p); }
+      for (int i = 0; i < 3; ++i) {
+        seed(i);
+        lin_forward_h(lc, a.xn1.p, N, L.proj[i], a.lh[i].p);
+      }
   } else if (a.hx[kQKV]) {
     bf16* const ys[3] = {a.q.p, a.k.p, a.v.p};
     group_forward(lc, kQKV, ys, a.xn1.p, N, L);
@@ -612,11 +617,8 @@ void layer_forward(DeviceModel& d, int l, Acts& a, const float* x, float* out, c
   }
   swiglu_forward(a.act.p, a.gate.p, a.up.p, N, c.intermediate_size, a.ld_act);
   if (recompute && !recompute_full()) {
-    if (a.hx[kDown]) {
-      group_forward(lc, kDown, nullptr, a.act.p, N, L, /*h_only=*/true);
-    } else if (L.proj[6].src && L.proj[6].r > 0) {
-      seed(6); lin_forward_h(lc, a.act.p, N, L.proj[6], a.lh[6].p);
-    }
+    if (a.hx[kDown]) group_forward(lc, kDown, nullptr, a.act.p, N, L, /*h_only=*/true);
+    else { seed(6); lin_forward_h(lc, a.act.p, N, L.proj[6], a.lh[6].p); }
     return;
   }
   if (a.hx[kDown]) {
