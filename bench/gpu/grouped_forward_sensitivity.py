@@ -68,42 +68,55 @@ def lin(x, W, A, B, grouped):
     return bf16(bf16(x @ W.T) + S * (h @ B.T))
 
 
-def main():
-    rng = np.random.default_rng(0)
+def batch(vocab):
+    """The batch rows' TB × TT tokens: ids, labels (the first half of each sequence masked), shifted targets, positions."""
     n = TB * TT
-    ids = np.array([(i * 37 + 5) % 128000 for i in range(n)])
+    ids = np.array([(i * 37 + 5) % vocab for i in range(n)])
     labels = np.array([-100 if i % TT < TT // 2 else ids[i] for i in range(n)])
     tgt = np.array([labels[i + 1] if (i % TT) + 1 < TT else -100 for i in range(n)])
-    pos = np.array([i % TT for i in range(n)])
+    return ids, labels, tgt, np.array([i % TT for i in range(n)])
+
+
+def layer(x, P, pos, grouped):
+    """One decoder layer on the fp32 residual x; P: the seven (W, A, B) in q k v o gate up down order."""
+    xn = rmsnorm(x)
+    q = rope(lin(xn, *P[0], grouped), pos, HQ)
+    k = rope(lin(xn, *P[1], grouped), pos, HKV)
+    v = lin(xn, *P[2], grouped)
+    h = x + lin(attention(q, k, v), *P[3], False)  # (o is never forward-grouped: its x is the attention's output)
+    xn2 = rmsnorm(h)
+    g, u = lin(xn2, *P[4], grouped), lin(xn2, *P[5], grouped)
+    return h + lin(bf16(g / (1 + np.exp(-g)) * u), *P[6], grouped)
+
+
+def summed_loss(x, emb, tgt):
+    """Final norm, the tied lm_head, cross-entropy summed over the rows with a target."""
+    rows = tgt >= 0
+    logits = (rmsnorm(x)[rows] @ emb.T).astype(np.float64)
+    m = logits.max(-1, keepdims=True)
+    lse = m[:, 0] + np.log(np.exp(logits - m).sum(-1))
+    return float((lse - logits[np.arange(rows.sum()), tgt[rows]]).sum())
+
+
+def main():
+    rng = np.random.default_rng(0)
+    ids, _, tgt, pos = batch(128000)
     emb = bf16(rng.standard_normal((V, C), dtype=np.float32) * 0.02)
     routes = {"per projection, B": (False, True), "grouped, B": (True, True), "per projection, B = 0": (False, False)}
     xs = {k: emb[ids].astype(np.float32) for k in routes}
     shapes = [(HQ * D, C), (HKV * D, C), (HKV * D, C), (C, HQ * D), (I, C), (I, C), (C, I)]
-    for layer in range(L):
+    for li in range(L):
         Ws = [bf16(rng.standard_normal(s, dtype=np.float32) * 0.02) for s in shapes]
         As = [bf16(rng.uniform(-1, 1, (R, s[1])).astype(np.float32) / np.sqrt(s[1])) for s in shapes]
         Bs = [bf16(rng.integers(-1000, 1001, (s[0], R)).astype(np.float32) * 5e-5) for s in shapes]
         for k, (grouped, with_b) in routes.items():
-            x = xs[k]
             P = [(Ws[i], As[i], Bs[i] if with_b else np.zeros_like(Bs[i])) for i in range(7)]
-            xn = rmsnorm(x)
-            q = rope(lin(xn, *P[0], grouped), pos, HQ)
-            kk = rope(lin(xn, *P[1], grouped), pos, HKV)
-            v = lin(xn, *P[2], grouped)
-            h = x + lin(attention(q, kk, v), *P[3], False)  # (o is never forward-grouped: its x is the attention's output)
-            xn2 = rmsnorm(h)
-            g, u = lin(xn2, *P[4], grouped), lin(xn2, *P[5], grouped)
-            act = bf16(g / (1 + np.exp(-g)) * u)
-            xs[k] = h + lin(act, *P[6], grouped)
-        print(f"layer {layer + 1}/{L}: |x_G − x_P| / |x_P| {np.abs(xs['grouped, B'] - xs['per projection, B']).max() / np.abs(xs['per projection, B']).max():.3e}", flush=True)
+            xs[k] = layer(xs[k], P, pos, grouped)
+        print(f"layer {li + 1}/{L}: |x_G − x_P| / |x_P| {np.abs(xs['grouped, B'] - xs['per projection, B']).max() / np.abs(xs['per projection, B']).max():.3e}", flush=True)
     loss = {}
-    rows = tgt >= 0
     for k in routes:
-        logits = (rmsnorm(xs[k])[rows] @ emb.T).astype(np.float64)
-        m = logits.max(-1, keepdims=True)
-        lse = (m[:, 0] + np.log(np.exp(logits - m).sum(-1)))
-        loss[k] = float((lse - logits[np.arange(rows.sum()), tgt[rows]]).sum())
-        print(f"{k}: summed loss {loss[k]:.6f} over {int(rows.sum())} tokens")
+        loss[k] = summed_loss(xs[k], emb, tgt)
+        print(f"{k}: summed loss {loss[k]:.6f} over {int((tgt >= 0).sum())} tokens")
     p, g, z = loss["per projection, B"], loss["grouped, B"], loss["per projection, B = 0"]
     print(f"|P − G| = {abs(p - g):.4g} (one rounding less)   |P − B0| = {abs(p - z):.4g} (the LoRA's whole effect)   "
           f"ratio {abs(p - g) / max(abs(p - z), 1e-30):.3g}   (GPU, round 22: 0.634 / 0.429 = 1.48)")

@@ -51,26 +51,15 @@ import grouped_forward_sensitivity as g
 bf16 = g.bf16
 g.bf16 = lambda a: np.asarray(a, np.float32)
 g.TB, g.TT, g.HQ, g.HKV, g.D = TB, TT, HQ, HKV, D
-n = TB * TT
-ids = np.array([(i * 37 + 5) % V for i in range(n)]); labels = np.array([-100 if i % TT < TT // 2 else ids[i] for i in range(n)])
-tgt = np.array([labels[i + 1] if (i % TT) + 1 < TT else -100 for i in range(n)]); pos = np.array([i % TT for i in range(n)])
+ids, labels, tgt, pos = g.batch(V)
 np.save(os.path.join(OUT, 'ids.npy'), ids.astype(np.int32)); np.save(os.path.join(OUT, 'labels.npy'), labels.astype(np.int32))
 def loss(withB, grouped=False):
     x = W['model.embed_tokens.weight'][ids].astype(np.float32)
     for l in range(L):
-        P = []
-        for blk, p, M, K in names:
-            a = A[f'base_model.model.model.layers.{l}.{blk}.{p}.lora_A.weight']; b = B[f'base_model.model.model.layers.{l}.{blk}.{p}.lora_B.weight']
-            P.append((W[f'model.layers.{l}.{blk}.{p}.weight'], a, b if withB else np.zeros_like(b)))
-        xn = g.rmsnorm(x)
-        q = g.rope(g.lin(xn, *P[0], grouped), pos, HQ); k = g.rope(g.lin(xn, *P[1], grouped), pos, HKV); v = g.lin(xn, *P[2], grouped)
-        h = x + g.lin(g.attention(q, k, v), *P[3], False)  # (o is never forward-grouped)
-        xn2 = g.rmsnorm(h); gg, u = g.lin(xn2, *P[4], grouped), g.lin(xn2, *P[5], grouped)
-        x = h + g.lin(g.bf16(gg / (1 + np.exp(-gg)) * u), *P[6], grouped)
-    rows = tgt >= 0
-    lg = (g.rmsnorm(x)[rows] @ W['model.embed_tokens.weight'].T).astype(np.float64)
-    m = lg.max(-1, keepdims=True); lse = m[:, 0] + np.log(np.exp(lg - m).sum(-1))
-    return float((lse - lg[np.arange(rows.sum()), tgt[rows]]).sum())
+        P = [(W[f'model.layers.{l}.{blk}.{p}.weight'], A[f'base_model.model.model.layers.{l}.{blk}.{p}.lora_A.weight'],
+              B[f'base_model.model.model.layers.{l}.{blk}.{p}.lora_B.weight'] * (1.0 if withB else 0.0)) for blk, p, M, K in names]
+        x = g.layer(x, P, pos, grouped)
+    return g.summed_loss(x, W['model.embed_tokens.weight'], tgt)
 out = {"numpy_loss_B": loss(True), "numpy_loss_B0": loss(False)}
 # and with the CUDA path's bf16 roundings: a product a projection vs MIMIC_FWD_GROUPED=1's one rounding
 # less (what the grouped forward may move the loss by on this model; lora_effect.mjs's cuda/nf4 legs)
