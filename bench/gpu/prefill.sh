@@ -5,7 +5,8 @@
 # PREFILL_ENVS: space-separated legs ("-" = defaults; a leg's assignments joined by commas), each timed
 # by the C++ prof phase (PROF line: best and mean of 5 eager passes) of each of PHASES (default
 # prefill512; train2 = one 2×512 training step), the legs alternated twice;
-# NSYS_ENV: the nsys pass's assignments (commas); TABLES=1 / BATCH=1: the op ‖ model tables and the
+# NSYS_ENV: the nsys pass's assignments (commas); PROFILE_PHASE: the phase nsys and ncu profile
+# (default prefill512; train = one 8×512 training step); TABLES=1 / BATCH=1: the op ‖ model tables and the
 # batch rows first; CPPBENCH=1: then the C++ bench; PEER=1: the PyTorch peer after the legs;
 # NO_PROFILE=1: no nsys / ncu; LORA_EFFECT=1: after the tables, bench/gpu/lora_effect.py / .mjs (the LoRA's
 # effect on a 3B-width 2-layer model's loss: numpy, mimic CPU, CUDA bf16 and NF4).
@@ -31,10 +32,10 @@ fi
 NS=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | head -1)
 if [ -x "$NS" ] && can 60 nsys; then
   CUDA_VISIBLE_DEVICES=0 env $(echo "$NSYS_ENV" | tr ',' ' ') timeout $(left 120) $NS profile --capture-range=cudaProfilerApi -o /tmp/nsys-prefill \
-    ./build/mimic_cuda_check prof $CK prefill512 > "$L/nsys.txt" 2>&1
+    ./build/mimic_cuda_check prof $CK ${PROFILE_PHASE:-prefill512} > "$L/nsys.txt" 2>&1
   $NS stats --report cuda_gpu_trace --format csv -o /tmp/nsys-prefill /tmp/nsys-prefill.nsys-rep >> "$L/nsys.txt" 2>&1
   cp /tmp/nsys-prefill*_cuda_gpu_trace.csv "$L/nsys-trace.csv" 2>/dev/null
-  echo "nsys [${NSYS_ENV:-default}]"; python3 bench/gpu/nsys_sum.py "$L/nsys-trace.csv" 2>&1 | head -24
+  echo "nsys ${PROFILE_PHASE:-prefill512} [${NSYS_ENV:-default}]"; python3 bench/gpu/nsys_sum.py "$L/nsys-trace.csv" 2>&1 | head -24
   python3 bench/gpu/nsys_grids.py "$L/nsys-trace.csv" 24 2>&1
 else
   echo "no nsys"
@@ -42,7 +43,7 @@ fi
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 if [ -x "$NCU" ] && can 60 ncu; then
   CUDA_VISIBLE_DEVICES=0 timeout $(left 150) $NCU --clock-control none --profile-from-start off --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__throughput.avg.pct_of_peak_sustained_elapsed \
-    --print-summary per-kernel ./build/mimic_cuda_check prof $CK prefill512 > "$L/ncu.txt" 2>&1
+    --print-summary per-kernel ./build/mimic_cuda_check prof $CK ${PROFILE_PHASE:-prefill512} > "$L/ncu.txt" 2>&1
   echo "ncu rc $?"; python3 bench/gpu/ncu_sum.py "$L/ncu.txt" 24
 fi
 pack

@@ -321,8 +321,9 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
 #endif
   }
 
-  // JS thread. Frees the gradient buffers if the model is free right now (else they go with the
-  // next adapter change), forgets the engine, lets the model take another trainer.
+  // JS thread. Frees the gradient buffers and, on CUDA, the training workspace (GiBs of activations)
+  // if the model is free right now (else they go with the next adapter change / stay for the model's
+  // next trainer), forgets the engine, lets the model take another trainer.
   void finish_dispose() {
     if (!trainer_) return;
     {
@@ -332,6 +333,14 @@ class TrainerWrap : public Napi::ObjectWrap<TrainerWrap> {
           trainer_->release_gradients();
         } catch (const mimic::Error&) {  // adapters replaced since: nothing of ours to free
         }
+#ifdef MIMIC_CUDA
+        if (gpu_ && state_->gpu) {
+          try {
+            cuda::release_workspace(*state_->gpu);
+          } catch (const mimic::Error&) {  // a sticky CUDA error: the model's next call reports it
+          }
+        }
+#endif
       }
     }
 #ifdef MIMIC_CUDA

@@ -922,6 +922,11 @@ float* llama_forward(DeviceModel& d, const int32_t* ids, int T, DeviceKV* cache,
 }
 
 // ---- training ------------------------------------------------------------------------------------
+void release_workspace(DeviceModel& d) {
+  Context::get().sync();  // (nothing in flight may still read or write the buffers)
+  d.ws.reset();
+}
+
 DeviceTrainer::DeviceTrainer(DeviceModel& d, Trainer& cpu) : d_(d), cpu_(cpu) {
   sync_lora_to_device(d_, cpu_.model());
   // Map every CPU param (PEFT order) to its slice of the arena.

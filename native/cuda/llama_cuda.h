@@ -171,6 +171,11 @@ std::vector<DecodeTraceRow> decode_trace_read();
 // is returned (fp32 [V], valid until the next call) for sample_token.
 float* llama_forward(DeviceModel& d, const int32_t* ids, int T, DeviceKV* cache, float* logits, int n_logits);
 
+// Frees the model's training workspace — every layer's activations, the kept attention, the backward's
+// buffers (GiBs for a 3B at 8×512) — once its trainer is gone; a later prompt forward or trainer makes
+// what it needs again (the same bits). The caller holds the model (no call of it may be running).
+void release_workspace(DeviceModel& d);
+
 // LoRA training on the GPU over the adapters that `cpu` (engine/train.h) attached to its model.
 class DeviceTrainer {
  public:
