@@ -46,6 +46,14 @@ gpu_tables() {
   grep -h '^ROW.* FAIL$\|^ERROR' "$L"/ops.log "$L"/model.log | head -20
 }
 
+# the LoRA's effect on a 3B-width 2-layer model's loss: numpy (bench/gpu/lora_effect.py) vs mimic CPU,
+# CUDA bf16 / NF4 / NF4 + MIMIC_FWD_GROUPED=1 (bench/gpu/lora_effect.mjs); needs gpu_build's addon
+gpu_lora_effect() {
+  can 120 lora-effect || return 1
+  timeout $(left 60) python3 bench/gpu/lora_effect.py /tmp/lora-effect 2>&1 | tee "$L/lora-effect.log" | tail -1
+  timeout $(left 150) node bench/gpu/lora_effect.mjs /tmp/lora-effect 2>&1 | tee -a "$L/lora-effect.log" | grep '^LORA\|Error'
+}
+
 # the batch rows of the 3B (mimic_cuda_check batch: batched decode == alone, the decode-graph and
 # prompt rows, the step-rate sweep) on card ${1:-0}, then their tally and what failed
 gpu_batch() {

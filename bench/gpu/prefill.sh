@@ -15,10 +15,7 @@ source bench/gpu/lib.sh
 gpu_round prefill 540  # (DEADLINE_S overrides)
 gpu_build
 [ -n "$TABLES" ] && gpu_tables
-if [ -n "$LORA_EFFECT" ] && can 120 lora-effect; then  # LORA_EFFECT=1: the 3B-width 2-layer model's LoRA effect, numpy vs mimic CPU / CUDA
-  timeout $(left 60) python3 bench/gpu/lora_effect.py /tmp/lora-effect 2>&1 | tee "$L/lora-effect.log" | tail -1
-  timeout $(left 150) node bench/gpu/lora_effect.mjs /tmp/lora-effect 2>&1 | tee -a "$L/lora-effect.log" | grep '^LORA\|Error'
-fi
+[ -n "$LORA_EFFECT" ] && gpu_lora_effect  # LORA_EFFECT=1: the 3B-width 2-layer model's LoRA effect, numpy vs mimic CPU / CUDA
 gpu_checkpoint
 [ -n "$BATCH" ] && gpu_batch 0
 if [ -n "$CPPBENCH" ] && can 120 cpp-bench; then  # CPPBENCH=1: the C++ bench's figures (decode, prefill, TTFT, training), printed as they come
