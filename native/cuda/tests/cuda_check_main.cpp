@@ -541,6 +541,18 @@ void model_checks(const std::string& ref) {
         add("train N>64", "loss, GPU vs the CPU trainer, 4x40 tokens (rel)" + tag,
             std::fabs(lg.loss_sum - lc.loss_sum) / std::fabs(lc.loss_sum), 1e-2);
         add("train N>64", "all LoRA grads, GPU vs the CPU trainer (rel)" + tag, rel(gg, gc), 2e-2);
+        if (quant == 1) {  // the grouped forward (MIMIC_FWD_GROUPED=1: LoRA B inside the base products), same bar
+          setenv("MIMIC_FWD_GROUPED", "1", 1);
+          dg.zero_grad();
+          const LossSum lf = dg.accumulate(tids.data(), tlab.data(), TB, TT);
+          unsetenv("MIMIC_FWD_GROUPED");
+          dg.pull();
+          std::vector<float> gf;
+          for (auto& p : tg.params()) gf.insert(gf.end(), p.g->begin(), p.g->end());
+          add("train N>64", "grouped forward: loss, GPU vs the CPU trainer (rel)" + tag,
+              std::fabs(lf.loss_sum - lc.loss_sum) / std::fabs(lc.loss_sum), 1e-2);
+          add("train N>64", "grouped forward: all LoRA grads, GPU vs the CPU trainer (rel)" + tag, rel(gf, gc), 2e-2);
+        }
         if (!recompute) continue;
         // a disposed trainer's workspace (every layer's activations, the kept attention) is freed, and
         // the next call makes it again: the same loss, bit for bit
@@ -723,6 +735,7 @@ void bench(const std::string& dir, int steps, const std::string& out_dir) {
     const double tps = (double)B * T * (n_steps - 2) / (now() - tstart);
     std::printf("BENCH train_%dx512_recompute=%d tok_s %.0f peak_device_GiB %.2f loss %.4f -> %.4f\n", B, recompute, tps,
                 dt.peak_bytes() / 1073741824.0, first, last);
+    cuda::release_workspace(*gpu);  // (each run's peak its own: the next starts without this one's buffers)
     if (recompute && B == 8)
       add("bench 3B", "training loss falls (" + std::to_string(first) + " -> " + std::to_string(last) + ")",
           last < first ? 0.0 : 1.0, 0.0);
