@@ -76,12 +76,12 @@ struct SpinWatchdog {
   }
 };
 
-// Asks L2 for the 128-byte line holding p (no register, no wait; sm_80+).
 // Element i of a dense [rows, cols] array, written into rows ld apart (ld == cols: i itself) — the
 // strided outputs of the training's grouped passes (llama_cuda.cu: swiglu, the NF4 dequantize)
 __device__ __forceinline__ int64_t row_strided(int64_t i, int64_t cols, int64_t ld) {
   return ld == cols ? i : (i / cols) * ld + i % cols;
 }
+// Asks L2 for the 128-byte line holding p (no register, no wait; sm_80+).
 __device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
 
 // 16 bytes global → shared without a register (sm_80+); valid == false zero-fills them without reading.

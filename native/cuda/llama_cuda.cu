@@ -266,9 +266,10 @@ void lin_backward(LinCtx& c, TO* dx, float beta, const bf16* dy, const bf16* x, 
 bool bwd_grouped_enabled() { return env_switch_on("MIMIC_BWD_GROUPED"); }
 
 // MIMIC_FWD_GROUPED=1 (experimental): the forward's q/k/v, gate/up and down as group_forward — the LoRA
-// B product inside the base product. Round 22 (H100): the 8×512 step −4.4 % and the loss within 4e-4,
-// but the LoRA grads 7.6e-2 from the per-projection route's (last layer; tolerance 1e-2): off until
-// that is explained (rounding carried through 28 layers, or a fault the layout emulation missed).
+// B product inside the base product. Round 22 (H100): the 8×512 step −4.4 % and the loss within 4e-4;
+// its LoRA grads 7.6e-2 from the per-projection route's on the 3B — rounding (one bf16 rounding less,
+// carried through 28 random layers: round 23's lora_effect, a loss gap of 0.20 where numpy's replay
+// predicts 0.25). Off until its rows against the CPU trainer ("train N>64", model table) have run.
 bool fwd_grouped_enabled() { return bwd_grouped_enabled() && env_is("MIMIC_FWD_GROUPED", "1"); }
 
 // True when group g's backward can run as group_backward: its rows are dense in ws.layer_w (every
