@@ -9,8 +9,10 @@ Why: round 22's 3B batch rows saw the LoRA (r 16 on all seven, B = ±0.05) move 
 moves it by 21.4 — and no check compares the GPU's training path at N > 64 rows (dense weights, the
 grouped passes) with the CPU: the fixture's batches are 24 and 51 rows. This model is the 3B's width
 with 2 layers (vocab 32,000), random like make_3b (std 0.02); A Kaiming-uniform, B = ±0.05; 2 × 128
-tokens, the second half of each sequence a target (N = 256). On a 2-core CPU: ~30 s here, ~70 s the
-mimic CPU leg (which agrees with numpy to 1e-7: 1424.7125 / 1417.1991). Also numpy's losses with the
+tokens, the second half of each sequence a target (N = 256). On a 2-core CPU: ~30 s here, ~70 s each
+mimic CPU leg (fp32: agrees with numpy to 1e-7, 1424.7125 / 1417.1991; NF4: 1417.4976 / 1412.7545).
+Round 23 (H100): CUDA bf16 1424.7959 / 1417.3362, NF4 1417.4397 / 1412.9022 — the GPU applies the LoRA
+as the CPU does; the 3B's "0.43 vs 21.4" was two different random models. Also numpy's losses with the
 CUDA path's bf16 roundings, per projection and grouped: the gap MIMIC_FWD_GROUPED=1 should show.
 """
 import json, os, struct, sys, numpy as np
