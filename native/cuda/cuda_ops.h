@@ -132,6 +132,10 @@ void gemv(const GemvJob* jobs, int n_jobs, int64_t N);
 // MLP of decode in one launch: each warp computes a row of both). up.out is not written.
 void gemv_glu(const GemvJob& gate, const GemvJob& up, int64_t N);
 GemvJob gemv_job_nf4(const NF4Device& W);   // the weight fields of a job
+// Rows [m0, m0 + rows) of a job of ONE row of x (N = 1: out and res are [M] vectors): its weight's
+// codes and scales, out, res and LoRA B from row m0 on. False (out untouched) where the rows do not
+// start on a scale block (64 weights; 256 blocks where the absmax is double-quantized) or fall outside.
+bool gemv_job_rows(GemvJob& out, const GemvJob& J, int m0, int rows);
 // False when the environment sets MIMIC_NF4_GEMV=0 (then NF4 products dequantize + cuBLAS, as before).
 bool gemv_enabled();
 

@@ -37,6 +37,7 @@ struct DecodeGraph {
   bool pdl = false;        // recorded with programmatic dependent launches (pdl.h)
   bool rope_fold = false;  // RoPE + KV append in the q/k/v launch (gemv_tc_qkv_rope)
   bool norm_fold = false;  // the RMSNorms in the q/k/v and gate/up launches (GemvNorm)
+  bool glu_split = false;  // gate/up as two launches of half the rows (MIMIC_DECODE_GLU_SPLIT=1)
   bool traced = false;     // recorded with pdl.h's marker kernels (decode_trace)
   bool persist_asked = false;  // MIMIC_DECODE_PERSIST=1 when recorded
   bool persist = false;        // the layers as decode_persist.cu's one kernel (ps)
@@ -115,6 +116,15 @@ bool norm_fold_wanted() {
   return g_norm_fold_override >= 0 ? g_norm_fold_override == 1 : env;
 }
 
+// MIMIC_DECODE_GLU_SPLIT=1 (experimental, round 24; not yet run on a card): the folded gate/up launch of
+// a layer without LoRA on gate/up as two launches of half the rows each. The 3B's gate/up is 512 tiles
+// of 16 rows for ~264 resident blocks, so one launch runs one wave of blocks that take two tiles one
+// after the other, the second's weights streamed only after the first's products (NOTES round 19:
+// ~12 µs a layer above its weight bytes). Two launches of 256 tiles are one wave each, one tile a
+// block, the second's blocks staging their weights (PDL) as the first's retire. Each row's sums are
+// the same arithmetic in either: the same bits (batch row "decode graph 3B: gate/up split …").
+bool glu_split_wanted() { return env_is("MIMIC_DECODE_GLU_SPLIT", "1"); }
+
 bool graph_enabled() {
   return env_switch_on("MIMIC_DECODE_GRAPH") && gemv_enabled();
 }
@@ -176,7 +186,17 @@ void record(DeviceModel& d, DeviceKV& kv, DecodeGraph& g) {
       const GemvNorm nu{g.h.p, Ly.post_norm.p, c.rms_norm_eps};
       GemvJob jf[2] = {js[0], js[1]};
       lg.in_launch(Ly, l, {4, 5}, jf);
-      if (!foldable(Ly, {4, 5}) || !gemv_tc(jf, 2, 1, true, &nu)) {
+      GemvJob lo[2], hi[2];  // (glu_split: rows [0, half) and [half, I))
+      const int half = (jf[0].M / 2) & ~15;
+      const bool split = g.glu_split && !LoraGemv::on(Ly.proj[4]) && !LoraGemv::on(Ly.proj[5]) &&
+                         gemv_job_rows(lo[0], jf[0], 0, half) && gemv_job_rows(lo[1], jf[1], 0, half) &&
+                         gemv_job_rows(hi[0], jf[0], half, jf[0].M - half) && gemv_job_rows(hi[1], jf[1], half, jf[1].M - half);
+      if (split && foldable(Ly, {4, 5}) && gemv_tc(lo, 2, 1, true, &nu)) {
+        if (!gemv_tc(hi, 2, 1, true, &nu)) {  // (the same shapes as lo's: not expected; the unfolded route for these rows)
+          lg.norm_a(Ly, {4, 5}, g.xn.p, g.h.p, Ly.post_norm.p, 1, C, c.rms_norm_eps);
+          gemv_glu(hi[0], hi[1], 1);
+        }
+      } else if (!foldable(Ly, {4, 5}) || !gemv_tc(jf, 2, 1, true, &nu)) {
         lg.norm_a(Ly, {4, 5}, g.xn.p, g.h.p, Ly.post_norm.p, 1, C, c.rms_norm_eps);
         gemv_glu(js[0], js[1], 1);
       }
@@ -215,6 +235,7 @@ std::shared_ptr<DecodeGraph> build_with(DeviceModel& d, DeviceKV& kv, bool pdl) 
   g->pdl = pdl;
   g->rope_fold = fuse_wanted();
   g->norm_fold = norm_fold_wanted();
+  g->glu_split = glu_split_wanted();
   g->k0 = kv.k[0].p;
   g->max_len = kv.max_len;
   const int64_t C = c.hidden_size, QD = (int64_t)c.num_heads * c.head_dim, KD = (int64_t)c.num_kv_heads * c.head_dim,
@@ -302,7 +323,7 @@ bool graph_usable(const DeviceModel& d, const DeviceKV& kv) {
 bool graph_current(const DeviceModel& d, const DeviceKV& kv) {
   const DecodeGraph* g = kv.graph.get();
   return g && g->model_uid == d.uid && g->lora_version == d.lora_version && g->k0 == kv.k[0].p &&
-         g->max_len == kv.max_len && g->pdl == pdl_wanted() && g->rope_fold == fuse_wanted() && g->norm_fold == norm_fold_wanted() && g->traced == g_trace.on &&
+         g->max_len == kv.max_len && g->pdl == pdl_wanted() && g->rope_fold == fuse_wanted() && g->norm_fold == norm_fold_wanted() && g->glu_split == glu_split_wanted() && g->traced == g_trace.on &&
          g->persist_asked == decode_persist_wanted() &&
          g->gen == g_graph_gen;
 }

@@ -304,6 +304,27 @@ void gemv_glu(const GemvJob& gate, const GemvJob& up, int64_t N) {
   gemv_launch(js, 2, N, true);
 }
 
+bool gemv_job_rows(GemvJob& out, const GemvJob& J, int m0, int rows) {
+  const int64_t e0 = (int64_t)m0 * J.K;  // the slice's first weight
+  if (m0 < 0 || rows <= 0 || m0 + rows > J.M || e0 % 64) return false;
+  GemvJob s = J;
+  s.M = rows;
+  if (J.packed) {
+    const int64_t b0 = e0 / 64;  // its first scale block
+    if (!J.absmax && b0 % 256) return false;
+    s.packed = J.packed + e0 / 2;
+    if (J.absmax) s.absmax = J.absmax + b0;
+    else { s.am_u8 = J.am_u8 + b0; s.absmax2 = J.absmax2 + b0 / 256; }
+  } else {
+    s.W = J.W + e0;
+  }
+  s.out = J.out_f32 ? static_cast<void*>(static_cast<float*>(J.out) + m0) : static_cast<void*>(static_cast<bf16*>(J.out) + m0);
+  if (J.res) s.res = J.res + m0;
+  if (J.lora_B) s.lora_B = J.lora_B + (int64_t)m0 * J.r;
+  out = s;
+  return true;
+}
+
 GemvJob gemv_job_nf4(const NF4Device& W) {
   GemvJob j;
   j.packed = W.packed.p;

@@ -849,8 +849,10 @@ void batch_bench(const std::string& dir) {
     cuda::llama_forward(*gpu, p.data(), 128, &kv, nullptr, 1);
     struct Run { std::vector<int32_t> toks; std::vector<float> logits; int64_t err = -1; };
     // feed: the tokens fed after each step (another run's), else each step's own argmax
-    auto run16 = [&](bool persist, int fold, const std::vector<int32_t>* feed = nullptr) {
+    // env: one more switch set to 1 for the run
+    auto run16 = [&](bool persist, int fold, const std::vector<int32_t>* feed = nullptr, const char* env = nullptr) {
       if (persist) setenv("MIMIC_DECODE_PERSIST", "1", 1);
+      if (env) setenv(env, "1", 1);
       cuda::decode_norm_fold_override(fold);
       cuda::decode_graph_invalidate();
       Run r;
@@ -865,6 +867,7 @@ void batch_bench(const std::string& dir) {
       }
       if (persist) r.err = cuda::decode_persist_error(kv);
       unsetenv("MIMIC_DECODE_PERSIST");
+      if (env) unsetenv(env);
       cuda::decode_norm_fold_override(-1);
       cuda::decode_graph_invalidate();
       return r;
@@ -885,6 +888,13 @@ void batch_bench(const std::string& dir) {
     // batched GEMM route's rows above show the same; 4e-2 as theirs)
     add("decode graph 3B", "RMSNorm folded into q/k/v and gate/up vs rmsnorm launches: logits, 16 steps (rel)",
         rel(fold2.logits, unfolded.logits), 4e-2);
+    // gate/up as two launches of half the rows (MIMIC_DECODE_GLU_SPLIT=1, opt-in): each row's sums the
+    // same arithmetic as in the one launch — tokens and logits bit for bit (the default graph's norms folded)
+    const Run one = run16(false, -1), two = run16(false, -1, nullptr, "MIMIC_DECODE_GLU_SPLIT");
+    double split_differ = one.logits.size() == two.logits.size() ? (double)bits_differ(one.logits.data(), two.logits.data(), one.logits.size()) : 1e9;
+    for (int i = 0; i < 16; ++i) split_differ += one.toks[i] != two.toks[i];
+    add("decode graph 3B", "gate/up split in two launches == one launch: tokens and logits, 16 steps, bit for bit (differing)",
+        split_differ, 0.0);
   }
   {  // a prompt's forward with the dequantize one projection ahead on the side stream (dequant_ahead.h):
      // the same kernels and GEMMs as the serial route, so the same bits — a 200-token prompt into a cache,
