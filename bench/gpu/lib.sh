@@ -11,7 +11,7 @@ source .device-node/activate.sh
 
 gpu_round() {
   ROUND_NAME=$1
-  OUT=${OUT:-/tmp/out}; L=$OUT/logs; mkdir -p "$L"
+  OUT=${OUT:-/tmp/out}; L=$OUT/logs-$ROUND_NAME; mkdir -p "$L"  # (one folder a round: a nested round — gpu_trace_legs — packs its own)
   T_START=$(date +%s)
   DEADLINE=$((T_START + ${DEADLINE_S:-${2:-560}}))
   export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
@@ -52,6 +52,15 @@ gpu_lora_effect() {
   can 120 lora-effect || return 1
   timeout $(left 60) python3 bench/gpu/lora_effect.py /tmp/lora-effect 2>&1 | tee "$L/lora-effect.log" | tail -1
   timeout $(left 150) node bench/gpu/lora_effect.mjs /tmp/lora-effect 2>&1 | tee -a "$L/lora-effect.log" | grep '^LORA\|Error'
+}
+
+# AB0 set (trace.sh's legs, e.g. AB0="X=1"): the batch-1 decode step's same-process A/B timelines
+# (bench/gpu/trace.sh) on the build and checkpoint already there, within what is left of the deadline
+# (its logs packed apart: trace.tgz)
+gpu_trace_legs() {
+  [ -n "$AB0" ] && can 90 trace || return 0
+  echo "==================== trace legs: $AB0"
+  TABLES= BATCH= BRIEF=${BRIEF:-1} DEADLINE_S=$(left 280) bash bench/gpu/trace.sh 2>&1 | grep -v '^v[0-9]\|^NVIDIA\|^build:'
 }
 
 # the batch rows of the 3B (mimic_cuda_check batch: batched decode == alone, the decode-graph and

@@ -8,7 +8,7 @@
 # NSYS_ENV: the nsys pass's assignments (commas); PROFILE_PHASE: the phase nsys and ncu profile
 # (default prefill512; train = one 8×512 training step); TABLES=1 / BATCH=1: the op ‖ model tables and the
 # batch rows first; CPPBENCH=1: then the C++ bench; PEER=1: the PyTorch peer after the legs;
-# NO_PROFILE=1: no nsys / ncu; LORA_EFFECT=1: after the tables, bench/gpu/lora_effect.py / .mjs (the LoRA's
+# AB0: trace.sh's decode A/B legs after the peer; NO_PROFILE=1: no nsys / ncu; LORA_EFFECT=1: after the tables, bench/gpu/lora_effect.py / .mjs (the LoRA's
 # effect on a 3B-width 2-layer model's loss: numpy, mimic CPU, CUDA bf16 and NF4).
 #   device: run(command="TABLES=1 bash bench/gpu/prefill.sh", carry=[".device-node", "dist", ".gpu-carry"])
 source bench/gpu/lib.sh
@@ -25,6 +25,7 @@ for rep in 1 2; do gpu_prof_legs "${PHASES:-prefill512}" "${PREFILL_ENVS:--}"; d
 if [ -n "$PEER" ] && can 100 peer; then  # PEER=1: the PyTorch peer in the same call (its ceilings, training, decode)
   timeout $(left 200) python3 bench/peers/peer_torch.py --train 8x512,2x512 --decode 64 --steps 6 2>&1 | grep '^{' | tee "$L/peer.log" | cut -c1-400
 fi
+gpu_trace_legs  # AB0 set: trace.sh's decode A/B legs (lib.sh; logs in trace.tgz)
 [ -n "$NO_PROFILE" ] && { pack; exit 0; }  # NO_PROFILE=1: no nsys / ncu pass
 NS=$(command -v nsys || ls /opt/nvidia/nsight-systems/*/bin/nsys /usr/local/cuda/bin/nsys 2>/dev/null | head -1)
 if [ -x "$NS" ] && can 60 nsys; then

@@ -35,8 +35,5 @@ node bench/gpu/round3.mjs "$L" 2>&1 | tail -24
 [ -n "$BATCH" ] && can 100 batch && gpu_batch 0  # BATCH=1: the batched-decode / prompt rows on the 3B, after the table
 [ -n "$PREFILL_ENVS" ] && gpu_prof_legs "${PROF_PHASES:-prefill512 train2}" "$PREFILL_ENVS"  # PREFILL_ENVS="- X=1": prof legs (PROF_PHASES: which)
 pack
-if [ -n "$AB0" ] && [ $((DEADLINE - $(date +%s))) -gt 90 ]; then  # (its logs packed apart: trace.tgz)
-  echo "==================== trace legs: $AB0"
-  TABLES= BATCH= BRIEF=${BRIEF:-1} DEADLINE_S=$(left 280) bash bench/gpu/trace.sh 2>&1 | grep -v '^v[0-9]\|^NVIDIA\|^build:'
-fi
+gpu_trace_legs  # AB0 set: trace.sh's decode A/B legs (lib.sh)
 ls -la "$OUT"
