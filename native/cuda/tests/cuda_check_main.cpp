@@ -549,6 +549,9 @@ void model_checks(const std::string& ref) {
           dg.pull();
           std::vector<float> gf;
           for (auto& p : tg.params()) gf.insert(gf.end(), p.g->begin(), p.g->end());
+          // (the same loss bits as per projection would mean the grouped forward was not taken)
+          std::printf("GROUPED FWD fixture%s: loss CPU %.17g, GPU per projection %.17g, grouped %.17g\n", tag.c_str(),
+                      lc.loss_sum, lg.loss_sum, lf.loss_sum);
           add("train N>64", "grouped forward: loss, GPU vs the CPU trainer (rel)" + tag,
               std::fabs(lf.loss_sum - lc.loss_sum) / std::fabs(lc.loss_sum), 1e-2);
           add("train N>64", "grouped forward: all LoRA grads, GPU vs the CPU trainer (rel)" + tag, rel(gf, gc), 2e-2);
