@@ -567,6 +567,55 @@ void model_checks(const std::string& ref) {
             (freed ? 0.0 : 1.0) + (bits_differ(&l2.loss_sum, &lg.loss_sum, 1) ? 1.0 : 0.0), 0.0);
       }
   }
+  // LoRA dropout on the GPU path (finetune()'s default p = 0.05; the rows above and the fixtures run
+  // p = 0). The CPU trainer draws its masks from another stream, so the GPU is checked against itself:
+  // p = 1e-6 drops nothing (u < p for ~1 value in 10⁶) but runs every masked kernel — the dropped copy
+  // of x, dA from it, dropout' of the LoRA half of dx — so it must give p = 0's numbers (a product a
+  // projection, as the masked route is); p = 0.1 must change the loss, and the recompute must rebuild
+  // the same masks (loss and grads as without it). 4 × 40 tokens, fp32 and NF4: 10 rows.
+  {
+    std::map<std::string, std::vector<float>> init;
+    const TrainerOptions base = fixture_lora(dir, init);
+    const int TB = 4, TT = 40;
+    for (int quant = 0; quant < 2; ++quant) {
+      auto cpu = load_llama(dir, quant == 1);
+      auto gpu = cuda::upload_model(*cpu);
+      const int V = cpu->cfg.vocab_size;
+      std::vector<int32_t> tids(TB * TT), tlab(TB * TT);
+      for (int i = 0; i < TB * TT; ++i) {
+        tids[i] = (i * 41 + 3) % V;
+        tlab[i] = i % TT < 10 ? -100 : tids[i];
+      }
+      auto run = [&](float p, bool recompute) {
+        TrainerOptions o = base;
+        o.dropout = p; o.recompute = recompute; o.seed = 7;
+        Trainer t(*cpu, o, &init);
+        cuda::DeviceTrainer dt(*gpu, t);
+        setenv("MIMIC_BWD_GROUPED", "0", 1);  // (p = 0's route as the masked one: a product a projection)
+        const LossSum ls = dt.accumulate(tids.data(), tlab.data(), TB, TT);
+        unsetenv("MIMIC_BWD_GROUPED");
+        dt.pull();
+        std::vector<float> g;
+        for (auto& q : t.params()) g.insert(g.end(), q.g->begin(), q.g->end());
+        return std::make_pair(ls.loss_sum, g);
+      };
+      const auto p0 = run(0.f, true), tiny = run(1e-6f, true), d_rc = run(0.1f, true), d_no = run(0.1f, false);
+      const std::string tag = quant ? " (NF4)" : " (fp32)";
+      std::printf("DROPOUT fixture%s: loss p=0 %.9g, p=1e-6 %.9g, p=0.1 %.9g (no recompute %.9g)\n", tag.c_str(), p0.first,
+                  tiny.first, d_rc.first, d_no.first);
+      add("train dropout", "p = 1e-6 vs p = 0: loss (rel)" + tag, std::fabs(tiny.first - p0.first) / std::fabs(p0.first), 1e-5);
+      // (the masked route rounds the LoRA half of dx, dh·A, to bf16 before adding it — p = 0 adds it in the
+      // product's fp32 — so the lower layers' grads differ at bf16 level: half the GPU-vs-CPU bar above;
+      // a fault in the masked kernels, stale buffers or a missing accumulate, moves them by O(1))
+      add("train dropout", "p = 1e-6 vs p = 0: all LoRA grads (rel)" + tag, rel(tiny.second, p0.second), 1e-2);
+      add("train dropout", "p = 0.1 changes the loss (1: it does not)" + tag, d_rc.first != p0.first ? 0.0 : 1.0, 0.0);
+      // (other masks would move the grads by O(1); the routes' own roundings — a dequantize per layer or
+      // per product — stay far below 1e-3)
+      add("train dropout", "p = 0.1: recompute vs no recompute (the same masks rebuilt), loss (rel)" + tag,
+          std::fabs(d_rc.first - d_no.first) / std::fabs(d_no.first), 1e-5);
+      add("train dropout", "p = 0.1: recompute vs no recompute, all LoRA grads (rel)" + tag, rel(d_rc.second, d_no.second), 1e-3);
+    }
+  }
 }
 
 // ---- the 3B shape ---------------------------------------------------------------------------
@@ -702,11 +751,13 @@ void bench(const std::string& dir, int steps, const std::string& out_dir) {
     std::printf("BENCH prefill512_tok_s %.0f (cold %.0f)\n", 512 / warm, 512 / cold);
   }
   // training: 8 × 512 (recompute on, then off) and 2 × 512 (recompute on), prompt half masked,
-  // r = 16 on all seven projections
-  const std::pair<int, int> train_runs[] = {{8, 1}, {8, 0}, {2, 1}};
-  for (auto [B, recompute] : train_runs) {
+  // r = 16 on all seven projections, no LoRA dropout (as the peer); then 8 × 512 with finetune()'s
+  // default dropout of 0.05 (the masked route: a product a projection — group_backward needs p = 0)
+  struct TrainRun { int B, recompute; float dropout; };
+  const TrainRun train_runs[] = {{8, 1, 0.f}, {8, 0, 0.f}, {2, 1, 0.f}, {8, 1, 0.05f}};
+  for (auto [B, recompute, dropout] : train_runs) {
     TrainerOptions to;
-    to.r = 16; to.alpha = 32.f; to.dropout = 0.f; to.seed = 1; to.recompute = recompute;
+    to.r = 16; to.alpha = 32.f; to.dropout = dropout; to.seed = 1; to.recompute = recompute;
     to.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
     Trainer tr(*cpu, to);
     cuda::DeviceTrainer dt(*gpu, tr);
@@ -736,10 +787,14 @@ void bench(const std::string& dir, int steps, const std::string& out_dir) {
     }
     ctx.sync();
     const double tps = (double)B * T * (n_steps - 2) / (now() - tstart);
-    std::printf("BENCH train_%dx512_recompute=%d tok_s %.0f peak_device_GiB %.2f loss %.4f -> %.4f\n", B, recompute, tps,
-                dt.peak_bytes() / 1073741824.0, first, last);
+    if (dropout > 0.f)  // (not "recompute=N tok_s": bench/gpu/round3.mjs reads the first such line as the 8 × 512 run)
+      std::printf("BENCH train_%dx512_dropout=%.2f_recompute_%d tok_s %.0f peak_device_GiB %.2f loss %.4f -> %.4f\n", B, dropout,
+                  recompute, tps, dt.peak_bytes() / 1073741824.0, first, last);
+    else
+      std::printf("BENCH train_%dx512_recompute=%d tok_s %.0f peak_device_GiB %.2f loss %.4f -> %.4f\n", B, recompute, tps,
+                  dt.peak_bytes() / 1073741824.0, first, last);
     cuda::release_workspace(*gpu);  // (each run's peak its own: the next starts without this one's buffers)
-    if (recompute && B == 8)
+    if (recompute && B == 8 && dropout == 0.f)
       add("bench 3B", "training loss falls (" + std::to_string(first) + " -> " + std::to_string(last) + ")",
           last < first ? 0.0 : 1.0, 0.0);
     cuda::sync_lora_to_device(*gpu, *cpu);  // leave the trained adapter attached for generation
