@@ -156,6 +156,7 @@ struct LinCtx {
   Workspace& ws;
   float dropout;
   uint64_t seed;  // per (call, layer, projection)
+  uint64_t member_seed[7] = {};  // the layer's seven projections' seeds (group_backward's masks, p > 0)
   // set during a recomputed layer's recompute + backward: its projections already dequantized in
   // ws.layer_w (dense[i] for &layer->proj[i]), so both passes share one dequantize per weight
   const DLayer* layer = nullptr;
@@ -177,6 +178,9 @@ struct LinCtx {
     }
   }
 };
+
+// The dropout seed of projection i of layer l in one call of the trainer (seed_base: the call's)
+uint64_t proj_seed(uint64_t seed_base, int l, int i) { return seed_base ^ ((uint64_t)(l * 7 + i + 1) * 0xA24BAED4963EE407ull); }
 
 // The bf16 copy of L prepared for this layer's recompute + backward, or null. Only for N > 64 rows:
 // there nf4_matmul_forward itself dequantizes + multiplies (N <= 64 rows take the GEMV / the fused
@@ -272,10 +276,18 @@ bool bwd_grouped_enabled() { return env_switch_on("MIMIC_BWD_GROUPED"); }
 // predicts 0.25). Off until its rows against the CPU trainer ("train N>64", model table) have run.
 bool fwd_grouped_enabled() { return bwd_grouped_enabled() && env_is("MIMIC_FWD_GROUPED", "1"); }
 
+// MIMIC_BWD_GROUPED_DROPOUT=1 (experimental, round 24; not yet run on a card): group_backward with LoRA
+// dropout too (finetune()'s default p = 0.05) — the members' base parts of dx as one product, each
+// member's LoRA half dropout'(dh·A) added after it with its own mask; without it p > 0 takes a
+// product a projection.
+bool bwd_grouped_dropout_enabled() { return env_is("MIMIC_BWD_GROUPED_DROPOUT", "1"); }
+
 // True when group g's backward can run as group_backward: its rows are dense in ws.layer_w (every
-// member NF4, N > kNF4GemmSmallMaxS, the layer dequantized once) and no dropout (the masks differ by
-// member: dropout' would apply to the A part alone).
-bool grouped(const LinCtx& c, int g) { return c.group_w[g] && c.dropout == 0.f && bwd_grouped_enabled(); }
+// member NF4, N > kNF4GemmSmallMaxS, the layer dequantized once); with dropout only where
+// MIMIC_BWD_GROUPED_DROPOUT=1 (the masks differ by member: dropout' applies to each LoRA half alone).
+bool grouped(const LinCtx& c, int g) {
+  return c.group_w[g] && (c.dropout == 0.f || bwd_grouped_dropout_enabled()) && bwd_grouped_enabled();
+}
 bool fgrouped(const LinCtx& c, int g) { return grouped(c, g) && c.group_fwd[g]; }
 
 // The forward of a group of projections that share their input, each member's LoRA B product inside
@@ -344,6 +356,12 @@ void group_backward(LinCtx& c, int g, TO* dx, float beta, bf16* dycat, const bf1
   int64_t hoff = K;  // (hx: the next LoRA'd member's h' column in x)
   int64_t col = 0;
   for (int i = i0; i < i0 + n; ++i) col += L.proj[i].M;
+  const int64_t base_cols = col;  // (the members' dy columns: the W rows of the block)
+  // p > 0 (MIMIC_BWD_GROUPED_DROPOUT=1): dA from each member's dropped x, and the LoRA halves of dx
+  // apart — dx = [dy_0 | …]·[W_0; …] first, then dx += dropout'_i(dh_i·A_i) member by member, each with
+  // the mask of the member's forward (lin_backward's arithmetic: dh·A rounded to bf16, then masked)
+  const bool masked = c.dropout > 0.f;
+  MIMIC_CHECK(!masked || (!hx && ldx == K), "EINTERNAL", "grouped backward with dropout: the forward's grouped rows");
   int64_t at = 0;
   for (int i = i0; i < i0 + n; ++i) {
     const DLinear& P = L.proj[i];
@@ -354,12 +372,31 @@ void group_backward(LinCtx& c, int g, TO* dx, float beta, bf16* dycat, const bf1
     if (hx) matmul_backward_weight_ld(d.lg.p + P.offB, dy, ld, x + hoff, ldx, N, P.r, P.M, 1.f, 1.f);  // dB += dyᵀh'
     else matmul_backward_weight_ld(d.lg.p + P.offB, dy, ld, h[i - i0], P.r, N, P.r, P.M, P.scale, 1.f);  // dB += s·dyᵀh
     matmul_backward_input_ld<bf16>(dh, ld, dy, ld, lora_B(d, P), P.r, N, P.r, P.M, P.scale, 0.f);   // dh = s·dy·B
-    matmul_backward_weight_ld(d.lg.p + P.offA, dh, ld, x, ldx, N, K, P.r, 1.f, 1.f);               // dA += dhᵀ·x
+    const bf16* xin = x;
+    if (masked) {
+      dropout_kernel<bf16><<<ew_grid(N * K), 256, 0, stream()>>>(c.ws.drop.p, x, N * K, c.dropout, c.member_seed[i], false);
+      MIMIC_CUDA_LAUNCHED();
+      xin = c.ws.drop.p;
+    }
+    matmul_backward_weight_ld(d.lg.p + P.offA, dh, ld, xin, ldx, N, K, P.r, 1.f, 1.f);             // dA += dhᵀ·xd
     col += P.r;
     hoff += P.r;
   }
   MIMIC_CHECK(col == ld, "EINTERNAL", "grouped backward: ", col, " gradient columns for ", ld, " weight rows");
-  matmul_backward_input_ld<TO>(dx, K, dycat, ld, c.group_w[g], c.group_ld[g], N, K, (int)col, 1.f, beta);
+  if (!masked) {
+    matmul_backward_input_ld<TO>(dx, K, dycat, ld, c.group_w[g], c.group_ld[g], N, K, (int)col, 1.f, beta);
+    return;
+  }
+  matmul_backward_input_ld<TO>(dx, K, dycat, ld, c.group_w[g], c.group_ld[g], N, K, (int)base_cols, 1.f, beta);
+  col = base_cols;
+  for (int i = i0; i < i0 + n; ++i) {
+    const DLinear& P = L.proj[i];
+    if (!has_lora(P)) continue;
+    matmul_backward_input_ld<bf16>(c.ws.drop2.p, K, dycat + col, ld, lora_A(d, P), K, N, K, P.r, 1.f, 0.f);  // dh·A
+    dropout_kernel<TO><<<ew_grid(N * K), 256, 0, stream()>>>(dx, c.ws.drop2.p, N * K, c.dropout, c.member_seed[i], true);
+    MIMIC_CUDA_LAUNCHED();
+    col += P.r;
+  }
 }
 
 // ---- sizing ----------------------------------------------------------------------------------
@@ -569,7 +606,7 @@ void layer_forward(DeviceModel& d, int l, Acts& a, const float* x, float* out, c
   Workspace& w = *d.ws;
   const int64_t N = (int64_t)run.B * run.T, C = c.hidden_size;
   const int Hq = c.num_heads, Hkv = c.num_kv_heads, D = c.head_dim;
-  auto seed = [&](int i) { lc.seed = seed_base ^ ((uint64_t)(l * 7 + i + 1) * 0xA24BAED4963EE407ull); };
+  auto seed = [&](int i) { lc.seed = proj_seed(seed_base, l, i); };
   for (int g = 0; g < kGroups; ++g) a.hx[g] = fgrouped(lc, g);
   a.ld_xn1 = a.hx[kQKV] ? lc.group_ld[kQKV] : C;
   a.ld_xn2 = a.hx[kGateUp] ? lc.group_ld[kGateUp] : C;
@@ -640,7 +677,8 @@ void layer_backward(DeviceModel& d, int l, Acts& a, const float* x, const LayerR
   Workspace& w = *d.ws;
   const int64_t N = (int64_t)run.B * run.T, C = c.hidden_size, I = c.intermediate_size;
   const int Hq = c.num_heads, Hkv = c.num_kv_heads, D = c.head_dim;
-  auto seed = [&](int i) { lc.seed = seed_base ^ ((uint64_t)(l * 7 + i + 1) * 0xA24BAED4963EE407ull); };
+  auto seed = [&](int i) { lc.seed = proj_seed(seed_base, l, i); };
+  for (int i = 0; i < 7; ++i) lc.member_seed[i] = proj_seed(seed_base, l, i);  // (group_backward's masks)
   const bf16* lh[7];
   for (int i = 0; i < 7; ++i) lh[i] = a.lh[i].p;
   for (int g : {kQKV, kGateUp, kDown})  // (rows the forward left strided need group_backward)

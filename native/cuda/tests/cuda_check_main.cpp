@@ -572,7 +572,8 @@ void model_checks(const std::string& ref) {
   // p = 1e-6 drops nothing (u < p for ~1 value in 10⁶) but runs every masked kernel — the dropped copy
   // of x, dA from it, dropout' of the LoRA half of dx — so it must give p = 0's numbers (a product a
   // projection, as the masked route is); p = 0.1 must change the loss, and the recompute must rebuild
-  // the same masks (loss and grads as without it). 4 × 40 tokens, fp32 and NF4: 10 rows.
+  // the same masks (loss and grads as without it); and, NF4, the grouped backward with the masks
+  // (MIMIC_BWD_GROUPED_DROPOUT=1) against a product a projection. 4 × 40 tokens, fp32 and NF4: 12 rows.
   {
     std::map<std::string, std::vector<float>> init;
     const TrainerOptions base = fixture_lora(dir, init);
@@ -586,14 +587,17 @@ void model_checks(const std::string& ref) {
         tids[i] = (i * 41 + 3) % V;
         tlab[i] = i % TT < 10 ? -100 : tids[i];
       }
-      auto run = [&](float p, bool recompute) {
+      // grouped: MIMIC_BWD_GROUPED_DROPOUT=1 (group_backward with the masks), else a product a projection
+      auto run = [&](float p, bool recompute, bool grouped = false) {
         TrainerOptions o = base;
         o.dropout = p; o.recompute = recompute; o.seed = 7;
         Trainer t(*cpu, o, &init);
         cuda::DeviceTrainer dt(*gpu, t);
-        setenv("MIMIC_BWD_GROUPED", "0", 1);  // (p = 0's route as the masked one: a product a projection)
+        if (grouped) setenv("MIMIC_BWD_GROUPED_DROPOUT", "1", 1);
+        else setenv("MIMIC_BWD_GROUPED", "0", 1);  // (p = 0's route as the masked one: a product a projection)
         const LossSum ls = dt.accumulate(tids.data(), tlab.data(), TB, TT);
         unsetenv("MIMIC_BWD_GROUPED");
+        unsetenv("MIMIC_BWD_GROUPED_DROPOUT");
         dt.pull();
         std::vector<float> g;
         for (auto& q : t.params()) g.insert(g.end(), q.g->begin(), q.g->end());
@@ -614,6 +618,15 @@ void model_checks(const std::string& ref) {
       add("train dropout", "p = 0.1: recompute vs no recompute (the same masks rebuilt), loss (rel)" + tag,
           std::fabs(d_rc.first - d_no.first) / std::fabs(d_no.first), 1e-5);
       add("train dropout", "p = 0.1: recompute vs no recompute, all LoRA grads (rel)" + tag, rel(d_rc.second, d_no.second), 1e-3);
+      if (!quant) continue;  // (group_backward needs the NF4 layer's dense block)
+      // the grouped backward with the masks (MIMIC_BWD_GROUPED_DROPOUT=1, opt-in): the same forward (loss
+      // bit for bit) and each member's own mask, so the grads within the grouped route's roundings
+      const auto gd = run(0.1f, true, true);
+      std::printf("DROPOUT fixture (NF4): grouped backward with masks, loss %.9g\n", gd.first);
+      add("train dropout", "p = 0.1, grouped backward with the masks: loss == a product a projection's (differing)" + tag,
+          bits_differ(&gd.first, &d_rc.first, 1) ? 1.0 : 0.0, 0.0);
+      add("train dropout", "p = 0.1, grouped backward with the masks vs a product a projection: all LoRA grads (rel)" + tag,
+          rel(gd.second, d_rc.second), 1e-2);
     }
   }
 }
@@ -752,10 +765,12 @@ void bench(const std::string& dir, int steps, const std::string& out_dir) {
   }
   // training: 8 × 512 (recompute on, then off) and 2 × 512 (recompute on), prompt half masked,
   // r = 16 on all seven projections, no LoRA dropout (as the peer); then 8 × 512 with finetune()'s
-  // default dropout of 0.05 (the masked route: a product a projection — group_backward needs p = 0)
-  struct TrainRun { int B, recompute; float dropout; };
-  const TrainRun train_runs[] = {{8, 1, 0.f}, {8, 0, 0.f}, {2, 1, 0.f}, {8, 1, 0.05f}};
-  for (auto [B, recompute, dropout] : train_runs) {
+  // default dropout of 0.05 (the masked route: a product a projection — group_backward needs p = 0),
+  // and the same with MIMIC_BWD_GROUPED_DROPOUT=1 (group_backward with the masks; opt-in)
+  struct TrainRun { int B, recompute; float dropout; bool grouped_masks; };
+  const TrainRun train_runs[] = {{8, 1, 0.f, false}, {8, 0, 0.f, false}, {2, 1, 0.f, false}, {8, 1, 0.05f, false}, {8, 1, 0.05f, true}};
+  for (auto [B, recompute, dropout, grouped_masks] : train_runs) {
+    if (grouped_masks) setenv("MIMIC_BWD_GROUPED_DROPOUT", "1", 1);
     TrainerOptions to;
     to.r = 16; to.alpha = 32.f; to.dropout = dropout; to.seed = 1; to.recompute = recompute;
     to.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
@@ -787,9 +802,10 @@ void bench(const std::string& dir, int steps, const std::string& out_dir) {
     }
     ctx.sync();
     const double tps = (double)B * T * (n_steps - 2) / (now() - tstart);
+    unsetenv("MIMIC_BWD_GROUPED_DROPOUT");
     if (dropout > 0.f)  // (not "recompute=N tok_s": bench/gpu/round3.mjs reads the first such line as the 8 × 512 run)
-      std::printf("BENCH train_%dx512_dropout=%.2f_recompute_%d tok_s %.0f peak_device_GiB %.2f loss %.4f -> %.4f\n", B, dropout,
-                  recompute, tps, dt.peak_bytes() / 1073741824.0, first, last);
+      std::printf("BENCH train_%dx512_dropout=%.2f_recompute_%d%s tok_s %.0f peak_device_GiB %.2f loss %.4f -> %.4f\n", B, dropout,
+                  recompute, grouped_masks ? "_grouped_masks" : "", tps, dt.peak_bytes() / 1073741824.0, first, last);
     else
       std::printf("BENCH train_%dx512_recompute=%d tok_s %.0f peak_device_GiB %.2f loss %.4f -> %.4f\n", B, recompute, tps,
                   dt.peak_bytes() / 1073741824.0, first, last);
