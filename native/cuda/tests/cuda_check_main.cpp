@@ -276,6 +276,15 @@ void batch_rows(cuda::DeviceModel& gpu, const LlamaConfig& c, const std::string&
 }
 
 // ---- model level ----------------------------------------------------------------------------
+// A TB × TT batch of ids (i·mul + add) mod V, the first `masked` tokens of each sequence without a label.
+std::pair<std::vector<int32_t>, std::vector<int32_t>> synthetic_batch(int TB, int TT, int V, int mul, int add, int masked) {
+  std::vector<int32_t> ids(TB * TT), labels(TB * TT);
+  for (int i = 0; i < TB * TT; ++i) {
+    ids[i] = (i * mul + add) % V;
+    labels[i] = i % TT < masked ? -100 : ids[i];
+  }
+  return {ids, labels};
+}
 // The fixture's PEFT adapter (its tensors into init) and its options: r, alpha, all seven, no dropout.
 TrainerOptions fixture_lora(const std::string& dir, std::map<std::string, std::vector<float>>& init) {
   auto ad = read_safetensors(dir + "/lora/adapter_model.safetensors");
@@ -521,12 +530,8 @@ void model_checks(const std::string& ref) {
       for (int recompute = 0; recompute < 2; ++recompute) {
         to.recompute = recompute;
         auto cpu1 = load_llama(dir, quant == 1), cpu2 = load_llama(dir, quant == 1);
-        const int V = cpu1->cfg.vocab_size;
-        std::vector<int32_t> tids(TB * TT), tlab(TB * TT);
-        for (int i = 0; i < TB * TT; ++i) {
-          tids[i] = (i * 37 + 11) % V;
-          tlab[i] = i % TT < 10 ? -100 : tids[i];
-        }
+        const auto batch = synthetic_batch(TB, TT, cpu1->cfg.vocab_size, 37, 11, 10);
+        const std::vector<int32_t>& tids = batch.first; const std::vector<int32_t>& tlab = batch.second;
         Trainer tc(*cpu1, to, &init);
         const LossSum lc = tc.accumulate(tids.data(), tlab.data(), TB, TT);
         auto gpu2 = cuda::upload_model(*cpu2);
@@ -534,9 +539,7 @@ void model_checks(const std::string& ref) {
         cuda::DeviceTrainer dg(*gpu2, tg);
         const LossSum lg = dg.accumulate(tids.data(), tlab.data(), TB, TT);
         dg.pull();
-        std::vector<float> gc, gg;
-        for (auto& p : tc.params()) gc.insert(gc.end(), p.g->begin(), p.g->end());
-        for (auto& p : tg.params()) gg.insert(gg.end(), p.g->begin(), p.g->end());
+        const std::vector<float> gc = lora_grads(tc, cpu1->cfg.num_layers).first, gg = lora_grads(tg, cpu2->cfg.num_layers).first;
         const std::string tag = std::string(quant ? " (NF4" : " (fp32") + (recompute ? ", recompute)" : ")");
         add("train N>64", "loss, GPU vs the CPU trainer, 4x40 tokens (rel)" + tag,
             std::fabs(lg.loss_sum - lc.loss_sum) / std::fabs(lc.loss_sum), 1e-2);
@@ -547,8 +550,7 @@ void model_checks(const std::string& ref) {
           const LossSum lf = dg.accumulate(tids.data(), tlab.data(), TB, TT);
           unsetenv("MIMIC_FWD_GROUPED");
           dg.pull();
-          std::vector<float> gf;
-          for (auto& p : tg.params()) gf.insert(gf.end(), p.g->begin(), p.g->end());
+          const std::vector<float> gf = lora_grads(tg, cpu2->cfg.num_layers).first;
           // (the same loss bits as per projection would mean the grouped forward was not taken)
           std::printf("GROUPED FWD fixture%s: loss CPU %.17g, GPU per projection %.17g, grouped %.17g\n", tag.c_str(),
                       lc.loss_sum, lg.loss_sum, lf.loss_sum);
@@ -581,12 +583,8 @@ void model_checks(const std::string& ref) {
     for (int quant = 0; quant < 2; ++quant) {
       auto cpu = load_llama(dir, quant == 1);
       auto gpu = cuda::upload_model(*cpu);
-      const int V = cpu->cfg.vocab_size;
-      std::vector<int32_t> tids(TB * TT), tlab(TB * TT);
-      for (int i = 0; i < TB * TT; ++i) {
-        tids[i] = (i * 41 + 3) % V;
-        tlab[i] = i % TT < 10 ? -100 : tids[i];
-      }
+      const auto batch = synthetic_batch(TB, TT, cpu->cfg.vocab_size, 41, 3, 10);
+      const std::vector<int32_t>& tids = batch.first; const std::vector<int32_t>& tlab = batch.second;  // (captured by run: C++17 lambdas take no bindings)
       // grouped: MIMIC_BWD_GROUPED_DROPOUT=1 (group_backward with the masks), else a product a projection
       auto run = [&](float p, bool recompute, bool grouped = false) {
         TrainerOptions o = base;
@@ -599,9 +597,7 @@ void model_checks(const std::string& ref) {
         unsetenv("MIMIC_BWD_GROUPED");
         unsetenv("MIMIC_BWD_GROUPED_DROPOUT");
         dt.pull();
-        std::vector<float> g;
-        for (auto& q : t.params()) g.insert(g.end(), q.g->begin(), q.g->end());
-        return std::make_pair(ls.loss_sum, g);
+        return std::make_pair(ls.loss_sum, lora_grads(t, cpu->cfg.num_layers).first);
       };
       const auto p0 = run(0.f, true), tiny = run(1e-6f, true), d_rc = run(0.1f, true), d_no = run(0.1f, false);
       const std::string tag = quant ? " (NF4)" : " (fp32)";
@@ -803,12 +799,13 @@ void bench(const std::string& dir, int steps, const std::string& out_dir) {
     ctx.sync();
     const double tps = (double)B * T * (n_steps - 2) / (now() - tstart);
     unsetenv("MIMIC_BWD_GROUPED_DROPOUT");
-    if (dropout > 0.f)  // (not "recompute=N tok_s": bench/gpu/round3.mjs reads the first such line as the 8 × 512 run)
-      std::printf("BENCH train_%dx512_dropout=%.2f_recompute_%d%s tok_s %.0f peak_device_GiB %.2f loss %.4f -> %.4f\n", B, dropout,
-                  recompute, grouped_masks ? "_grouped_masks" : "", tps, dt.peak_bytes() / 1073741824.0, first, last);
+    // (a dropout run's name never reads "recompute=N tok_s": bench/gpu/round3.mjs takes the first such line as the 8 × 512 run)
+    char name[96];
+    if (dropout > 0.f)
+      std::snprintf(name, sizeof name, "train_%dx512_dropout=%.2f_recompute_%d%s", B, dropout, recompute, grouped_masks ? "_grouped_masks" : "");
     else
-      std::printf("BENCH train_%dx512_recompute=%d tok_s %.0f peak_device_GiB %.2f loss %.4f -> %.4f\n", B, recompute, tps,
-                  dt.peak_bytes() / 1073741824.0, first, last);
+      std::snprintf(name, sizeof name, "train_%dx512_recompute=%d", B, recompute);
+    std::printf("BENCH %s tok_s %.0f peak_device_GiB %.2f loss %.4f -> %.4f\n", name, tps, dt.peak_bytes() / 1073741824.0, first, last);
     cuda::release_workspace(*gpu);  // (each run's peak its own: the next starts without this one's buffers)
     if (recompute && B == 8 && dropout == 0.f)
       add("bench 3B", "training loss falls (" + std::to_string(first) + " -> " + std::to_string(last) + ")",
@@ -1005,11 +1002,8 @@ void batch_bench(const std::string& dir) {
     Trainer tr(*cpu, to);
     cuda::DeviceTrainer dt(*gpu, tr);
     const int TB = 2, TT = 128;
-    std::vector<int32_t> tids(TB * TT), tlab(TB * TT);
-    for (int i = 0; i < TB * TT; ++i) {
-      tids[i] = (i * 37 + 5) % 128000;
-      tlab[i] = i % TT < TT / 2 ? -100 : tids[i];
-    }
+    const auto batch = synthetic_batch(TB, TT, 128000, 37, 5, TT / 2);
+    const std::vector<int32_t>& tids = batch.first; const std::vector<int32_t>& tlab = batch.second;
     auto losses = [&](bool ahead) {
       if (ahead) setenv("MIMIC_DEQUANT_AHEAD", "1", 1);
       const double e = dt.evaluate(tids.data(), tlab.data(), TB, TT).loss_sum;
