@@ -210,17 +210,26 @@ int64_t group_rank(const DLayer& L, int g) {
 }
 const bf16* lora_B(const DeviceModel& d, const DLinear& L) { return d.lb.p + L.offB; }
 
+// LoRA dropout of one projection (its mask from `seed`: the same in its forward, recompute and backward).
+// x_drop = x ⊙ mask/(1−p) of n values, in ws.drop — or x itself at p = 0.
+const bf16* dropped(LinCtx& c, const bf16* x, int64_t n, uint64_t seed) {
+  if (!(c.dropout > 0.f)) return x;
+  dropout_kernel<bf16><<<ew_grid(n), 256, 0, stream()>>>(c.ws.drop.p, x, n, c.dropout, seed, false);
+  MIMIC_CUDA_LAUNCHED();
+  return c.ws.drop.p;
+}
+// dx += dropout'(ws.drop2): the LoRA half of the input gradient (dh·A, in ws.drop2), through the mask.
+template <class TO>
+void add_dropped_back(LinCtx& c, TO* dx, int64_t n, uint64_t seed) {
+  dropout_kernel<TO><<<ew_grid(n), 256, 0, stream()>>>(dx, c.ws.drop2.p, n, c.dropout, seed, true);
+  MIMIC_CUDA_LAUNCHED();
+}
+
 // h_out[N, r] = x_drop·Aᵀ: the LoRA half's first product, kept for the backward (dB = s·dyᵀ·h); nothing
 // for a projection without LoRA.
 void lin_forward_h(LinCtx& c, const bf16* x, int64_t N, const DLinear& L, bf16* h_out) {
   if (!has_lora(L)) return;
-  const bf16* xin = x;
-  if (c.dropout > 0.f) {
-    dropout_kernel<bf16><<<ew_grid(N * L.K), 256, 0, stream()>>>(c.ws.drop.p, x, N * L.K, c.dropout, c.seed, false);
-    MIMIC_CUDA_LAUNCHED();
-    xin = c.ws.drop.p;
-  }
-  matmul_forward<bf16>(h_out, xin, lora_A(c.d, L), N, L.K, L.r, 1.f, 0.f);
+  matmul_forward<bf16>(h_out, dropped(c, x, N * L.K, c.seed), lora_A(c.d, L), N, L.K, L.r, 1.f, 0.f);
 }
 
 // y[N, M] (bf16) = lin(x); h_out[N, r] keeps x_drop·Aᵀ for the backward.
@@ -248,17 +257,10 @@ void lin_backward(LinCtx& c, TO* dx, float beta, const bf16* dy, const bf16* x, 
   DeviceModel& d = c.d;
   matmul_backward_weight(d.lg.p + L.offB, dy, h, N, L.r, L.M, L.scale, 1.f);               // dB += s·dyᵀh
   matmul_backward_input<bf16>(c.ws.dh.p, dy, lora_B(d, L), N, L.r, L.M, L.scale, 0.f);     // dh = s·dy·B
-  const bf16* xin = x;
-  if (c.dropout > 0.f) {
-    dropout_kernel<bf16><<<ew_grid(N * L.K), 256, 0, stream()>>>(c.ws.drop.p, x, N * L.K, c.dropout, c.seed, false);
-    MIMIC_CUDA_LAUNCHED();
-    xin = c.ws.drop.p;
-  }
-  matmul_backward_weight(d.lg.p + L.offA, c.ws.dh.p, xin, N, L.K, L.r, 1.f, 1.f);          // dA += dhᵀ·xd
+  matmul_backward_weight(d.lg.p + L.offA, c.ws.dh.p, dropped(c, x, N * L.K, c.seed), N, L.K, L.r, 1.f, 1.f);  // dA += dhᵀ·xd
   if (c.dropout > 0.f) {
     matmul_backward_input<bf16>(c.ws.drop2.p, c.ws.dh.p, lora_A(d, L), N, L.K, L.r, 1.f, 0.f);
-    dropout_kernel<TO><<<ew_grid(N * L.K), 256, 0, stream()>>>(dx, c.ws.drop2.p, N * L.K, c.dropout, c.seed, true);
-    MIMIC_CUDA_LAUNCHED();
+    add_dropped_back(c, dx, N * L.K, c.seed);
   } else {
     matmul_backward_input<TO>(dx, c.ws.dh.p, lora_A(d, L), N, L.K, L.r, 1.f, 1.f);       // dx += dh·A
   }
@@ -372,13 +374,8 @@ void group_backward(LinCtx& c, int g, TO* dx, float beta, bf16* dycat, const bf1
     if (hx) matmul_backward_weight_ld(d.lg.p + P.offB, dy, ld, x + hoff, ldx, N, P.r, P.M, 1.f, 1.f);  // dB += dyᵀh'
     else matmul_backward_weight_ld(d.lg.p + P.offB, dy, ld, h[i - i0], P.r, N, P.r, P.M, P.scale, 1.f);  // dB += s·dyᵀh
     matmul_backward_input_ld<bf16>(dh, ld, dy, ld, lora_B(d, P), P.r, N, P.r, P.M, P.scale, 0.f);   // dh = s·dy·B
-    const bf16* xin = x;
-    if (masked) {
-      dropout_kernel<bf16><<<ew_grid(N * K), 256, 0, stream()>>>(c.ws.drop.p, x, N * K, c.dropout, c.member_seed[i], false);
-      MIMIC_CUDA_LAUNCHED();
-      xin = c.ws.drop.p;
-    }
-    matmul_backward_weight_ld(d.lg.p + P.offA, dh, ld, xin, ldx, N, K, P.r, 1.f, 1.f);             // dA += dhᵀ·xd
+    const bf16* xd = masked ? dropped(c, x, N * K, c.member_seed[i]) : x;  // (masked: ldx == K)
+    matmul_backward_weight_ld(d.lg.p + P.offA, dh, ld, xd, ldx, N, K, P.r, 1.f, 1.f);              // dA += dhᵀ·xd
     col += P.r;
     hoff += P.r;
   }
@@ -393,8 +390,7 @@ void group_backward(LinCtx& c, int g, TO* dx, float beta, bf16* dycat, const bf1
     const DLinear& P = L.proj[i];
     if (!has_lora(P)) continue;
     matmul_backward_input_ld<bf16>(c.ws.drop2.p, K, dycat + col, ld, lora_A(d, P), K, N, K, P.r, 1.f, 0.f);  // dh·A
-    dropout_kernel<TO><<<ew_grid(N * K), 256, 0, stream()>>>(dx, c.ws.drop2.p, N * K, c.dropout, c.member_seed[i], true);
-    MIMIC_CUDA_LAUNCHED();
+    add_dropped_back(c, dx, N * K, c.member_seed[i]);
     col += P.r;
   }
 }
